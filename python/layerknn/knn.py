@@ -1,0 +1,180 @@
+"""Exact k-nearest neighbours of every prompt at every layer: ``layerknn.knn``.
+
+The public entry point validates its inputs once (shapes, dtypes, k, NaN/Inf, zero norms),
+normalises them to contiguous float32 on their own device, runs the CPU or CUDA engine through
+:mod:`layerknn._backend`, and returns a :class:`Neighbors` in the caller's array type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any
+
+import numpy as np
+
+from . import _backend
+from ._arrays import as_float32, restore, to_backend_array
+
+METRICS = ("cosine", "ip", "l2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Neighbors:
+    """The k nearest neighbours of every row, best first.
+
+    Attributes
+    ----------
+    indices : array of int32, shape (L, n, k) or (n, k)
+        Row indices of the neighbours (into ``y`` when it was given, else into ``x``).
+    scores : array of float32, same shape
+        Cosine similarity, inner product, or squared L2 distance (ascending) of each neighbour.
+    metric : str
+        The metric that produced the scores.
+    """
+
+    indices: Any
+    scores: Any
+    metric: str = "cosine"
+
+    @property
+    def k(self) -> int:
+        """Number of neighbours per row."""
+        return int(self.indices.shape[-1])
+
+    def __iter__(self):
+        """Unpack as ``indices, scores = layerknn.knn(x)``."""
+        return iter((self.indices, self.scores))
+
+
+def _check_k(k: Any, limit: int, why: str) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k must be an integer, got {type(k).__name__}")
+    k = int(k)
+    if not 1 <= k <= limit:
+        raise ValueError(f"k must be in [1, {limit}] ({why}), got {k}")
+    return k
+
+
+def _check_finite_and_norms(x: Any, name: str, metric: str, num_threads: int | None) -> None:
+    """Raise ValueError naming the layer and rows holding NaN/Inf, or zero rows under cosine."""
+    sq_norms = _backend.row_sq_norms(x, num_threads)
+    bad = ~np.isfinite(sq_norms)
+    if bad.any():
+        layer, row = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{name} contains NaN or Inf: layer {layer}, row {row} "
+            f"({int(bad.sum())} bad row(s) in total)"
+        )
+    if metric == "cosine":
+        zero = sq_norms == 0
+        if zero.any():
+            where = np.argwhere(zero)
+            shown = ", ".join(f"(layer {l}, row {r})" for l, r in where[:5])
+            more = f" and {len(where) - 5} more" if len(where) > 5 else ""
+            raise ValueError(
+                f"{name} has zero-norm rows, which have no cosine similarity: {shown}{more}"
+            )
+
+
+def _as_layers(x: Any, name: str) -> tuple[Any, bool]:
+    """(L, n, d) view of x plus whether the caller passed a single (n, d) layer."""
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{name} must have shape (n, d) or (layers, n, d), got shape {tuple(x.shape)}")
+    if any(s == 0 for s in x.shape):
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    return (x[None] if x.ndim == 2 else x), x.ndim == 2
+
+
+def knn(x: Any, k: int = 10, *, metric: str = "cosine", exclude_self: bool = True,
+        y: Any | None = None, num_threads: int | None = None) -> Neighbors:
+    """Exact k nearest neighbours of every row of ``x``, layer by layer.
+
+    Parameters
+    ----------
+    x : array, shape (n, d) or (L, n, d)
+        NumPy array, torch tensor (CPU or CUDA) or DLPack-capable array of float16, bfloat16,
+        float32 or float64, any strides. A 3-D input is a stack of L layers searched
+        independently.
+    k : int, default 10
+        Neighbours per row: ``1 <= k <= n - 1`` for the self-join with ``exclude_self``,
+        ``k <= m`` with ``y``.
+    metric : {"cosine", "ip", "l2"}
+        Cosine similarity (rows L2-normalised in float32), inner product, or squared Euclidean
+        distance (scores ascending).
+    exclude_self : bool, default True
+        In the self-join, drop ``j == i`` by index (duplicated rows still find each other).
+    y : array, shape (m, d) or (L, m, d), optional
+        Search ``x``'s rows among ``y``'s rows instead (no self exclusion).
+    num_threads : int, optional
+        CPU threads (default: all cores). Ignored on the GPU.
+
+    Returns
+    -------
+    Neighbors
+        ``indices`` (int32) and ``scores`` (float32) of shape (L, n, k), or (n, k) for 2-D
+        input, best first; equal scores rank the lower index first. Same array type and device
+        as ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np, layerknn
+    >>> x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    >>> nbrs = layerknn.knn(x, k=1)
+    >>> nbrs.indices[:, 0].tolist()
+    [1, 0, 3, 2]
+    >>> layerknn.knn(np.stack([x, x[::-1]]), k=2).indices.shape
+    (2, 4, 2)
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral) or num_threads < 1):
+        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+    x_arr, origin = to_backend_array(x, "x")
+    x_layers, single = _as_layers(x_arr, "x")
+    x32 = as_float32(x_layers, "x")
+    L, n, d = x32.shape
+    y32 = None
+    if y is not None:
+        y_arr, y_origin = to_backend_array(y, "y")
+        if y_origin.device != origin.device:
+            raise ValueError(f"x and y must be on the same device, got {origin.device} and {y_origin.device}")
+        if y_arr.ndim != x_arr.ndim:
+            raise ValueError(
+                f"y must have the same number of dimensions as x ({x_arr.ndim}), got shape {tuple(y_arr.shape)}"
+            )
+        y_layers, _ = _as_layers(y_arr, "y")
+        if y_layers.shape[0] != L or y_layers.shape[2] != d:
+            raise ValueError(
+                f"y must have shape ({'' if single else f'{L}, '}m, {d}) to match x, got {tuple(y_arr.shape)}"
+            )
+        y32 = as_float32(y_layers, "y")
+        k = _check_k(k, y32.shape[1], "m, the number of rows of y")
+    elif exclude_self:
+        if n < 2:
+            raise ValueError(f"x must have at least 2 rows to find neighbours other than self, got n={n}")
+        k = _check_k(k, n - 1, "n - 1: each row excludes itself")
+    else:
+        k = _check_k(k, n, "n, the number of rows")
+    _check_finite_and_norms(x32, "x", metric, num_threads)
+    if y32 is not None:
+        _check_finite_and_norms(y32, "y", metric, num_threads)
+    indices, scores = _backend.knn(x32, y32, k, metric, bool(exclude_self), num_threads)
+    if single:
+        indices, scores = indices[0], scores[0]
+    return Neighbors(restore(indices, origin), restore(scores, origin), metric)
+
+
+def chance(n: int, k: int) -> float:
+    """Expected overlap fraction of two independent random k-neighbour sets: ``k / (n - 1)``.
+
+    Examples
+    --------
+    >>> import layerknn
+    >>> layerknn.chance(2048, 10)
+    0.004885197850512946
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    _check_k(k, n - 1, "n - 1")
+    return k / (n - 1)

@@ -1,0 +1,49 @@
+"""Shared pytest fixtures: the devices every engine test runs on, and array helpers.
+
+The ``devices`` fixture always yields "cpu" and gains "cuda" only when layerknn was built with
+CUDA and a GPU is usable, so the same tests cover both engines and skip nothing on CPU-only
+machines. Tests needing a GPU explicitly carry the ``gpu`` marker and skip cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import layerknn  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if layerknn.cuda_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Each available device in turn: "cpu", then "cuda" when present."""
+    return request.param
+
+
+def on_device(array: np.ndarray, device: str):
+    """The array as the natural input for ``device``: NumPy for cpu, a torch tensor for cuda."""
+    if device == "cpu":
+        return array
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
+def to_numpy(array) -> np.ndarray:
+    """Host NumPy copy of a NumPy array or torch tensor."""
+    if isinstance(array, np.ndarray):
+        return array
+    return array.detach().cpu().numpy()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a GPU and a CUDA build of layerknn")
+    for item in items:
+        if "gpu" in item.keywords and not layerknn.cuda_available():
+            item.add_marker(skip_gpu)

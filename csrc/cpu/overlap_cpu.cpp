@@ -1,67 +1,160 @@
-// CPU neighbour-overlap engine (see overlap_cpu.h). Step 1 copies the first k columns of every
-// neighbour row, sorted and de-duplicated, into a compact [L, n, k] buffer with a per-row length.
-// Step 2 runs one task per layer of A: for each layer of B and each prompt, a merge
-// intersection of two short sorted rows (common/intersect.h, shared with the CUDA engine).
+// CPU neighbour-overlap engine (see overlap_cpu.h), organised by prompt rather than by layer
+// pair. For one prompt i, every neighbour id in B's rows gets a bit set of the B layers that list
+// it; then each (layer a, id) of A's rows adds that bit set to the counter row C_i[a][:], so
+// C_i[a][b] = |A_a(i) ∩ B_b(i)| with work proportional to La·k·(Lb/64) word operations instead
+// of La·Lb merges. Ids map to per-prompt slots through a stamp array (no clearing between
+// prompts). Threads own blocks of prompts; counts are summed per thread and reduced at the end.
 #include "cpu/overlap_cpu.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
-#include "common/intersect.h"
 #include "cpu/parallel.h"
 
 namespace layerknn::cpu {
 namespace {
 
-struct SortedRows {
-  std::vector<int32_t> values;   // [L, n, k], row r holds lengths[r] sorted distinct values
-  std::vector<uint16_t> lengths; // [L, n]
+constexpr int kWordBits = 64;
+
+// row[0 .. 64) += bit b of `bits`. Dense form, vectorised per CPU by function multi-versioning.
+template <class Counter>
+__attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+void add_bits_dense(Counter* row, uint64_t bits) {
+  for (int b = 0; b < kWordBits; ++b) row[b] += static_cast<Counter>((bits >> b) & 1u);
+}
+
+template <class Counter>
+inline void add_bits(Counter* row, uint64_t bits) {
+  if (__builtin_popcountll(bits) > 6) {
+    add_bits_dense(row, bits);
+    return;
+  }
+  while (bits) {
+    row[__builtin_ctzll(bits)] += 1;
+    bits &= bits - 1;
+  }
+}
+
+// Per-thread scratch for one prompt at a time.
+struct PromptScratch {
+  std::vector<int32_t> stamp;     // [id_limit] prompt that last gave id a slot, -1 initially
+  std::vector<int32_t> slot;      // [id_limit] slot of id for the stamped prompt
+  std::vector<uint64_t> b_layers; // [max_slots, words] bit set of B layers listing the slot's id
+  std::vector<int32_t> last_a;    // [max_slots] last A layer that counted the slot (dedupe)
+  int words = 0;
+
+  PromptScratch(int64_t id_limit, int64_t max_slots, int words_)
+      : stamp(id_limit, -1), slot(id_limit), b_layers(max_slots * words_), last_a(max_slots),
+        words(words_) {}
 };
 
-SortedRows sort_rows(const int32_t* rows, int64_t L, int64_t n, int width, int k, int threads,
-                     const std::atomic<bool>& cancel) {
-  SortedRows out;
-  out.values.resize(static_cast<size_t>(L * n * k));
-  out.lengths.resize(static_cast<size_t>(L * n));
-  const int64_t total = L * n;
-  const int64_t chunk = 4096;
-  parallel_for((total + chunk - 1) / chunk, threads, cancel, [&](int64_t task, int) {
-    const int64_t end = std::min(total, (task + 1) * chunk);
-    for (int64_t r = task * chunk; r < end; ++r) {
-      int32_t* dst = out.values.data() + r * k;
-      std::copy(rows + r * width, rows + r * width + k, dst);
-      std::sort(dst, dst + k);
-      out.lengths[r] = static_cast<uint16_t>(std::unique(dst, dst + k) - dst);
+// Adds C_i[a][b] for prompt i into counters[a * row_stride + b], Counter = uint16 or uint32.
+template <class Counter>
+void count_prompt(const OverlapProblem& p, int64_t i, PromptScratch& s, Counter* counters,
+                  int64_t row_stride) {
+  const int k = p.k;
+  int32_t slots = 0;
+  for (int64_t lb = 0; lb < p.Lb; ++lb) {
+    const int32_t* row = p.b + (lb * p.n + i) * p.kb;
+    for (int c = 0; c < k; ++c) {
+      const int32_t id = row[c];
+      if (s.stamp[id] != static_cast<int32_t>(i)) {
+        s.stamp[id] = static_cast<int32_t>(i);
+        s.slot[id] = slots;
+        std::memset(&s.b_layers[static_cast<size_t>(slots) * s.words], 0, sizeof(uint64_t) * s.words);
+        s.last_a[slots] = -1;
+        ++slots;
+      }
+      s.b_layers[static_cast<size_t>(s.slot[id]) * s.words + lb / kWordBits] |=
+          uint64_t{1} << (lb % kWordBits);
     }
-  });
-  return out;
+  }
+  for (int64_t la = 0; la < p.La; ++la) {
+    const int32_t* row = p.a + (la * p.n + i) * p.ka;
+    Counter* out = counters + la * row_stride;
+    for (int c = 0; c < k; ++c) {
+      const int32_t id = row[c];
+      if (id >= static_cast<int32_t>(s.stamp.size()) || s.stamp[id] != static_cast<int32_t>(i)) continue;
+      const int32_t sl = s.slot[id];
+      if (s.last_a[sl] == la) continue;  // duplicate id within this row of A counts once
+      s.last_a[sl] = static_cast<int32_t>(la);
+      const uint64_t* bits = &s.b_layers[static_cast<size_t>(sl) * s.words];
+      for (int w = 0; w < s.words; ++w) {
+        if (bits[w]) add_bits(out + w * kWordBits, bits[w]);
+      }
+    }
+  }
+}
+
+int32_t max_id(const int32_t* v, int64_t rows, int width, int k) {
+  int32_t best = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int c = 0; c < k; ++c) best = std::max(best, v[r * width + c]);
+  }
+  return best;
 }
 
 }  // namespace
 
 void overlap(const OverlapProblem& p, double* mean, uint16_t* counts, int num_threads,
              const std::atomic<bool>& cancel) {
-  const int k = p.k;
-  const SortedRows a = sort_rows(p.a, p.La, p.n, p.ka, k, num_threads, cancel);
-  const SortedRows b = sort_rows(p.b, p.Lb, p.n, p.kb, k, num_threads, cancel);
-  const double inv = 1.0 / (static_cast<double>(k) * static_cast<double>(p.n));
-  parallel_for(p.La, num_threads, cancel, [&](int64_t la, int) {
-    for (int64_t lb = 0; lb < p.Lb; ++lb) {
-      if (cancel.load(std::memory_order_relaxed)) return;
-      const int32_t* ra = a.values.data() + la * p.n * k;
-      const int32_t* rb = b.values.data() + lb * p.n * k;
-      const uint16_t* na = a.lengths.data() + la * p.n;
-      const uint16_t* nb = b.lengths.data() + lb * p.n;
-      uint16_t* row_counts = counts ? counts + (la * p.Lb + lb) * p.n : nullptr;
-      int64_t total = 0;
-      for (int64_t i = 0; i < p.n; ++i) {
-        const int c = sorted_intersection_size(ra + i * k, na[i], rb + i * k, nb[i]);
-        total += c;
-        if (row_counts) row_counts[i] = static_cast<uint16_t>(c);
+  if (num_threads <= 0) num_threads = default_num_threads();
+  // Only ids listed by B need slots; ids of A beyond that range can never match.
+  const int64_t id_limit = int64_t{max_id(p.b, p.Lb * p.n, p.kb, p.k)} + 1;
+  const int words = static_cast<int>((p.Lb + kWordBits - 1) / kWordBits);
+  const int64_t row_stride = int64_t{words} * kWordBits;  // counter rows padded to whole words
+  const int64_t max_slots = p.Lb * p.k;
+
+  // Prompt blocks: per-prompt counts are staged [block, La, row_stride] and written out
+  // transposed so that every write to counts [La, Lb, n] covers a contiguous run of prompts.
+  const int64_t stage_bytes = p.La * row_stride * int64_t{sizeof(uint16_t)};
+  const int64_t block = counts ? std::clamp<int64_t>((1 << 20) / std::max<int64_t>(stage_bytes, 1), 1, 64)
+                               : 256;
+  const int64_t num_blocks = (p.n + block - 1) / block;
+  const int threads = static_cast<int>(std::min<int64_t>(num_threads, num_blocks));
+
+  std::vector<std::vector<uint64_t>> totals(threads);  // per thread [La, row_stride]
+  parallel_for(num_blocks, threads, cancel, [&](int64_t blk, int worker) {
+    thread_local std::vector<uint16_t> stage;
+    std::vector<uint64_t>& total = totals[worker];
+    if (total.empty()) total.assign(p.La * row_stride, 0);
+    PromptScratch scratch(id_limit, max_slots, words);
+    const int64_t i0 = blk * block, i1 = std::min(p.n, i0 + block);
+    if (counts) {
+      stage.assign((i1 - i0) * p.La * row_stride, 0);
+      for (int64_t i = i0; i < i1; ++i) {
+        count_prompt<uint16_t>(p, i, scratch, stage.data() + (i - i0) * p.La * row_stride, row_stride);
       }
-      mean[la * p.Lb + lb] = static_cast<double>(total) * inv;
+      for (int64_t la = 0; la < p.La; ++la) {
+        for (int64_t lb = 0; lb < p.Lb; ++lb) {
+          uint16_t* dst = counts + (la * p.Lb + lb) * p.n;
+          uint64_t sum = 0;
+          for (int64_t i = i0; i < i1; ++i) {
+            const uint16_t c = stage[((i - i0) * p.La + la) * row_stride + lb];
+            dst[i] = c;
+            sum += c;
+          }
+          total[la * row_stride + lb] += sum;
+        }
+      }
+    } else {
+      // At most 256 prompts per block and k <= 65535 per prompt: a block's sums fit in uint32.
+      std::vector<uint32_t> block_total(p.La * row_stride, 0);
+      for (int64_t i = i0; i < i1; ++i) count_prompt<uint32_t>(p, i, scratch, block_total.data(), row_stride);
+      for (size_t t = 0; t < block_total.size(); ++t) total[t] += block_total[t];
     }
   });
+  const double inv = 1.0 / (static_cast<double>(p.k) * static_cast<double>(p.n));
+  for (int64_t la = 0; la < p.La; ++la) {
+    for (int64_t lb = 0; lb < p.Lb; ++lb) {
+      uint64_t sum = 0;
+      for (const auto& total : totals) {
+        if (!total.empty()) sum += total[la * row_stride + lb];
+      }
+      mean[la * p.Lb + lb] = static_cast<double>(sum) * inv;
+    }
+  }
 }
 
 }  // namespace layerknn::cpu

@@ -22,8 +22,24 @@ from .overlap import overlap
 __version__ = getattr(_core, "__version__", "0.0.0")
 
 # --- helpers: add further public names below (imports + __all__ entries) -----------------------
+from .cache import Cache
+from .compare import Comparison, compare
+from .datasets import load_texts
+from .extract import Activations, extract
+from .models import list_aliases, load_model
+from .zoo import Zoo, zoo
 
 __all__ = [
+    "Activations",
+    "Cache",
+    "Comparison",
+    "Zoo",
+    "compare",
+    "extract",
+    "list_aliases",
+    "load_model",
+    "load_texts",
+    "zoo",
     "Neighbors",
     "built_with_cuda",
     "chance",

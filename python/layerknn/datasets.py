@@ -342,7 +342,7 @@ def _is_prose(text: str) -> bool:
         return False
     if not text[0].isupper() or text[-1] not in ".!?":
         return False
-    if _MARKUP_RE.search(text):
+    if ">>>" in text or _MARKUP_RE.search(text):
         return False
     chars = [c for c in text if not c.isspace()]
     letters = sum(c.isalpha() for c in chars)

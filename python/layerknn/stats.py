@@ -12,6 +12,7 @@ the normalised depth of row l is ``l / L``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = [
     "bootstrap_cell_totals",
     "percentile_ci",
     "permutation_pvalues",
+    "relabel_neighbors",
     "boundary_tie_rate",
     "DEPTH_STATS",
 ]
@@ -266,19 +268,16 @@ def percentile_ci(samples: np.ndarray, level: float = 0.95, axis: int = 0) -> tu
     Examples
     --------
     >>> lo, hi = percentile_ci(np.arange(101.0), 0.9)
-    >>> float(lo), float(hi)
+    >>> round(float(lo), 6), round(float(hi), 6)
     (5.0, 95.0)
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     alpha = (1 - level) / 2
-    with np.errstate(invalid="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lo = np.nanquantile(samples, alpha, axis=axis)
-            hi = np.nanquantile(samples, 1 - alpha, axis=axis)
+    with warnings.catch_warnings():  # all-NaN slices (e.g. undefined Spearman) give NaN quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo = np.nanquantile(samples, alpha, axis=axis)
+        hi = np.nanquantile(samples, 1 - alpha, axis=axis)
     return lo, hi
 
 
@@ -319,15 +318,33 @@ def permutation_pvalues(nbrs_a: np.ndarray, nbrs_b: np.ndarray, k: int, observed
     exceed = np.zeros(np.shape(observed), dtype=np.int64)
     tol = 1e-12
     for _ in range(n_perm):
-        perm = rng.permutation(n)
-        inverse = np.empty(n, dtype=np.int32)
-        inverse[perm] = np.arange(n, dtype=np.int32)
-        relabelled = inverse[nbrs_b[:, perm, :]]
-        null = np.asarray(overlap(nbrs_a, relabelled, k))
+        null = np.asarray(overlap(nbrs_a, relabel_neighbors(nbrs_b, rng.permutation(n)), k))
         exceed += null >= observed - tol
         if progress is not None:
             progress(1)
     return (1.0 + exceed) / (1.0 + n_perm)
+
+
+def relabel_neighbors(nbrs: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """B's neighbour lists seen from A's numbering when A's prompt i pairs with B's prompt ``perm[i]``.
+
+    Row ``i`` of the result is ``perm^{-1}`` applied to row ``perm[i]`` of ``nbrs``.
+
+    Parameters
+    ----------
+    nbrs : int array, shape (L, n, k)
+    perm : int array, shape (n,), a permutation of ``0..n-1``
+
+    Examples
+    --------
+    >>> nb = np.array([[[1], [2], [0]]])          # prompt j's neighbour is j + 1 (mod 3)
+    >>> relabel_neighbors(nb, np.array([2, 0, 1]))[0, :, 0].tolist()
+    [1, 2, 0]
+    """
+    perm = np.asarray(perm)
+    inverse = np.empty(perm.size, dtype=np.int32)
+    inverse[perm] = np.arange(perm.size, dtype=np.int32)
+    return inverse[np.asarray(nbrs)[:, perm, :]]
 
 
 def boundary_tie_rate(scores: np.ndarray, k: int) -> np.ndarray:

@@ -1,0 +1,65 @@
+"""Shared helpers for the standalone benchmark scripts: a clean BLAS environment, timing, and
+appending result tables to bench/RESULTS.md with the machine, date and commit."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+_SLOWING_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def reexec_without_blas_throttles() -> None:
+    """Restart this script without the variables that slow OpenBLAS here (benchmarks only)."""
+    if any(v in os.environ for v in _SLOWING_VARS):
+        env = {k: v for k, v in os.environ.items() if k not in _SLOWING_VARS}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of fn() over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent, text=True,
+            stderr=subprocess.DEVNULL,
+        ).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def append_results(title: str, table: str, threads: int | None = None) -> None:
+    """Append a titled markdown table with provenance to bench/RESULTS.md and print it."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    where = f"{cpu_name()}, {os.cpu_count()} cores" + (f", {threads} threads" if threads else "")
+    block = f"\n## {title}\n\n{stamp} · commit {commit()} · {where}\n\n{table}\n"
+    print(block)
+    with RESULTS.open("a") as f:
+        f.write(block)

@@ -1,0 +1,209 @@
+"""Benchmark layerknn's CPU k-NN engine against FAISS IndexFlatIP and torch bmm + topk.
+
+Cosine k-NN (k=10, float32) of every row of every layer, at equal thread counts, on the
+workloads of the issue: W1 = (L=31, n=2048, d=576) and W2 = (L=33, n=4096, d=2048) (``--quick``
+shrinks them). Checks that the neighbour lists agree with both rivals, then times each (warm-up
++ median of repeats), prints seconds, speed-ups and effective GFLOP/s (2 L n^2 d per full
+product), measures layerknn's peak extra memory in a fresh subprocess, and appends the table to
+bench/RESULTS.md.
+
+    python bench/bench_knn_cpu.py [--quick] [--threads 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import append_results, reexec_without_blas_throttles  # noqa: E402
+
+reexec_without_blas_throttles()
+
+import numpy as np  # noqa: E402
+
+WORKLOADS = {"W1": (31, 2048, 576), "W2": (33, 4096, 2048)}
+QUICK = {"W1": (4, 1024, 576), "W2": (3, 2048, 2048)}
+K = 10
+
+
+def make_activations(L: int, n: int, d: int, seed: int = 0) -> np.ndarray:
+    """Seeded float32 rows: a shared low-rank part per layer plus Gaussian noise, so the
+    neighbourhoods have structure (as pooled LM activations do) instead of being uniform."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((L, n, d), dtype=np.float32)
+    for l in range(L):
+        base = rng.standard_normal((16, d), dtype=np.float32)
+        mix = rng.standard_normal((n, 16), dtype=np.float32)
+        x[l] = mix @ base
+        x[l] += 2.0 * rng.standard_normal((n, d), dtype=np.float32)
+    return x
+
+
+def layerknn_runner(threads: int):
+    try:
+        import layerknn
+
+        if hasattr(layerknn, "knn"):
+            return lambda x: np.asarray(layerknn.knn(x, K, metric="cosine", num_threads=threads).indices)
+    except ImportError:
+        pass
+    from layerknn import _core
+
+    return lambda x: _core.knn_cpu(x, None, K, 1, True, threads)[0]
+
+
+def faiss_knn(x: np.ndarray) -> np.ndarray:
+    """One IndexFlatIP per layer over L2-normalised rows; search k+1 and drop the row itself."""
+    import faiss
+
+    L, n, d = x.shape
+    out = np.empty((L, n, K), dtype=np.int64)
+    for l in range(L):
+        xl = np.ascontiguousarray(x[l])
+        xl = xl / np.linalg.norm(xl, axis=1, keepdims=True)
+        index = faiss.IndexFlatIP(d)
+        index.add(xl)
+        _, found = index.search(xl, K + 1)
+        not_self = found != np.arange(n)[:, None]
+        not_self[not_self.all(axis=1), -1] = False  # self absent: drop the last instead
+        out[l] = found[not_self].reshape(n, K)
+    return out
+
+
+def torch_knn(x: np.ndarray) -> np.ndarray:
+    """Normalise, one batched matmul per layer block, mask the diagonal, topk."""
+    import torch
+
+    t = torch.from_numpy(x)
+    t = t / t.norm(dim=2, keepdim=True)
+    scores = torch.bmm(t, t.transpose(1, 2))
+    scores.diagonal(dim1=1, dim2=2).fill_(-float("inf"))
+    return scores.topk(K, dim=2).indices.numpy()
+
+
+def timed(fn, x, repeats: int) -> tuple[float, np.ndarray]:
+    """Median wall seconds after one warm-up call (kept as a sample when a call exceeds 10 s,
+    so the slow rivals on W2 do not dominate the run time), and the last result."""
+    start = time.perf_counter()
+    result = fn(x)
+    first = time.perf_counter() - start
+    samples = [first] if first > 10 else []
+    while len(samples) < repeats:
+        start = time.perf_counter()
+        result = fn(x)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples), result
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of rows whose neighbour sets are equal."""
+    a = np.sort(a.reshape(-1, K), axis=1)
+    b = np.sort(b.reshape(-1, K), axis=1)
+    return float((a == b).all(axis=1).mean())
+
+
+def _vm_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_memory_child(name: str, quick: bool, threads: int) -> None:
+    """(In a fresh subprocess) peak RSS growth of one layerknn.knn call, minus its outputs."""
+    L, n, d = (QUICK if quick else WORKLOADS)[name]
+    x = make_activations(L, n, d)
+    run = layerknn_runner(threads)
+    run(x[:1, :64])  # load everything once
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        reset = True
+    except OSError:
+        reset = False
+    before = _vm_kib("VmRSS") if reset else _vm_kib("VmHWM")
+    run(x)
+    extra = (_vm_kib("VmHWM") - before) * 1024 - L * n * K * 8  # minus indices + scores
+    print(json.dumps({"extra_bytes": max(extra, 0), "input_bytes": x.nbytes, "reset": reset}))
+
+
+def measure_memory(name: str, quick: bool, threads: int) -> str:
+    cmd = [sys.executable, __file__, "--memory-child", name, "--threads", str(threads)]
+    if quick:
+        cmd.append("--quick")
+    try:
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        info = json.loads(out.strip().splitlines()[-1])
+    except (subprocess.CalledProcessError, ValueError, IndexError) as err:
+        return f"n/a ({err.__class__.__name__})"
+    pct = 100.0 * info["extra_bytes"] / info["input_bytes"]
+    return f"{pct:.1f}%" + ("" if info["reset"] else " (HWM delta)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller workloads (a minute)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for every engine")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per engine")
+    parser.add_argument("--workloads", default="W1,W2", help="comma-separated subset of W1,W2")
+    parser.add_argument("--no-append", action="store_true", help="print only")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        measure_memory_child(args.memory_child, args.quick, args.threads)
+        return
+
+    import faiss
+    import torch
+
+    from layerknn import _core
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    run_layerknn = layerknn_runner(args.threads)
+    sizes = QUICK if args.quick else WORKLOADS
+    kernel = os.environ.get("LAYERKNN_CPU_KERNEL", "auto")
+    rows = [
+        "| workload | L, n, d | layerknn s | FAISS s | torch s | vs FAISS | vs torch "
+        "| GFLOP/s layerknn / FAISS / torch | same sets as FAISS / torch | extra memory |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in args.workloads.split(","):
+        L, n, d = sizes[name]
+        x = make_activations(L, n, d)
+        print(f"{name}: L={L} n={n} d={d} ...", flush=True)
+        t_ours, ours = timed(run_layerknn, x, args.repeats)
+        t_faiss, theirs_faiss = timed(faiss_knn, x, args.repeats)
+        t_torch, theirs_torch = timed(torch_knn, x, args.repeats)
+        flops = 2.0 * L * n * n * d
+        memory = measure_memory(name, args.quick, args.threads)
+        rows.append(
+            f"| {name} | {L}, {n}, {d} | {t_ours:.3f} | {t_faiss:.3f} | {t_torch:.3f} "
+            f"| {t_faiss / t_ours:.2f}x | {t_torch / t_ours:.2f}x "
+            f"| {flops / t_ours / 1e9:.0f} / {flops / t_faiss / 1e9:.0f} / {flops / t_torch / 1e9:.0f} "
+            f"| {100 * agreement(ours, theirs_faiss):.2f}% / {100 * agreement(ours, theirs_torch):.2f}% "
+            f"| {memory} |"
+        )
+        print(rows[-1], flush=True)
+        del x
+    load = os.getloadavg()[0]
+    title = (
+        f"CPU k-NN, cosine, k={K}, float32{' (quick sizes)' if args.quick else ''}: layerknn "
+        f"[{_core.simd_level()}, LAYERKNN_CPU_KERNEL={kernel}] vs FAISS IndexFlatIP vs torch "
+        f"bmm+topk (1-min load average at the end: {load:.1f})"
+    )
+    table = "\n".join(rows)
+    if args.no_append:
+        print(title + "\n\n" + table)
+    else:
+        append_results(title, table, threads=args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,443 @@
+// AVX-512 kernels of the CPU k-NN engine (see knn_kernels.h), compiled with per-function target
+// attributes so the rest of the build stays baseline x86-64. The fp32 GEMM keeps an 8 x 48 score
+// block in 24 zmm accumulators (8 broadcast rows x 3 vectors of 16 columns) over the full
+// feature dimension; the BF16 variant runs the same block on bf16 pairs with VDPBF16PS, twice the
+// arithmetic per instruction. Packing, the threshold scan and the exact score are vectorised too.
+#include "cpu/knn_kernels.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12's AVX-512 headers trip its own uninitialised-variable warning (GCC PR 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#define LAYERKNN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define LAYERKNN_AVX512BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
+
+namespace layerknn::cpu {
+namespace {
+
+constexpr int kMr = 8;
+constexpr int kNr = 48;
+
+LAYERKNN_AVX512 inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+}
+
+// ---- exact score (16 lanes, halving tree; see simd_scalar.cpp) ------------------------------
+
+LAYERKNN_AVX512 inline float reduce_lanes(__m512 v) {
+  const __m256 w8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  const __m128 w4 = _mm_add_ps(_mm256_castps256_ps128(w8), _mm256_extractf128_ps(w8, 1));
+  const __m128 w2 = _mm_add_ps(w4, _mm_movehl_ps(w4, w4));
+  const __m128 w1 = _mm_add_ss(w2, _mm_shuffle_ps(w2, w2, 1));
+  return _mm_cvtss_f32(w1);
+}
+
+LAYERKNN_AVX512 void dot_batch(const float* a, float sa, const float* const* b, const float* sb,
+                               int count, int64_t d, float* out) {
+  const __m512 va_scale = _mm512_set1_ps(sa);
+  int q = 0;
+  for (; q + 4 <= count; q += 4) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    const __m512 s0 = _mm512_set1_ps(sb[q]), s1 = _mm512_set1_ps(sb[q + 1]);
+    const __m512 s2 = _mm512_set1_ps(sb[q + 2]), s3 = _mm512_set1_ps(sb[q + 3]);
+    for (int64_t t = 0; t < d; t += 16) {
+      const __mmask16 m = tail_mask(d - t);
+      const __m512 av = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + t), va_scale);
+      acc0 = _mm512_fmadd_ps(av, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, b[q] + t), s0), acc0);
+      acc1 = _mm512_fmadd_ps(av, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, b[q + 1] + t), s1), acc1);
+      acc2 = _mm512_fmadd_ps(av, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, b[q + 2] + t), s2), acc2);
+      acc3 = _mm512_fmadd_ps(av, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, b[q + 3] + t), s3), acc3);
+    }
+    out[q] = reduce_lanes(acc0);
+    out[q + 1] = reduce_lanes(acc1);
+    out[q + 2] = reduce_lanes(acc2);
+    out[q + 3] = reduce_lanes(acc3);
+  }
+  for (; q < count; ++q) {
+    __m512 acc = _mm512_setzero_ps();
+    const __m512 s = _mm512_set1_ps(sb[q]);
+    for (int64_t t = 0; t < d; t += 16) {
+      const __mmask16 m = tail_mask(d - t);
+      const __m512 av = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + t), va_scale);
+      acc = _mm512_fmadd_ps(av, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, b[q] + t), s), acc);
+    }
+    out[q] = reduce_lanes(acc);
+  }
+}
+
+LAYERKNN_AVX512 void sqdist_batch(const float* a, const float* const* b, int count, int64_t d,
+                                  float* out) {
+  int q = 0;
+  for (; q + 4 <= count; q += 4) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    for (int64_t t = 0; t < d; t += 16) {
+      const __mmask16 m = tail_mask(d - t);
+      const __m512 av = _mm512_maskz_loadu_ps(m, a + t);
+      const __m512 d0 = _mm512_sub_ps(av, _mm512_maskz_loadu_ps(m, b[q] + t));
+      const __m512 d1 = _mm512_sub_ps(av, _mm512_maskz_loadu_ps(m, b[q + 1] + t));
+      const __m512 d2 = _mm512_sub_ps(av, _mm512_maskz_loadu_ps(m, b[q + 2] + t));
+      const __m512 d3 = _mm512_sub_ps(av, _mm512_maskz_loadu_ps(m, b[q + 3] + t));
+      acc0 = _mm512_fmadd_ps(d0, d0, acc0);
+      acc1 = _mm512_fmadd_ps(d1, d1, acc1);
+      acc2 = _mm512_fmadd_ps(d2, d2, acc2);
+      acc3 = _mm512_fmadd_ps(d3, d3, acc3);
+    }
+    out[q] = reduce_lanes(acc0);
+    out[q + 1] = reduce_lanes(acc1);
+    out[q + 2] = reduce_lanes(acc2);
+    out[q + 3] = reduce_lanes(acc3);
+  }
+  for (; q < count; ++q) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t t = 0; t < d; t += 16) {
+      const __mmask16 m = tail_mask(d - t);
+      const __m512 diff =
+          _mm512_sub_ps(_mm512_maskz_loadu_ps(m, a + t), _mm512_maskz_loadu_ps(m, b[q] + t));
+      acc = _mm512_fmadd_ps(diff, diff, acc);
+    }
+    out[q] = reduce_lanes(acc);
+  }
+}
+
+// ---- row statistics --------------------------------------------------------------------------
+
+// Float64 sum of 8 + 8 lanes (lane = t mod 16) by the same halving tree as the exact score.
+LAYERKNN_AVX512 inline double reduce_lanes_pd(__m512d lanes_0_7, __m512d lanes_8_15) {
+  const __m512d w8 = _mm512_add_pd(lanes_0_7, lanes_8_15);
+  const __m256d w4 = _mm256_add_pd(_mm512_castpd512_pd256(w8), _mm512_extractf64x4_pd(w8, 1));
+  const __m128d w2 = _mm_add_pd(_mm256_castpd256_pd128(w4), _mm256_extractf128_pd(w4, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(w2, _mm_unpackhi_pd(w2, w2)));
+}
+
+// Sum of squares in float64 of x * scale (rounded to fp32 first), 16 lanes + halving tree.
+LAYERKNN_AVX512 double sum_squares(const float* x, int64_t d, float scale) {
+  __m512d acc0 = _mm512_setzero_pd(), acc1 = acc0;
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int64_t t = 0; t < d; t += 16) {
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(d - t), x + t), s);
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+    acc0 = _mm512_fmadd_pd(lo, lo, acc0);
+    acc1 = _mm512_fmadd_pd(hi, hi, acc1);
+  }
+  return reduce_lanes_pd(acc0, acc1);
+}
+
+LAYERKNN_AVX512 void row_stats(const float* x, int64_t d, bool normalise, RowStats* out) {
+  const double sq = sum_squares(x, d, 1.f);
+  const float scale = normalise ? (sq > 0 ? float(1.0 / std::sqrt(sq)) : 0.f) : 1.f;
+  out->scale = scale;
+  out->sq_norm = float(sq);
+  out->norm = normalise ? std::sqrt(sum_squares(x, d, scale)) : std::sqrt(sq);
+  out->packed_norm = out->norm;
+  out->packing_error = 0;
+}
+
+// ---- fp32 packing and GEMM -------------------------------------------------------------------
+
+LAYERKNN_AVX512 void pack_vector_side(const float* src, int64_t count, int64_t d,
+                                      const float* scale, int64_t dpad, void* dst_) {
+  float* dst = static_cast<float*>(dst_);
+  const int64_t panels = (count + kNr - 1) / kNr;
+  for (int64_t p = 0; p < panels; ++p) {
+    float* panel = dst + p * kNr * dpad;  // [dpad][kNr]
+    const int64_t rows = count - p * kNr < kNr ? count - p * kNr : kNr;
+    if (rows < kNr) std::memset(panel, 0, sizeof(float) * kNr * dpad);
+    // 16 features of 16 rows at a time: load row slices, scatter them column-wise.
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = src + (p * kNr + r) * d;
+      const __m512 s = _mm512_set1_ps(scale ? scale[p * kNr + r] : 1.f);
+      const __m512i offsets = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8,
+                                                                  7, 6, 5, 4, 3, 2, 1, 0),
+                                                 _mm512_set1_epi32(kNr));
+      for (int64_t t = 0; t < d; t += 16) {
+        const __mmask16 m = tail_mask(d - t);
+        const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + t), s);
+        _mm512_mask_i32scatter_ps(panel + t * kNr + r, m, offsets, v, 4);
+      }
+      for (int64_t t = d; t < dpad; ++t) panel[t * kNr + r] = 0.f;
+    }
+  }
+}
+
+LAYERKNN_AVX512 void pack_broadcast_side(const float* src, int64_t count, int64_t d,
+                                         const float* scale, int64_t dpad, void* dst_) {
+  float* dst = static_cast<float*>(dst_);
+  const int64_t rows = (count + kMr - 1) / kMr * kMr;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* out = dst + r * dpad;
+    if (r >= count) {
+      std::memset(out, 0, sizeof(float) * dpad);
+      continue;
+    }
+    const __m512 s = _mm512_set1_ps(scale ? scale[r] : 1.f);
+    for (int64_t t = 0; t < dpad; t += 16) {
+      const int64_t left = dpad - t;
+      const __m512 v =
+          _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(d - t > 0 ? d - t : 0), src + r * d + t), s);
+      _mm512_mask_storeu_ps(out + t, tail_mask(left), v);
+    }
+  }
+}
+
+// Feature chunk per pass: keeps a 48-row panel chunk in L1/L2 and the broadcast chunk in L2.
+// Chunks continue each lane's running sum through the tile, so the sum order is unchanged.
+constexpr int64_t kChunk = 256;
+
+LAYERKNN_AVX512 void gemm(const void* broadcast_, int64_t rows_pad, const void* vector_,
+                          int64_t cols_pad, int64_t dpad, float* tile, int64_t lds) {
+  const float* broadcast = static_cast<const float*>(broadcast_);
+  const float* vector = static_cast<const float*>(vector_);
+  for (int64_t k0 = 0; k0 < dpad; k0 += kChunk) {
+    const int64_t k1 = std::min(dpad, k0 + kChunk);
+    for (int64_t c0 = 0; c0 < cols_pad; c0 += kNr) {
+      const float* panel = vector + c0 * dpad;  // [dpad][48]
+      for (int64_t r0 = 0; r0 < rows_pad; r0 += kMr) {
+        const float* a = broadcast + r0 * dpad;
+        __m512 acc[kMr][3];
+#pragma GCC unroll 8
+        for (int r = 0; r < kMr; ++r) {
+          float* out = tile + (r0 + r) * lds + c0;
+          if (k0 == 0) {
+            acc[r][0] = acc[r][1] = acc[r][2] = _mm512_setzero_ps();
+          } else {
+            acc[r][0] = _mm512_loadu_ps(out);
+            acc[r][1] = _mm512_loadu_ps(out + 16);
+            acc[r][2] = _mm512_loadu_ps(out + 32);
+          }
+        }
+        const float* b = panel + k0 * kNr;
+        for (int64_t t = k0; t < k1; ++t, b += kNr) {
+          const __m512 b0 = _mm512_loadu_ps(b);
+          const __m512 b1 = _mm512_loadu_ps(b + 16);
+          const __m512 b2 = _mm512_loadu_ps(b + 32);
+#pragma GCC unroll 8
+          for (int r = 0; r < kMr; ++r) {
+            const __m512 av = _mm512_set1_ps(a[r * dpad + t]);
+            acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(av, b2, acc[r][2]);
+          }
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < kMr; ++r) {
+          float* out = tile + (r0 + r) * lds + c0;
+          _mm512_storeu_ps(out, acc[r][0]);
+          _mm512_storeu_ps(out + 16, acc[r][1]);
+          _mm512_storeu_ps(out + 32, acc[r][2]);
+        }
+      }
+    }
+  }
+}
+
+// ---- threshold scan --------------------------------------------------------------------------
+
+LAYERKNN_AVX512 void scan_tile(float* tile, int64_t lds, int rows, int cols,
+                               const ScanTarget& t) {
+  CandidateLists& lists = *t.lists;
+  const float* thr = lists.thresholds();
+  const float* thr_col = thr + t.col_list;
+  for (int r = 0; r < rows; ++r) {
+    float* line = tile + r * lds;
+    const __m512 lr = _mm512_set1_ps(t.l2_row ? t.l2_row[r] : 0.f);
+    for (int c = 0; c < cols; c += 16) {
+      __mmask16 valid = tail_mask(cols - c);
+      if (t.skip_diagonal && r >= c && r < c + 16) valid &= __mmask16(~(1u << (r - c)));
+      __m512 v = _mm512_loadu_ps(line + c);
+      if (t.l2_row) {
+        const __m512 norms = _mm512_add_ps(lr, _mm512_maskz_loadu_ps(valid, t.l2_col + c));
+        v = _mm512_sub_ps(_mm512_add_ps(v, v), norms);
+        _mm512_storeu_ps(line + c, v);
+      }
+      const __mmask16 mc =
+          _mm512_mask_cmp_ps_mask(valid, v, _mm512_maskz_loadu_ps(valid, thr_col + c), _CMP_GE_OQ);
+      for (unsigned bits = mc; bits; bits &= bits - 1) {
+        const int cc = c + __builtin_ctz(bits);
+        lists.insert(t.col_list + cc, line[cc], t.row_id + r, t.window);
+      }
+      if (t.row_list >= 0) {
+        const __m512 tr = _mm512_set1_ps(thr[t.row_list + r]);
+        const __mmask16 mr = _mm512_mask_cmp_ps_mask(valid, v, tr, _CMP_GE_OQ);
+        for (unsigned bits = mr; bits; bits &= bits - 1) {
+          const int cc = c + __builtin_ctz(bits);
+          lists.insert(t.row_list + r, line[cc], t.col_id + cc, t.window);
+        }
+      }
+    }
+  }
+}
+
+// ---- bf16 packing and GEMM -------------------------------------------------------------------
+
+// 16 floats (x * scale, masked) -> 16 bf16, round to nearest even, as the GEMM will see them.
+LAYERKNN_AVX512BF16 inline __m256i to_bf16(const float* x, __mmask16 m, __m512 scale) {
+  const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x), scale);
+  return (__m256i)_mm512_cvtneps_pbh(v);
+}
+
+LAYERKNN_AVX512BF16 inline __m512 from_bf16(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+LAYERKNN_AVX512BF16 void row_stats_bf16(const float* x, int64_t d, bool normalise,
+                                        RowStats* out) {
+  row_stats(x, d, normalise, out);
+  const __m512 s = _mm512_set1_ps(out->scale);
+  __m512d packed0 = _mm512_setzero_pd(), packed1 = packed0, err0 = packed0, err1 = packed0;
+  for (int64_t t = 0; t < d; t += 16) {
+    const __mmask16 m = tail_mask(d - t);
+    const __m512 exact = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + t), s);
+    const __m512 packed = from_bf16(to_bf16(x + t, m, s));
+    const __m512d p_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(packed));
+    const __m512d p_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(packed, 1));
+    const __m512d e_lo = _mm512_sub_pd(p_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(exact)));
+    const __m512d e_hi = _mm512_sub_pd(p_hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(exact, 1)));
+    packed0 = _mm512_fmadd_pd(p_lo, p_lo, packed0);
+    packed1 = _mm512_fmadd_pd(p_hi, p_hi, packed1);
+    err0 = _mm512_fmadd_pd(e_lo, e_lo, err0);
+    err1 = _mm512_fmadd_pd(e_hi, e_hi, err1);
+  }
+  out->packed_norm = std::sqrt(reduce_lanes_pd(packed0, packed1));
+  out->packing_error = std::sqrt(reduce_lanes_pd(err0, err1));
+}
+
+// Vector side: [panel][dpad/2][48] of 32-bit bf16 pairs.
+LAYERKNN_AVX512BF16 void pack_vector_side_bf16(const float* src, int64_t count, int64_t d,
+                                               const float* scale, int64_t dpad, void* dst_) {
+  uint32_t* dst = static_cast<uint32_t*>(dst_);
+  const int64_t pairs = dpad / 2;
+  const int64_t panels = (count + kNr - 1) / kNr;
+  const __m512i offsets = _mm512_mullo_epi32(
+      _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(kNr));
+  for (int64_t p = 0; p < panels; ++p) {
+    uint32_t* panel = dst + p * kNr * pairs;
+    const int64_t rows = count - p * kNr < kNr ? count - p * kNr : kNr;
+    if (rows < kNr) std::memset(panel, 0, sizeof(uint32_t) * kNr * pairs);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = src + (p * kNr + r) * d;
+      const __m512 s = _mm512_set1_ps(scale ? scale[p * kNr + r] : 1.f);
+      // 32 features = 16 pairs per step.
+      for (int64_t t = 0; t < dpad; t += 32) {
+        const int64_t left = d - t;
+        const __m256i lo = to_bf16(row + t, tail_mask(left > 0 ? left : 0), s);
+        const __m256i hi = to_bf16(row + t + 16, tail_mask(left > 16 ? left - 16 : 0), s);
+        const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        const int64_t pair_left = pairs - t / 2;
+        const __mmask16 m = tail_mask(pair_left);
+        _mm512_mask_i32scatter_epi32(panel + (t / 2) * kNr + r, m, offsets, both, 4);
+      }
+    }
+  }
+}
+
+// Broadcast side: [round_up(count, 8)][dpad] bf16, row-major.
+LAYERKNN_AVX512BF16 void pack_broadcast_side_bf16(const float* src, int64_t count, int64_t d,
+                                                  const float* scale, int64_t dpad, void* dst_) {
+  uint16_t* dst = static_cast<uint16_t*>(dst_);
+  const int64_t rows = (count + kMr - 1) / kMr * kMr;
+  for (int64_t r = 0; r < rows; ++r) {
+    uint16_t* out = dst + r * dpad;
+    if (r >= count) {
+      std::memset(out, 0, sizeof(uint16_t) * dpad);
+      continue;
+    }
+    const __m512 s = _mm512_set1_ps(scale ? scale[r] : 1.f);
+    for (int64_t t = 0; t < dpad; t += 16) {
+      const int64_t left = d - t;
+      const __m256i h = to_bf16(src + r * d + t, tail_mask(left > 0 ? left : 0), s);
+      _mm256_mask_storeu_epi16(out + t, tail_mask(dpad - t), h);
+    }
+  }
+}
+
+LAYERKNN_AVX512BF16 void gemm_bf16(const void* broadcast_, int64_t rows_pad, const void* vector_,
+                                   int64_t cols_pad, int64_t dpad, float* tile, int64_t lds) {
+  const uint32_t* broadcast = static_cast<const uint32_t*>(broadcast_);  // [rows][dpad/2] pairs
+  const uint32_t* vector = static_cast<const uint32_t*>(vector_);
+  const int64_t pairs = dpad / 2;
+  for (int64_t k0 = 0; k0 < pairs; k0 += kChunk) {
+    const int64_t k1 = std::min(pairs, k0 + kChunk);
+    for (int64_t c0 = 0; c0 < cols_pad; c0 += kNr) {
+      const uint32_t* panel = vector + c0 * pairs;  // [pairs][48]
+      for (int64_t r0 = 0; r0 < rows_pad; r0 += kMr) {
+        const uint32_t* a = broadcast + r0 * pairs;
+        __m512 acc[kMr][3];
+#pragma GCC unroll 8
+        for (int r = 0; r < kMr; ++r) {
+          float* out = tile + (r0 + r) * lds + c0;
+          if (k0 == 0) {
+            acc[r][0] = acc[r][1] = acc[r][2] = _mm512_setzero_ps();
+          } else {
+            acc[r][0] = _mm512_loadu_ps(out);
+            acc[r][1] = _mm512_loadu_ps(out + 16);
+            acc[r][2] = _mm512_loadu_ps(out + 32);
+          }
+        }
+        const uint32_t* b = panel + k0 * kNr;
+        for (int64_t t = k0; t < k1; ++t, b += kNr) {
+          const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
+          const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 16);
+          const __m512bh b2 = (__m512bh)_mm512_loadu_si512(b + 32);
+#pragma GCC unroll 8
+          for (int r = 0; r < kMr; ++r) {
+            const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[r * pairs + t]));
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], av, b2);
+          }
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < kMr; ++r) {
+          float* out = tile + (r0 + r) * lds + c0;
+          _mm512_storeu_ps(out, acc[r][0]);
+          _mm512_storeu_ps(out + 16, acc[r][1]);
+          _mm512_storeu_ps(out + 32, acc[r][2]);
+        }
+      }
+    }
+  }
+}
+
+const KernelSet kAvx512 = {"avx512",          kMr,          kNr,       1,         4,
+                           false,             row_stats,    pack_vector_side,
+                           pack_broadcast_side, gemm,       scan_tile, dot_batch, sqdist_batch};
+
+const KernelSet kAvx512Bf16 = {"avx512-bf16",
+                               kMr,
+                               kNr,
+                               2,
+                               2,
+                               true,
+                               row_stats_bf16,
+                               pack_vector_side_bf16,
+                               pack_broadcast_side_bf16,
+                               gemm_bf16,
+                               scan_tile,
+                               dot_batch,
+                               sqdist_batch};
+
+}  // namespace
+
+const KernelSet* avx512_kernels() { return &kAvx512; }
+const KernelSet* avx512_bf16_kernels() { return &kAvx512Bf16; }
+
+}  // namespace layerknn::cpu
+
+#else  // not x86-64
+
+namespace layerknn::cpu {
+const KernelSet* avx512_kernels() { return nullptr; }
+const KernelSet* avx512_bf16_kernels() { return nullptr; }
+}  // namespace layerknn::cpu
+
+#endif

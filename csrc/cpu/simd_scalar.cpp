@@ -1,0 +1,140 @@
+// Portable kernels of the CPU k-NN engine (see knn_kernels.h): plain C++ that runs on any CPU and
+// doubles as the readable specification of the SIMD tables. The exact score keeps the 16-lane
+// fused-multiply-add layout and halving tree of the vector versions, so every table returns the
+// same bits; the GEMM is a small register-blocked loop that compilers vectorise with SSE2.
+#include <cmath>
+#include <cstring>
+
+#include "cpu/knn_kernels.h"
+
+namespace layerknn::cpu {
+namespace {
+
+constexpr int kMr = 4;
+constexpr int kNr = 8;
+
+// Sum of squares in float64 of x * scale (rounded to fp32 first): 16 lanes, halving tree.
+double sum_squares(const float* x, int64_t d, float scale) {
+  double lane[16] = {};
+  for (int64_t t = 0; t < d; ++t) {
+    const double v = x[t] * scale;
+    lane[t % 16] += v * v;
+  }
+  double w8[8], w4[4];
+  for (int l = 0; l < 8; ++l) w8[l] = lane[l] + lane[l + 8];
+  for (int l = 0; l < 4; ++l) w4[l] = w8[l] + w8[l + 4];
+  return (w4[0] + w4[2]) + (w4[1] + w4[3]);
+}
+
+void row_stats(const float* x, int64_t d, bool normalise, RowStats* out) {
+  const double sq = sum_squares(x, d, 1.f);
+  const float scale = normalise ? (sq > 0 ? float(1.0 / std::sqrt(sq)) : 0.f) : 1.f;
+  out->scale = scale;
+  out->sq_norm = float(sq);
+  out->norm = normalise ? std::sqrt(sum_squares(x, d, scale)) : std::sqrt(sq);
+  out->packed_norm = out->norm;
+  out->packing_error = 0;
+}
+
+void pack_vector_side(const float* src, int64_t count, int64_t d, const float* scale,
+                      int64_t dpad, void* dst_) {
+  float* dst = static_cast<float*>(dst_);
+  const int64_t panels = (count + kNr - 1) / kNr;
+  std::memset(dst, 0, sizeof(float) * panels * kNr * dpad);
+  for (int64_t r = 0; r < count; ++r) {
+    const float s = scale ? scale[r] : 1.f;
+    float* panel = dst + (r / kNr) * kNr * dpad + (r % kNr);
+    for (int64_t t = 0; t < d; ++t) panel[t * kNr] = src[r * d + t] * s;
+  }
+}
+
+void pack_broadcast_side(const float* src, int64_t count, int64_t d, const float* scale,
+                         int64_t dpad, void* dst_) {
+  float* dst = static_cast<float*>(dst_);
+  const int64_t rows = (count + kMr - 1) / kMr * kMr;
+  std::memset(dst, 0, sizeof(float) * rows * dpad);
+  for (int64_t r = 0; r < count; ++r) {
+    const float s = scale ? scale[r] : 1.f;
+    for (int64_t t = 0; t < d; ++t) dst[r * dpad + t] = src[r * d + t] * s;
+  }
+}
+
+void gemm(const void* broadcast_, int64_t rows_pad, const void* vector_, int64_t cols_pad,
+          int64_t dpad, float* tile, int64_t lds) {
+  const float* broadcast = static_cast<const float*>(broadcast_);
+  const float* vector = static_cast<const float*>(vector_);
+  for (int64_t c0 = 0; c0 < cols_pad; c0 += kNr) {
+    const float* panel = vector + c0 * dpad;  // [dpad][kNr]
+    for (int64_t r0 = 0; r0 < rows_pad; r0 += kMr) {
+      float acc[kMr][kNr] = {};
+      for (int64_t t = 0; t < dpad; ++t) {
+        for (int r = 0; r < kMr; ++r) {
+          const float a = broadcast[(r0 + r) * dpad + t];
+          for (int c = 0; c < kNr; ++c) acc[r][c] += a * panel[t * kNr + c];
+        }
+      }
+      for (int r = 0; r < kMr; ++r)
+        for (int c = 0; c < kNr; ++c) tile[(r0 + r) * lds + c0 + c] = acc[r][c];
+    }
+  }
+}
+
+void scan_tile(float* tile, int64_t lds, int rows, int cols, const ScanTarget& t) {
+  CandidateLists& lists = *t.lists;
+  const float* thr = lists.thresholds();
+  for (int r = 0; r < rows; ++r) {
+    float* line = tile + r * lds;
+    for (int c = 0; c < cols; ++c) {
+      if (t.l2_row) {
+        const float twice = line[c] + line[c];
+        line[c] = twice - (t.l2_row[r] + t.l2_col[c]);
+      }
+      if (t.skip_diagonal && r == c) continue;
+      const float v = line[c];
+      if (v >= thr[t.col_list + c]) lists.insert(t.col_list + c, v, t.row_id + r, t.window);
+      if (t.row_list >= 0 && v >= thr[t.row_list + r])
+        lists.insert(t.row_list + r, v, t.col_id + c, t.window);
+    }
+  }
+}
+
+// Sum of 16 lanes by halving: l += l+8, then +4, +2, +1 (shared with the SIMD tables).
+float reduce_lanes(const float* lane) {
+  float w8[8], w4[4], w2[2];
+  for (int l = 0; l < 8; ++l) w8[l] = lane[l] + lane[l + 8];
+  for (int l = 0; l < 4; ++l) w4[l] = w8[l] + w8[l + 4];
+  for (int l = 0; l < 2; ++l) w2[l] = w4[l] + w4[l + 2];
+  return w2[0] + w2[1];
+}
+
+void dot_batch(const float* a, float sa, const float* const* b, const float* sb, int count,
+               int64_t d, float* out) {
+  for (int q = 0; q < count; ++q) {
+    float lane[16] = {};
+    for (int64_t t = 0; t < d; ++t) {
+      lane[t % 16] = std::fma(a[t] * sa, b[q][t] * sb[q], lane[t % 16]);
+    }
+    out[q] = reduce_lanes(lane);
+  }
+}
+
+void sqdist_batch(const float* a, const float* const* b, int count, int64_t d, float* out) {
+  for (int q = 0; q < count; ++q) {
+    float lane[16] = {};
+    for (int64_t t = 0; t < d; ++t) {
+      const float diff = a[t] - b[q][t];
+      lane[t % 16] = std::fma(diff, diff, lane[t % 16]);
+    }
+    out[q] = reduce_lanes(lane);
+  }
+}
+
+const KernelSet kScalar = {"scalar",          kMr,          kNr,       1,         4,
+                           false,             row_stats,    pack_vector_side,
+                           pack_broadcast_side, gemm,       scan_tile, dot_batch, sqdist_batch};
+
+}  // namespace
+
+const KernelSet* scalar_kernels() { return &kScalar; }
+
+}  // namespace layerknn::cpu

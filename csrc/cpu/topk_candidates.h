@@ -1,0 +1,132 @@
+// Per-row candidate lists of the CPU k-NN engine: for every row, the database rows whose
+// approximate key may still belong to its exact top k. A list keeps every candidate whose key is
+// >= (its k-th best key) - window, where `window` bounds twice the error of an approximate key;
+// the k-th best key is tracked exactly by a size-k min-heap, and the published threshold only
+// rises, so SIMD scans can test against a stale value safely. A list that cannot shrink below
+// 3/4 of its capacity gives up ("overflowed"): the engine recomputes that row exactly, so
+// correctness never depends on the capacity.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+namespace layerknn::cpu {
+
+// Largest float <= a - b (rounded towards -infinity), so thresholds never exclude too much.
+inline float lower_difference(float a, float b) {
+  return std::nextafter(a - b, -INFINITY);
+}
+
+class CandidateLists {
+ public:
+  CandidateLists(int64_t rows, int capacity, int k)
+      : capacity_(capacity),
+        k_(k),
+        threshold_(rows, -INFINITY),
+        count_(rows, 0),
+        heap_size_(rows, 0),
+        overflowed_(rows, 0),
+        heap_(rows * k),
+        keys_(rows * capacity),
+        ids_(rows * capacity) {}
+
+  float* thresholds() { return threshold_.data(); }  // [rows]
+
+  // Adds (key, id) to row's list if it can still matter. window = 2 x key error bound (>= 0).
+  void insert(int64_t row, float key, int32_t id, float window) {
+    ++calls;
+    if (!(key >= threshold_[row])) return;
+    ++passed;
+    push_key(row, key, window);
+    int n = count_[row];
+    if (n == capacity_) {
+      n = compact(row);
+      if (n * 4 > capacity_ * 3) {  // no room gained: give up on this row (exact fallback)
+        overflowed_[row] = 1;
+        threshold_[row] = INFINITY;
+        count_[row] = 0;
+        return;
+      }
+    }
+    if (!(key >= threshold_[row])) return;
+    keys_[row * capacity_ + n] = key;
+    ids_[row * capacity_ + n] = id;
+    count_[row] = n + 1;
+  }
+
+  int count(int64_t row) const { return count_[row]; }
+  bool overflowed(int64_t row) const { return overflowed_[row] != 0; }
+  const float* keys(int64_t row) const { return keys_.data() + row * capacity_; }
+  const int32_t* ids(int64_t row) const { return ids_.data() + row * capacity_; }
+
+  // Empties a row for the next layer.
+  void reset(int64_t row) {
+    threshold_[row] = -INFINITY;
+    count_[row] = 0;
+    heap_size_[row] = 0;
+    overflowed_[row] = 0;
+  }
+
+ private:
+  // Tracks the k best keys seen in a min-heap; once it holds k, the threshold is
+  // (k-th best key) - window, rounded down.
+  void push_key(int64_t row, float key, float window) {
+    float* heap = heap_.data() + row * k_;
+    int size = heap_size_[row];
+    if (size < k_) {
+      int c = size++;
+      while (c > 0 && heap[(c - 1) / 2] > key) {
+        heap[c] = heap[(c - 1) / 2];
+        c = (c - 1) / 2;
+      }
+      heap[c] = key;
+      heap_size_[row] = size;
+      if (size < k_) return;
+    } else {
+      if (!(key > heap[0])) return;
+      ++heaped;
+      int c = 0;
+      for (;;) {
+        int child = 2 * c + 1;
+        if (child >= k_) break;
+        if (child + 1 < k_ && heap[child + 1] < heap[child]) ++child;
+        if (!(heap[child] < key)) break;
+        heap[c] = heap[child];
+        c = child;
+      }
+      heap[c] = key;
+    }
+    threshold_[row] = std::max(threshold_[row], lower_difference(heap[0], window));
+  }
+
+  // Drops the candidates that fell below the threshold; returns how many remain.
+  int compact(int64_t row) {
+    float* keys = keys_.data() + row * capacity_;
+    int32_t* ids = ids_.data() + row * capacity_;
+    const float threshold = threshold_[row];
+    int kept = 0;
+    for (int c = 0; c < count_[row]; ++c) {
+      if (keys[c] >= threshold) {
+        keys[kept] = keys[c];
+        ids[kept] = ids[c];
+        ++kept;
+      }
+    }
+    count_[row] = kept;
+    return kept;
+  }
+
+  public: int64_t calls=0, passed=0, heaped=0; private:
+  int capacity_;
+  int k_;
+  std::vector<float> threshold_;
+  std::vector<int32_t> count_, heap_size_;
+  std::vector<uint8_t> overflowed_;
+  std::vector<float> heap_;
+  std::vector<float> keys_;
+  std::vector<int32_t> ids_;
+};
+
+}  // namespace layerknn::cpu

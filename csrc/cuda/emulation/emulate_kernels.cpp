@@ -1,0 +1,285 @@
+// CPU emulation test of the CUDA kernels (no GPU needed): compiles the real kernel headers of
+// csrc/cuda against the std::thread stand-in in this folder and checks, bit for bit, the fused
+// k-NN kernel (all metrics, every K bucket, self and cross form, ties, duplicates, odd sizes,
+// database splits + merge) and the overlap kernels against plain sequential references that
+// sum in the same order. Build: g++ -std=c++20 -O1 -pthread -Icsrc/cuda/emulation -Icsrc
+// -DLAYERKNN_CUDA_EMULATION csrc/cuda/emulation/emulate_kernels.cpp (tests/test_cuda_emulation.py).
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda/knn_kernel.cuh"
+#include "cuda/norms_kernel.cuh"
+#include "cuda/overlap_kernels.cuh"
+#include "common/intersect.h"
+
+using namespace layerknn;
+using namespace layerknn::cuda::detail;
+
+namespace {
+
+int failures = 0;
+
+void check(bool ok, const std::string& what) {
+  if (!ok) {
+    ++failures;
+    std::printf("FAIL %s\n", what.c_str());
+  }
+}
+
+struct Case {
+  int L, n, m, d, k;
+  Metric metric;
+  bool cross, exclude_self, ties;
+  int splits;
+};
+
+// Sequential fp32 scores in the kernel's order (fmaf over features, cosine pre-scaled rows).
+float ref_score(const float* xi, const float* yj, int d, Metric metric, float si, float sj) {
+  float acc = 0.f;
+  for (int t = 0; t < d; ++t) {
+    const float a = xi[t] * si, b = yj[t] * sj;
+    if (metric == Metric::SquaredL2) {
+      const float diff = a - b;
+      acc = fmaf(diff, diff, acc);
+    } else {
+      acc = fmaf(a, b, acc);
+    }
+  }
+  return acc;
+}
+
+template <int K, int BM>
+void run_fused(const Case& c, const std::vector<float>& x, const std::vector<float>& y,
+               const float* xs, const float* ys, std::vector<int32_t>& idx,
+               std::vector<float>& val) {
+  const int m_tiles = (c.m + kTileN - 1) / kTileN;
+  int splits = std::min(c.splits, m_tiles);
+  const int tps = (m_tiles + splits - 1) / splits;
+  splits = (m_tiles + tps - 1) / tps;
+  const bool vec = c.d % 4 == 0;
+  std::vector<int32_t> part_idx(static_cast<size_t>(splits) * c.L * c.n * c.k, -7);
+  std::vector<float> part_val(part_idx.size(), -7.f);
+  const bool l2 = c.metric == Metric::SquaredL2;
+  const bool self = !c.cross;
+  const float* yp = self ? x.data() : y.data();
+  emu::launch(dim3((c.n + BM - 1) / BM, c.L, splits), dim3(kThreads), [&] {
+    if (l2) {
+      fused_knn_kernel<K, BM, Accumulate::SquaredDiff>(
+          x.data(), yp, xs, ys, c.n, c.m, c.d, c.k, c.metric, self && c.exclude_self, vec, tps,
+          part_idx.data(), part_val.data(), splits == 1);
+    } else {
+      fused_knn_kernel<K, BM, Accumulate::Dot>(
+          x.data(), yp, xs, ys, c.n, c.m, c.d, c.k, c.metric, self && c.exclude_self, vec, tps,
+          part_idx.data(), part_val.data(), splits == 1);
+    }
+  });
+  if (splits == 1) {
+    idx = part_idx;
+    val = part_val;
+    return;
+  }
+  idx.assign(static_cast<size_t>(c.L) * c.n * c.k, -9);
+  val.assign(idx.size(), -9.f);
+  const int64_t rows = static_cast<int64_t>(c.L) * c.n;
+  emu::launch(dim3((rows + kWarps - 1) / kWarps), dim3(kThreads), [&] {
+    merge_splits_kernel<K>(part_val.data(), part_idx.data(), rows, splits, c.k, c.metric,
+                           idx.data(), val.data());
+  });
+}
+
+void run_case(const Case& c, std::mt19937& rng) {
+  const std::string name = "knn L=" + std::to_string(c.L) + " n=" + std::to_string(c.n) +
+                           " m=" + std::to_string(c.m) + " d=" + std::to_string(c.d) +
+                           " k=" + std::to_string(c.k) + " metric=" +
+                           std::to_string(static_cast<int>(c.metric)) +
+                           (c.cross ? " cross" : " self") + " splits=" + std::to_string(c.splits);
+  std::uniform_int_distribution<int> small(-2, 2);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  auto fill = [&](std::vector<float>& v, int rows) {
+    v.resize(static_cast<size_t>(c.L) * rows * c.d);
+    for (auto& e : v) e = c.ties ? static_cast<float>(small(rng)) : normal(rng);
+    if (c.ties) {  // exact duplicate rows, and no all-zero rows (cosine)
+      for (int l = 0; l < c.L; ++l)
+        for (int r = 0; r < rows; ++r) {
+          float* row = v.data() + (static_cast<size_t>(l) * rows + r) * c.d;
+          if (r % 7 == 3 && r >= 3) std::copy(row - 3 * c.d, row - 2 * c.d, row);
+          row[0] = 3.f;
+        }
+    }
+  };
+  std::vector<float> x, y;
+  fill(x, c.n);
+  if (c.cross) fill(y, c.m);
+  const std::vector<float>& yv = c.cross ? y : x;
+
+  std::vector<float> xs, ys;
+  const float* xs_ptr = nullptr;
+  const float* ys_ptr = nullptr;
+  if (c.metric == Metric::Cosine) {
+    auto norms = [&](const std::vector<float>& v, int rows, std::vector<float>& out) {
+      out.assign(static_cast<size_t>(c.L) * rows, 0.f);
+      const int64_t total = static_cast<int64_t>(c.L) * rows;
+      emu::launch(dim3((total * 32 + 255) / 256), dim3(256),
+                  [&] { inverse_norms_kernel(v.data(), total, c.d, out.data()); });
+      for (int64_t r = 0; r < total; ++r) {
+        double s = 0;
+        for (int t = 0; t < c.d; ++t) s += double(v[r * c.d + t]) * v[r * c.d + t];
+        check(std::abs(out[r] * std::sqrt(s) - 1.0) < 1e-5, name + " inverse norm");
+      }
+    };
+    norms(x, c.n, xs);
+    xs_ptr = xs.data();
+    if (c.cross) {
+      norms(y, c.m, ys);
+      ys_ptr = ys.data();
+    } else {
+      ys_ptr = xs_ptr;
+    }
+  }
+
+  std::vector<int32_t> idx;
+  std::vector<float> val;
+  if (c.k <= 32) {
+    run_fused<32, 128>(c, x, y, xs_ptr, ys_ptr, idx, val);
+  } else if (c.k <= 64) {
+    run_fused<64, 64>(c, x, y, xs_ptr, ys_ptr, idx, val);
+  } else if (c.k <= 128) {
+    run_fused<128, 32>(c, x, y, xs_ptr, ys_ptr, idx, val);
+  } else {
+    run_fused<256, 16>(c, x, y, xs_ptr, ys_ptr, idx, val);
+  }
+
+  int bad_rows = 0;
+  for (int l = 0; l < c.L; ++l) {
+    for (int i = 0; i < c.n; ++i) {
+      const float* xi = x.data() + (static_cast<size_t>(l) * c.n + i) * c.d;
+      std::vector<std::pair<float, int32_t>> cand;
+      for (int j = 0; j < c.m; ++j) {
+        if (!c.cross && c.exclude_self && j == i) continue;
+        const float* yj = yv.data() + (static_cast<size_t>(l) * c.m + j) * c.d;
+        const float si = xs_ptr ? xs_ptr[l * c.n + i] : 1.f;
+        const float sj = ys_ptr ? ys_ptr[l * c.m + j] : 1.f;
+        cand.emplace_back(rank_key(ref_score(xi, yj, c.d, c.metric, si, sj), c.metric), j);
+      }
+      std::sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) {
+        return ranks_before(a.first, a.second, b.first, b.second);
+      });
+      bool ok = true;
+      for (int p = 0; p < c.k; ++p) {
+        const size_t at = (static_cast<size_t>(l) * c.n + i) * c.k + p;
+        const float want = rank_key(cand[p].first, c.metric);
+        ok = ok && idx[at] == cand[p].second && std::memcmp(&val[at], &want, 4) == 0;
+      }
+      if (!ok && bad_rows++ < 3) {
+        std::printf("  row l=%d i=%d: got", l, i);
+        for (int p = 0; p < std::min(c.k, 8); ++p)
+          std::printf(" %d:%g", idx[(static_cast<size_t>(l) * c.n + i) * c.k + p],
+                      val[(static_cast<size_t>(l) * c.n + i) * c.k + p]);
+        std::printf("\n  want");
+        for (int p = 0; p < std::min(c.k, 8); ++p)
+          std::printf(" %d:%g", cand[p].second, rank_key(cand[p].first, c.metric));
+        std::printf("\n");
+      }
+    }
+  }
+  check(bad_rows == 0, name + " (" + std::to_string(bad_rows) + " rows differ)");
+  std::printf("%s %s\n", bad_rows == 0 ? "ok  " : "FAIL", name.c_str());
+}
+
+void run_overlap(int La, int Lb, int n, int ka, int kb, int k, bool with_counts,
+                 std::mt19937& rng) {
+  std::uniform_int_distribution<int> pick(0, 3 * k);  // small range: duplicates and overlaps
+  std::vector<int32_t> a(static_cast<size_t>(La) * n * ka), b(static_cast<size_t>(Lb) * n * kb);
+  for (auto& v : a) v = pick(rng);
+  for (auto& v : b) v = pick(rng);
+  std::vector<int32_t> sa(static_cast<size_t>(La) * n * k), sb(static_cast<size_t>(Lb) * n * k);
+  std::vector<uint16_t> na(static_cast<size_t>(La) * n), nb(static_cast<size_t>(Lb) * n);
+  const int64_t ra = static_cast<int64_t>(La) * n, rb = static_cast<int64_t>(Lb) * n;
+  emu::launch(dim3((ra + 255) / 256), dim3(256),
+              [&] { sort_rows_kernel(a.data(), ra, ka, k, sa.data(), na.data()); });
+  emu::launch(dim3((rb + 255) / 256), dim3(256),
+              [&] { sort_rows_kernel(b.data(), rb, kb, k, sb.data(), nb.data()); });
+  std::vector<unsigned long long> totals(static_cast<size_t>(La) * Lb, 0ull);
+  std::vector<uint16_t> counts(with_counts ? static_cast<size_t>(La) * Lb * n : 0, 9999);
+  emu::launch(dim3((n + kPromptsPerBlock - 1) / kPromptsPerBlock, La,
+                   (Lb + kPairsPerBlock - 1) / kPairsPerBlock),
+              dim3(kPromptsPerBlock), [&] {
+                overlap_pairs_kernel(sa.data(), na.data(), sb.data(), nb.data(), n, k, Lb,
+                                     totals.data(), with_counts ? counts.data() : nullptr, 0, 0,
+                                     Lb);
+              });
+  std::vector<double> mean(static_cast<size_t>(La) * Lb, -1.0);
+  const double inv = 1.0 / (static_cast<double>(k) * static_cast<double>(n));
+  emu::launch(dim3((La * Lb + 255) / 256), dim3(256), [&] {
+    overlap_mean_kernel(totals.data(), La, Lb, inv, mean.data(), 0, 0, Lb);
+  });
+  // Reference: std::sort + std::unique + std::set_intersection (independent of intersect.h).
+  int bad = 0;
+  for (int la = 0; la < La; ++la)
+    for (int lb = 0; lb < Lb; ++lb) {
+      long long total = 0;
+      for (int i = 0; i < n; ++i) {
+        std::vector<int32_t> ra_(a.begin() + (static_cast<size_t>(la) * n + i) * ka,
+                                 a.begin() + (static_cast<size_t>(la) * n + i) * ka + k);
+        std::vector<int32_t> rb_(b.begin() + (static_cast<size_t>(lb) * n + i) * kb,
+                                 b.begin() + (static_cast<size_t>(lb) * n + i) * kb + k);
+        std::sort(ra_.begin(), ra_.end());
+        ra_.erase(std::unique(ra_.begin(), ra_.end()), ra_.end());
+        std::sort(rb_.begin(), rb_.end());
+        rb_.erase(std::unique(rb_.begin(), rb_.end()), rb_.end());
+        std::vector<int32_t> both;
+        std::set_intersection(ra_.begin(), ra_.end(), rb_.begin(), rb_.end(),
+                              std::back_inserter(both));
+        total += static_cast<long long>(both.size());
+        if (with_counts && counts[(static_cast<size_t>(la) * Lb + lb) * n + i] != both.size()) ++bad;
+      }
+      if (mean[static_cast<size_t>(la) * Lb + lb] != static_cast<double>(total) * inv) ++bad;
+    }
+  const std::string name = "overlap La=" + std::to_string(La) + " Lb=" + std::to_string(Lb) +
+                           " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                           (with_counts ? " counts" : "");
+  check(bad == 0, name);
+  std::printf("%s %s\n", bad == 0 ? "ok  " : "FAIL", name.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  const bool quick = argc > 1 && std::string(argv[1]) == "quick";
+  std::mt19937 rng(12345);
+  const Metric IP = Metric::InnerProduct, COS = Metric::Cosine, L2 = Metric::SquaredL2;
+  std::vector<Case> cases = {
+      // L, n, m, d, k, metric, cross, exclude_self, ties, splits
+      {2, 150, 150, 37, 5, COS, false, true, false, 1},    // scalar loads, 2 row blocks
+      {1, 150, 150, 40, 10, IP, false, true, true, 1},     // vector loads, exact ties
+      {1, 131, 131, 16, 7, L2, false, true, true, 1},      // L2 ties, n just over a tile
+      {1, 60, 140, 5, 32, IP, true, false, true, 1},       // cross form, bucket edge k=32
+      {1, 70, 70, 3, 33, L2, false, true, true, 1},        // k=33 -> K=64 bucket
+      {1, 40, 40, 9, 39, COS, false, true, false, 1},      // k = n-1
+      {1, 5, 5, 2, 1, IP, false, true, true, 1},           // tiny, k=1
+      {1, 20, 20, 4, 20, IP, false, false, true, 1},       // self-join keeping self, k = m
+      {1, 33, 300, 8, 130, IP, true, false, true, 1},      // K=256 bucket, 3 database tiles
+      {1, 50, 300, 12, 100, COS, true, false, false, 1},   // K=128 bucket
+      {2, 300, 300, 8, 10, IP, false, true, true, 3},      // splits + merge (self, uneven tiles)
+      {1, 40, 400, 6, 70, L2, true, false, true, 2},       // splits + merge, K=128
+      {1, 17, 260, 3, 256, IP, true, false, true, 3},      // largest k, splits
+  };
+  // "quick": one case per K bucket / load path / metric, plus the split + merge path.
+  const std::vector<size_t> quick_set = {0, 3, 4, 5, 12};
+  for (size_t i = 0; i < cases.size(); ++i) {
+    if (!quick || std::find(quick_set.begin(), quick_set.end(), i) != quick_set.end()) {
+      run_case(cases[i], rng);
+    }
+  }
+  run_overlap(quick ? 1 : 3, 2, 300, 10, 12, 10, true, rng);
+  run_overlap(quick ? 1 : 2, 35, 40, 5, 5, 5, false, rng);  // two B groups per block
+  run_overlap(1, 1, 7, 3, 4, 1, true, rng);
+  std::printf(failures == 0 ? "ALL OK\n" : "%d FAILURES\n", failures);
+  return failures == 0 ? 0 : 1;
+}

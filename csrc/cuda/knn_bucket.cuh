@@ -1,0 +1,71 @@
+// Host-side launch wrappers of the fused k-NN and merge kernels for one K bucket, and the
+// BucketOps table the driver dispatches through. Included only by the bucket translation units
+// (knn_k32.cu ... knn_k256.cu), each instantiating one K.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "cuda/cuda_check.cuh"
+#include "cuda/knn_kernel.cuh"
+#include "cuda/knn_launch.cuh"
+
+namespace layerknn::cuda::detail {
+
+template <int K, int BM, Accumulate ACC>
+void launch_fused(const FusedLaunch& p) {
+  using Shape = FusedShape<K, BM>;
+  auto kernel = fused_knn_kernel<K, BM, ACC>;
+  LAYERKNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(Shape::kSmemBytes)));
+  const dim3 grid((p.n + BM - 1) / BM, p.layers, p.splits);
+  kernel<<<grid, kThreads, Shape::kSmemBytes, p.stream>>>(
+      p.x, p.y, p.x_scale, p.y_scale, p.n, p.m, p.d, p.k, p.metric, p.exclude_self,
+      p.vector_loads, p.tiles_per_split, p.out_index, p.out_value, p.splits == 1);
+  LAYERKNN_CUDA_CHECK_LAUNCH();
+}
+
+template <int K, int BM>
+void launch_fused_any(const FusedLaunch& p) {
+  if (p.metric == Metric::SquaredL2) {
+    launch_fused<K, BM, Accumulate::SquaredDiff>(p);
+  } else {
+    launch_fused<K, BM, Accumulate::Dot>(p);
+  }
+}
+
+template <int K>
+void launch_merge(const MergeLaunch& p) {
+  const int64_t blocks = (p.rows + kWarps - 1) / kWarps;
+  merge_splits_kernel<K><<<static_cast<unsigned>(blocks), kThreads, 0, p.stream>>>(
+      p.part_key, p.part_index, p.rows, p.splits, p.k, p.metric, p.out_index, p.out_score);
+  LAYERKNN_CUDA_CHECK_LAUNCH();
+}
+
+template <int K, int BM>
+int fused_blocks_per_sm(Metric metric) {
+  using Shape = FusedShape<K, BM>;
+  int blocks = 0;
+  if (metric == Metric::SquaredL2) {
+    auto kernel = fused_knn_kernel<K, BM, Accumulate::SquaredDiff>;
+    LAYERKNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(Shape::kSmemBytes)));
+    LAYERKNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads,
+                                                                      Shape::kSmemBytes));
+  } else {
+    auto kernel = fused_knn_kernel<K, BM, Accumulate::Dot>;
+    LAYERKNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(Shape::kSmemBytes)));
+    LAYERKNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads,
+                                                                      Shape::kSmemBytes));
+  }
+  return blocks < 1 ? 1 : blocks;
+}
+
+// The BucketOps table of one (K, BM) instantiation.
+template <int K, int BM>
+const BucketOps& make_bucket() {
+  static const BucketOps ops{K, BM, &launch_fused_any<K, BM>, &launch_merge<K>,
+                             &fused_blocks_per_sm<K, BM>};
+  return ops;
+}
+
+}  // namespace layerknn::cuda::detail

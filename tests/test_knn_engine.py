@@ -1,0 +1,160 @@
+"""The CPU k-NN engine itself (``layerknn._core.knn_cpu``) against a NumPy float64 reference.
+
+Targets the engine's internals through its inputs: sizes straddling the tile (192 rows), panel
+(48/24/8 rows) and feature-chunk (256) boundaries, n=2, k=1, k=n-1 (the exact-scan mode), d=1,
+duplicate rows, exact ties, all metrics, the cross form. It also checks that every kernel table
+(LAYERKNN_CPU_SIMD = scalar/avx2/avx512) and tile precision (LAYERKNN_CPU_KERNEL = fp32/bf16)
+and every thread count return bit-identical results, as the engine's exact re-scoring promises.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from layerknn import _core
+from reference import assert_neighbors_exact, reference_knn
+
+METRIC_CODES = {"ip": 0, "cosine": 1, "l2": 2}
+LEVELS = ["scalar", "avx2", "avx512"]
+HAS_BF16 = _core.simd_level() == "avx512-bf16"
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def engine(x, k, metric="cosine", exclude_self=True, y=None, threads=2):
+    return _core.knn_cpu(x, y, k, METRIC_CODES[metric], exclude_self, threads)
+
+
+def clustered(rng, L, n, d, rank=4):
+    """Gaussian rows plus a shared low-rank part, so neighbourhoods are not all alike."""
+    base = rng.standard_normal((L, rank, d)).astype(np.float32)
+    mix = rng.standard_normal((L, n, rank)).astype(np.float32)
+    return (mix @ base + 0.7 * rng.standard_normal((L, n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+@pytest.mark.parametrize(
+    "L,n,d,k",
+    [
+        (1, 2, 1, 1),
+        (2, 9, 3, 8),
+        (1, 191, 257, 10),
+        (2, 193, 256, 5),
+        (1, 385, 49, 17),
+        (1, 200, 513, 1),
+    ],
+)
+def test_self_join_matches_float64(rng, metric, L, n, d, k):
+    x = clustered(rng, L, n, d)
+    indices, scores = engine(x, k, metric)
+    assert_neighbors_exact(indices, scores, x, k, metric)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+@pytest.mark.parametrize("n,m,d,k", [(1, 5, 4, 5), (50, 193, 33, 7), (200, 97, 300, 12)])
+def test_cross_form_matches_float64(rng, metric, n, m, d, k):
+    x = clustered(rng, 2, n, d)
+    y = clustered(rng, 2, m, d)
+    indices, scores = engine(x, k, metric, exclude_self=False, y=y)
+    assert_neighbors_exact(indices, scores, x, k, metric, exclude_self=False, y=y)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_include_self(rng, metric):
+    x = clustered(rng, 1, 250, 20)
+    indices, scores = engine(x, 4, metric, exclude_self=False)
+    assert_neighbors_exact(indices, scores, x, 4, metric, exclude_self=False)
+    assert (indices[0, :, 0] == np.arange(250)).all()
+
+
+def test_k_equal_n_minus_one_uses_exact_scan_and_is_exact(rng):
+    # k this large exceeds the candidate-list memory budget: every row is scanned exactly.
+    x = clustered(rng, 1, 1100, 8)
+    indices, scores = engine(x, 1099, "cosine")
+    ref_idx, ref_scores = reference_knn(x, 1099, "cosine")
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    assert (np.sort(indices, axis=-1) == np.sort(ref_idx, axis=-1)).all()
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_integer_ties_equal_reference_exactly(rng, metric):
+    # Small integer vectors: fp32 and float64 scores are equal and exact, ties are everywhere.
+    x = rng.integers(-2, 3, size=(2, 400, 6)).astype(np.float32)
+    indices, scores = engine(x, 9, metric)
+    ref_idx, ref_scores = reference_knn(x, 9, metric)
+    assert (indices == ref_idx).all()
+    assert (scores == ref_scores).all()
+
+
+def test_duplicates_are_neighbours_and_tie_by_index(rng):
+    x = clustered(rng, 1, 300, 40)
+    x[0, 250:] = x[0, 10]  # rows 10 and 250..299 are identical
+    indices, scores = engine(x, 5, "cosine")
+    assert indices[0, 10].tolist() == [250, 251, 252, 253, 254]
+    assert indices[0, 250].tolist() == [10, 251, 252, 253, 254]
+    assert (scores[0, 10] == scores[0, 10, 0]).all()
+
+
+def test_all_rows_identical_falls_back_and_stays_exact():
+    # Every key ties, so candidate lists overflow; the exact fallback must still be right.
+    x = np.ones((2, 300, 16), dtype=np.float32)
+    indices, _ = engine(x, 6, "cosine")
+    expected = np.array([[j for j in range(8) if j != i][:6] for i in range(300)])
+    assert (indices == expected).all()
+
+
+def test_threads_do_not_change_results(rng):
+    x = clustered(rng, 3, 420, 70)
+    one = engine(x, 10, "cosine", threads=1)
+    for threads in (2, 3, 8):
+        other = engine(x, 10, "cosine", threads=threads)
+        assert (one[0] == other[0]).all() and (one[1] == other[1]).all()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_every_kernel_table_gives_identical_bits(rng, monkeypatch, metric):
+    x = clustered(rng, 2, 230, 37)
+    y = clustered(rng, 2, 97, 37)
+    results = []
+    kernels = ["fp32", "bf16"] if HAS_BF16 else ["fp32"]
+    for level in LEVELS:
+        for kernel in kernels:
+            monkeypatch.setenv("LAYERKNN_CPU_SIMD", level)
+            monkeypatch.setenv("LAYERKNN_CPU_KERNEL", kernel)
+            results.append(engine(x, 7, metric) + engine(x, 5, metric, False, y))
+    first = results[0]
+    assert_neighbors_exact(first[0], first[1], x, 7, metric)
+    for other in results[1:]:
+        for a, b in zip(first, other):
+            assert (a == b).all()
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="CPU lacks AVX512-BF16")
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_bf16_tiles_stay_exact_on_near_ties(rng, monkeypatch, metric):
+    # Many candidates closer together than bf16 can tell apart: re-scoring must sort them out.
+    centre = rng.standard_normal(300).astype(np.float32)
+    x = (centre + 1e-3 * rng.standard_normal((1, 400, 300))).astype(np.float32)
+    monkeypatch.setenv("LAYERKNN_CPU_KERNEL", "bf16")
+    bf16 = engine(x, 10, metric)
+    monkeypatch.setenv("LAYERKNN_CPU_KERNEL", "fp32")
+    fp32 = engine(x, 10, metric)
+    assert (bf16[0] == fp32[0]).all() and (bf16[1] == fp32[1]).all()
+    assert_neighbors_exact(bf16[0], bf16[1], x, 10, metric, tol=1e-6)
+
+
+def test_simd_level_names_a_kernel_family():
+    assert _core.simd_level() in {"avx512-bf16", "avx512", "avx2", "scalar"}
+
+
+@pytest.mark.parametrize("var", ["LAYERKNN_CPU_SIMD", "LAYERKNN_CPU_KERNEL"])
+def test_bad_kernel_override_is_a_clear_error(monkeypatch, var):
+    monkeypatch.setenv(var, "sse9")
+    with pytest.raises(ValueError, match=var):
+        engine(np.ones((1, 4, 2), dtype=np.float32), 1)

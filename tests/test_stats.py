@@ -1,0 +1,134 @@
+"""layerknn.stats against plain references: ranks, Spearman, best matches, bootstrap, permutations."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+import scipy.stats
+
+import layerknn
+from layerknn import stats
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def test_rankdata_and_spearman_match_scipy(rng):
+    for size in (2, 5, 31):
+        x = rng.integers(0, 4, size=size).astype(float)  # many ties
+        y = rng.standard_normal(size)
+        np.testing.assert_allclose(stats.rankdata(x), scipy.stats.rankdata(x))
+        rho = stats.spearman(x, y)
+        ref = scipy.stats.spearmanr(x, y).statistic
+        if np.isnan(ref):
+            assert np.isnan(rho)
+        else:
+            np.testing.assert_allclose(rho, ref, rtol=1e-12)
+    batch = rng.standard_normal((7, 12))
+    xs = np.arange(12.0)
+    np.testing.assert_allclose(stats.spearman(xs, batch),
+                               [scipy.stats.spearmanr(xs, row).statistic for row in batch], rtol=1e-12)
+
+
+def test_spearman_of_constant_is_nan():
+    assert np.isnan(stats.spearman(np.arange(4.0), np.ones(4)))
+
+
+def test_best_match_tie_rule():
+    depth = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    m = np.zeros((5, 5))
+    m[2, [0, 3, 4]] = 1.0           # tie among 0, 3, 4: 3 is nearest the diagonal (|0.75 - 0.5|)
+    m[1, [0, 2]] = 1.0              # tie at equal distance 0.25: lowest index 0 wins
+    m[4] = [0, 0, 0, 0.5, 0.2]      # plain argmax
+    best = stats.best_match(m, depth, depth)
+    assert best[2] == 3 and best[1] == 0 and best[4] == 3
+    assert best[0] == 0 and best[3] == 3  # all-zero rows: the diagonal itself
+
+
+def test_depth_alignment_identity_and_reversal():
+    s = stats.depth_alignment_stats(np.eye(7), 6, 6)
+    assert s["spearman_ab"] == pytest.approx(1.0) and s["spearman_ba"] == pytest.approx(1.0)
+    assert s["mean_abs_depth_error"] == 0 and s["near_mean"] == pytest.approx(1.0) and s["far_mean"] == 0
+    rev = stats.depth_alignment_stats(np.eye(7)[::-1], 6, 6, include_embeddings=True)
+    assert rev["spearman_ab"] == pytest.approx(-1.0)
+    np.testing.assert_array_equal(rev["best_ab"], np.arange(6, -1, -1))
+    # embeddings excluded (default): block 6's only match is column 0, not a candidate, so its
+    # all-zero row falls back to the diagonal
+    blocks = stats.depth_alignment_stats(np.eye(7)[::-1], 6, 6)
+    np.testing.assert_array_equal(blocks["best_ab"], [5, 4, 3, 2, 1, 6])
+
+
+def test_depth_alignment_unequal_depths():
+    La, Lb = 12, 6
+    m = np.zeros((La + 1, Lb + 1))
+    for i in range(La + 1):
+        m[i, round(i * Lb / La)] = 1.0
+    s = stats.depth_alignment_stats(m, La, Lb)
+    depth_a = np.arange(1, La + 1) / La
+    best = np.maximum(np.round(depth_a * Lb), 1)  # column 0 (embeddings) is no candidate
+    expected = scipy.stats.spearmanr(depth_a, best / Lb).statistic
+    assert s["spearman_ab"] == pytest.approx(expected) and s["spearman_ba"] == pytest.approx(1.0)
+    assert s["mean_abs_depth_error_ba"] == 0
+    assert s["mean_abs_depth_error_ab"] <= 1 / (2 * Lb) + 1e-12
+
+
+def test_depth_alignment_batched_equals_loop(rng):
+    batch = rng.random((5, 8, 6))
+    out = stats.depth_alignment_stats(batch, 7, 5)
+    for b in range(5):
+        one = stats.depth_alignment_stats(batch[b], 7, 5)
+        for key in stats.DEPTH_STATS:
+            np.testing.assert_allclose(out[key][b], one[key], equal_nan=True)
+        np.testing.assert_array_equal(out["best_ab"][b], one["best_ab"])
+
+
+def test_bootstrap_totals_equal_explicit_resampling(rng):
+    counts = rng.integers(0, 11, size=(3, 4, 50)).astype(np.uint16)
+    weights = stats.bootstrap_weights(50, 20, seed=7)
+    draws = np.random.default_rng(7).integers(0, 50, size=(20, 50))
+    ref = np.stack([counts[..., d].sum(-1) for d in draws]).astype(float)
+    np.testing.assert_array_equal(stats.bootstrap_cell_totals(counts, weights), ref)
+    # tiny chunks give the same answer
+    np.testing.assert_array_equal(stats.bootstrap_cell_totals(counts, weights, max_bytes=1), ref)
+
+
+def test_relabel_recovers_permuted_prompts(rng):
+    n = 60
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    perm = rng.permutation(n)
+    inverse = np.argsort(perm)
+    y = x[inverse]  # B's prompt perm[i] is A's prompt i
+    na = layerknn.knn(x[None], k=5).indices
+    nb = layerknn.knn(y[None], k=5).indices
+    relabelled = stats.relabel_neighbors(nb, perm)
+    assert all(set(relabelled[0, i]) == set(na[0, i]) for i in range(n))
+
+
+def test_permutation_pvalues_identical_and_independent(rng):
+    n, k = 200, 5
+    a = layerknn.knn(rng.standard_normal((2, n, 6)).astype(np.float32), k=k).indices
+    b = layerknn.knn(rng.standard_normal((2, n, 6)).astype(np.float32), k=k).indices
+    obs_same = layerknn.overlap(a, a, k)
+    p_same = stats.permutation_pvalues(a, a, k, obs_same, n_perm=99, seed=1)
+    np.testing.assert_allclose(np.diag(p_same), 1 / 100)
+    obs_ind = layerknn.overlap(a, b, k)
+    p_ind = stats.permutation_pvalues(a, b, k, obs_ind, n_perm=99, seed=1)
+    assert p_ind.min() > 0.01  # nothing looks significant at the resolution of 99 shuffles
+
+
+def test_boundary_tie_rate():
+    scores = np.array([[[3.0, 2.0, 2.0, 1.0], [3.0, 2.0, 1.0, 1.0]]])
+    np.testing.assert_allclose(stats.boundary_tie_rate(scores, 2), [0.5])
+    np.testing.assert_allclose(stats.boundary_tie_rate(scores, 3), [0.5])
+    np.testing.assert_allclose(stats.boundary_tie_rate(scores, 1), [0.0])
+    with pytest.raises(ValueError, match="k \\+ 1"):
+        stats.boundary_tie_rate(scores, 4)
+
+
+def test_percentile_ci_bad_level():
+    with pytest.raises(ValueError, match="level"):
+        stats.percentile_ci(np.arange(5.0), 1.5)

@@ -180,6 +180,9 @@ def bench_knn(torch, layerknn, configs, k, repeats, peak, faiss):
             "tflops": tflops, "peak_frac": None if peak is None else tflops / peak,
         })
         r = rows[-1]
+        if agree_fp32 < 0.999:
+            print(f"  WARNING: layerknn and torch fp32 share only {agree_fp32:.5f} of neighbours "
+                  "(expected ~1 up to fp32 near-ties)")
         print(f"  {r['config']}: layerknn {t_ours:.1f} ms ({tflops:.1f} TFLOP/s), torch fp32 "
               f"{t_fp32:.1f} ms (x{t_fp32 / t_ours:.2f}), torch tf32 {t_tf32:.1f} ms "
               f"(agreement {agree_tf32:.4f}), layerknn vs torch fp32 agreement {agree_fp32:.5f}")
@@ -207,6 +210,8 @@ def bench_overlap(torch, layerknn, repeats, mega_layers=1000, n=2048, k=10, slic
     same = torch.equal(ours_slice, onehot_overlap())
     t_slice = time_cuda(torch, lambda: layerknn.overlap(sa, sb), repeats)
     t_torch = time_cuda(torch, onehot_overlap, repeats)
+    if not same:
+        print("  WARNING: layerknn.overlap and the torch one-hot baseline disagree on the slice")
     print(f"  overlap mega {mega_layers}x{mega_layers} n={n} k={k}: {t_mega:.1f} ms; slice "
           f"{slice_layers}x{slice_layers}: layerknn {t_slice:.2f} ms vs torch one-hot {t_torch:.2f} ms "
           f"(x{t_torch / t_slice:.1f}), results identical: {same}")

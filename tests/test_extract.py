@@ -65,15 +65,25 @@ def hf_hidden_states(model, ids: list) -> list:
     return states
 
 
-def reference(model, tokenizer, texts, pooling, max_length=None):
-    """(L+1, n, d) reference activations pooled from per-prompt output_hidden_states."""
-    columns = []
+def per_prompt_states(model, tokenizer, texts, max_length=None):
+    """For each text: (its HF hidden states, whether it starts with a BOS/CLS)."""
+    result = []
     for text in texts:
         kwargs = {"truncation": True, "max_length": max_length} if max_length else {}
         ids = list(tokenizer(text, **kwargs)["input_ids"])
-        skip = leading_special(tokenizer, ids)
-        columns.append(torch.stack([pool(h, pooling, skip) for h in hf_hidden_states(model, ids)]))
+        result.append((hf_hidden_states(model, ids), leading_special(tokenizer, ids)))
+    return result
+
+
+def pooled(states, pooling):
+    """(L+1, n, d) reference activations from ``per_prompt_states`` output."""
+    columns = [torch.stack([pool(h, pooling, skip) for h in hidden]) for hidden, skip in states]
     return torch.stack(columns, dim=1)
+
+
+def reference(model, tokenizer, texts, pooling, max_length=None):
+    """(L+1, n, d) reference activations pooled from per-prompt output_hidden_states."""
+    return pooled(per_prompt_states(model, tokenizer, texts, max_length), pooling)
 
 
 _BUILT = {}
@@ -86,15 +96,14 @@ def tiny(family: str, seed: int = 0):
     return _BUILT[key]
 
 
-_REFERENCES = {}
+_STATES = {}
 
 
 def tiny_reference(family: str, pooling: str):
-    key = (family, pooling)
-    if key not in _REFERENCES:
+    if family not in _STATES:
         model, tokenizer = tiny(family)
-        _REFERENCES[key] = reference(model, tokenizer, PROMPTS, pooling)
-    return _REFERENCES[key]
+        _STATES[family] = per_prompt_states(model, tokenizer, PROMPTS)
+    return pooled(_STATES[family], pooling)
 
 
 # ---- equivalence with output_hidden_states ---------------------------------------------------
@@ -466,7 +475,7 @@ REAL_PROMPTS = [
     "The capital of France is Paris.",
     "k",
     "Neural networks learn layered representations of text, and nearby layers tend to agree "
-    "about which prompts are similar, while distant layers diverge a great deal.",
+    "about which prompts are similar, while distant layers diverge a great deal. " * 2,
     "def f(x): return x * 2",
 ]
 
@@ -490,10 +499,13 @@ def real_model(request):
 def test_real_models_match_output_hidden_states(real_model):
     model, tokenizer = real_model
     num_layers = model.config.num_hidden_layers
+    states = per_prompt_states(model, tokenizer, REAL_PROMPTS, max_length=32)
     for pooling in POOLINGS:
-        expected = reference(model, tokenizer, REAL_PROMPTS, pooling, max_length=32)
+        expected = pooled(states, pooling)
         acts = extract(model, REAL_PROMPTS, pooling=pooling, max_length=32, batch_size=3, progress=False)
         assert acts.values.shape == (num_layers + 1, len(REAL_PROMPTS), model.config.hidden_size)
-        # Real models have large activations (Gemma's scaled embeddings, massive channels).
-        torch.testing.assert_close(acts.values, expected, rtol=1e-4, atol=1e-4)
+        # Real models carry "massive activations" (up to ~5e4 in Gemma 3), so float32 rounding in
+        # the residual stream is ~1e-7 of each layer's largest value: scale atol per layer.
+        scale = expected.abs().amax(dim=(1, 2), keepdim=True)
+        assert ((acts.values - expected).abs() <= 1e-4 * expected.abs() + 1e-6 * scale + 1e-5).all()
     assert acts.truncated.tolist() == [False, False, True, False]

@@ -122,7 +122,7 @@ def test_every_kernel_table_gives_identical_bits(rng, monkeypatch, metric):
     x = clustered(rng, 2, 230, 37)
     y = clustered(rng, 2, 97, 37)
     results = []
-    kernels = ["fp32", "bf16"] if HAS_BF16 else ["fp32"]
+    kernels = ["fp32", "bf16", "auto"] if HAS_BF16 else ["fp32", "auto"]
     for level in LEVELS:
         for kernel in kernels:
             monkeypatch.setenv("LAYERKNN_CPU_SIMD", level)

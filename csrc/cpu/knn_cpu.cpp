@@ -14,7 +14,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <cstdio>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -28,6 +27,7 @@ namespace layerknn::cpu {
 namespace {
 
 constexpr int64_t kBlock = 192;        // rows per tile side (multiple of every table's mr, nr)
+constexpr int kVectorBlocks = 4;       // vector-side blocks packed at once (broadcast reuse)
 constexpr int64_t kTileStride = 192;   // floats per tile line (multiple of 16 and of every nr)
 constexpr int64_t kStatsChunk = 64;    // rows per statistics task
 constexpr int64_t kMergeChunk = 32;    // rows per merge task
@@ -64,10 +64,18 @@ std::string env_value(const char* name) {
   return s.empty() ? "auto" : s;
 }
 
+// The kernel tables one call may use: exact-tile fp32 always, bf16 tiles where allowed.
+struct KernelChoice {
+  const KernelSet* fp32 = nullptr;
+  const KernelSet* bf16 = nullptr;  // nullptr: not available or not wanted
+  bool bf16_forced = false;         // LAYERKNN_CPU_KERNEL=bf16: skip the per-layer check
+};
+
 // LAYERKNN_CPU_SIMD=auto|avx512|avx2|scalar caps the instruction set (for testing);
-// LAYERKNN_CPU_KERNEL=auto|fp32|bf16 picks the tile precision: auto uses bf16 tiles for cosine
-// where AVX512-BF16 exists. Results are identical either way (exact re-scoring).
-const KernelSet* choose_kernels(Metric metric) {
+// LAYERKNN_CPU_KERNEL=auto|fp32|bf16 picks the tile precision: auto tries bf16 tiles for cosine
+// where AVX512-BF16 exists and a per-layer sample says they pay off; bf16 forces them for every
+// metric; fp32 never uses them. Results are identical either way (exact re-scoring).
+KernelChoice choose_kernels(Metric metric) {
   Level level = cpu_level();
   const std::string simd = env_value("LAYERKNN_CPU_SIMD");
   if (simd == "scalar") {
@@ -83,13 +91,20 @@ const KernelSet* choose_kernels(Metric metric) {
     throw std::invalid_argument("LAYERKNN_CPU_KERNEL must be auto, fp32 or bf16, got '" + kernel +
                                 "'");
   }
+  KernelChoice choice;
+  if (level == Level::Avx512 && avx512_kernels()) {
+    choice.fp32 = avx512_kernels();
+  } else if (level >= Level::Avx2 && avx2_kernels()) {
+    choice.fp32 = avx2_kernels();
+  } else {
+    choice.fp32 = scalar_kernels();
+  }
   const bool want_bf16 = kernel == "bf16" || (kernel == "auto" && metric == Metric::Cosine);
   if (level == Level::Avx512 && want_bf16 && cpu_has_bf16() && avx512_bf16_kernels()) {
-    return avx512_bf16_kernels();
+    choice.bf16 = avx512_bf16_kernels();
+    choice.bf16_forced = kernel == "bf16";
   }
-  if (level == Level::Avx512 && avx512_kernels()) return avx512_kernels();
-  if (level >= Level::Avx2 && avx2_kernels()) return avx2_kernels();
-  return scalar_kernels();
+  return choice;
 }
 
 // ---- small helpers -----------------------------------------------------------------------------
@@ -120,25 +135,52 @@ float round_up_to_float(double v) {
 
 // ---- the engine ----------------------------------------------------------------------------------
 
+// Everything the engine knows about one layer while it computes it.
+struct LayerSlot {
+  int64_t layer = -1;
+  std::vector<RowStats> stats_x, stats_y;    // [n], [m] (stats_y unused in the self-join)
+  std::vector<float> scale_x, scale_y;       // cosine scales (1 otherwise)
+  std::vector<float> sqn_x, sqn_y;           // fp32 squared norms (squared-L2 keys)
+  const KernelSet* ks = nullptr;             // tile kernels chosen for this layer
+  int64_t dpad = 0;                          // feature dimension padded for ks
+  float window = 0.f;                        // 2 x bound on the tile key error
+};
+
+// Per-thread scratch: packed panels, the score tile and the merge buffers.
 struct Worker {
-  AlignedBuffer vector_panel;     // packed rows of block I (vector side), cached across tiles
-  AlignedBuffer broadcast_panel;  // packed rows of block J (broadcast side)
-  std::vector<float> tile;        // [kBlock, kTileStride] scores / keys
-  int64_t cached_layer = -1, cached_block = -1;
-  // merge scratch
+  // Packed blocks kept across tiles: vector side for blocks I = kVectorBlocks * q + s in slot
+  // s, broadcast side for one block J. Tiles run J-outer over a group of kVectorBlocks I
+  // blocks, so each broadcast block is packed once per group instead of once per tile.
+  AlignedBuffer vector_panel[kVectorBlocks];
+  AlignedBuffer broadcast_panel;
+  int64_t vector_key[kVectorBlocks] = {-1, -1, -1, -1};  // layer * blocks + block, or -1
+  int64_t broadcast_key = -1;
+  std::vector<float> tile;  // [kBlock, kTileStride] scores / keys
+  void forget() {
+    for (auto& key : vector_key) key = -1;
+    broadcast_key = -1;
+  }
   std::vector<float> keys, sorted_keys, exact;
   std::vector<int32_t> ids;
   std::vector<const float*> rows;
   std::vector<float> row_scales;
   std::vector<std::pair<float, int32_t>> ranked;
+  // How the rows finished since the last reset fared: rows, re-scored candidates, overflows.
+  int64_t rows_done = 0, rescored = 0, overflows = 0;
+  bool bf16_trusted = false;  // this worker's last bf16 layer stayed well inside the window
 };
 
+// Schedule: with W tile workers, the first L - (L mod W) layers are "solo" layers, handed out
+// dynamically one whole layer per worker (statistics, tiles, merge; no barrier, and a single
+// candidate list per row sees the whole stream, so thresholds rise fastest). The remaining
+// layers are "shared": all workers split their tiles and each keeps private lists for all rows,
+// merged after a barrier. Memory: W x n candidate lists either way.
 class Engine {
  public:
   Engine(const KnnProblem& p, int32_t* indices, float* scores, int num_threads,
          const std::atomic<bool>& cancel)
       : p_(p), indices_(indices), scores_(scores), cancel_(cancel) {
-    ks_ = choose_kernels(p.metric);
+    choice_ = choose_kernels(p.metric);
     self_ = p.y == nullptr;
     x_ = p.x;
     y_ = self_ ? p.x : p.y;
@@ -146,195 +188,297 @@ class Engine {
     m_ = self_ ? p.n : p.m;
     d_ = p.d;
     exclude_ = self_ && p.exclude_self;
-    dpad_ = round_up(d_, ks_->group);
     workers_ = num_threads > 0 ? num_threads : default_num_threads();
     capacity_ = static_cast<int>(std::min<int64_t>(2 * int64_t(p.k) + 64, m_));
-    // Candidate lists cost workers x layers-in-flight x n x capacity entries; keep them under
-    // max(16 MiB, 5% of the input), else fall back to exact per-row scans (only for huge k).
+    // Candidate lists cost (tile workers) x n x capacity entries; keep them under
+    // max(16 MiB, 5% of the input) with fewer tile workers if need be; only if one worker's
+    // lists do not fit (huge k) scan every row exactly instead.
     const int64_t input_bytes = 4 * p.L * (n_ + (self_ ? 0 : m_)) * d_;
     const int64_t limit = std::max<int64_t>(int64_t(16) << 20, input_bytes / 20);
-    const int64_t per_layer = int64_t(workers_) * n_ * (int64_t(capacity_) * 8 + 9);
-    group_ = std::max<int64_t>(1, std::min<int64_t>(p.L, workers_));
-    while (group_ > 1 && group_ * per_layer > limit) --group_;
-    direct_ = per_layer > limit;
+    const int64_t per_list_set = n_ * (int64_t(capacity_) * 8 + int64_t(p.k) * 4 + 13);
+    tile_workers_ = workers_;
+    while (tile_workers_ > 1 && tile_workers_ * per_list_set > limit) --tile_workers_;
+    direct_ = per_list_set > limit;
   }
 
   void run() {
-    const int64_t gn = group_ * n_, gm = group_ * (self_ ? 0 : m_);
-    stats_x_.resize(gn);
-    stats_y_.resize(gm);
-    scale_x_.resize(gn);
-    scale_y_.resize(gm);
-    sqn_x_.resize(gn);
-    sqn_y_.resize(gm);
-    window_.resize(group_);
-    workers_state_.resize(workers_);
-    for (auto& w : workers_state_) {
-      if (!direct_) {
-        w.vector_panel = aligned_buffer(round_up(kBlock, ks_->nr) * dpad_ * ks_->elem_bytes);
-        w.broadcast_panel = aligned_buffer(round_up(kBlock, ks_->mr) * dpad_ * ks_->elem_bytes);
-        w.tile.assign(kBlock * kTileStride, 0.f);
+    const int64_t slots = direct_ ? 1 : tile_workers_;
+    slots_.resize(slots);
+    for (auto& slot : slots_) {
+      slot.stats_x.resize(n_);
+      slot.scale_x.resize(n_);
+      slot.sqn_x.resize(n_);
+      if (!self_) {
+        slot.stats_y.resize(m_);
+        slot.scale_y.resize(m_);
+        slot.sqn_y.resize(m_);
       }
+    }
+    workers_state_.resize(workers_);
+    const int64_t panel_bytes = round_up(d_, 2) * 4;  // per packed row, either precision
+    for (int wid = 0; wid < tile_workers_ && !direct_; ++wid) {
+      Worker& w = workers_state_[wid];
+      for (auto& panel : w.vector_panel) panel = aligned_buffer(kBlock * panel_bytes);
+      w.broadcast_panel = aligned_buffer(kBlock * panel_bytes);
+      w.tile.assign(kBlock * kTileStride, 0.f);
     }
     if (!direct_) {
-      lists_.reserve(workers_);
-      for (int w = 0; w < workers_; ++w) lists_.emplace_back(gn, capacity_, p_.k);
+      lists_.reserve(tile_workers_);
+      for (int w = 0; w < tile_workers_; ++w) lists_.emplace_back(n_, capacity_, p_.k);
     }
-    for (int64_t l0 = 0; l0 < p_.L; l0 += group_) {
-      const int64_t layers = std::min(group_, p_.L - l0);
-      compute_stats(l0, layers);
-      if (cancel_.load()) return;
-      if (!direct_) {
-        compute_tiles(l0, layers);
-        if (cancel_.load()) return;
-      }
-      merge(l0, layers);
-      if (std::getenv("LKDBG")) for (auto& li : lists_) fprintf(stderr, "calls %ld passed %ld heaped %ld\n", li.calls, li.passed, li.heaped);
-      if (cancel_.load()) return;
-    }
+    const int64_t solo = (direct_ || tile_workers_ < 2) ? 0 : p_.L - p_.L % tile_workers_;
+    parallel_for(solo, tile_workers_, cancel_, [&](int64_t l, int wid) { run_solo(l, wid); });
+    for (int64_t l = solo; l < p_.L && !cancel_.load(); ++l) run_shared(l);
   }
 
  private:
-  // Phase 0: per-row scale, norms and packing error; per-layer key error window.
-  void compute_stats(int64_t l0, int64_t layers) {
-    const bool normalise = p_.metric == Metric::Cosine;
-    const int64_t xrows = layers * n_, yrows = self_ ? 0 : layers * m_;
-    const int64_t tasks = (xrows + kStatsChunk - 1) / kStatsChunk +
-                          (yrows + kStatsChunk - 1) / kStatsChunk;
-    const int64_t xtasks = (xrows + kStatsChunk - 1) / kStatsChunk;
-    parallel_for(tasks, workers_, cancel_, [&](int64_t task, int) {
-      const bool is_x = task < xtasks;
-      const int64_t first = (is_x ? task : task - xtasks) * kStatsChunk;
-      const int64_t end = std::min(first + kStatsChunk, is_x ? xrows : yrows);
-      for (int64_t r = first; r < end; ++r) {
-        const int64_t g = r / (is_x ? n_ : m_), i = r % (is_x ? n_ : m_);
-        const float* row = (is_x ? x_ + (l0 + g) * n_ * d_ : y_ + (l0 + g) * m_ * d_) + i * d_;
-        RowStats& s = is_x ? stats_x_[r] : stats_y_[r];
-        ks_->row_stats(row, d_, normalise, &s);
-        (is_x ? scale_x_ : scale_y_)[r] = s.scale;
-        (is_x ? sqn_x_ : sqn_y_)[r] = s.sq_norm;
-      }
-    });
-    for (int64_t g = 0; g < layers; ++g) window_[g] = key_window(g);
+  // ---- the two schedules ---------------------------------------------------------------------
+
+  void run_solo(int64_t l, int wid) {
+    LayerSlot& slot = slots_[wid];
+    Worker& w = workers_state_[wid];
+    for (int64_t r = 0; r < n_ + (self_ ? 0 : m_); ++r) row_stats(slot, l, r);
+    prepare(slot, l, w.bf16_trusted);
+    w.rows_done = w.rescored = w.overflows = 0;
+    w.forget();
+    for (const TileTask& t : tile_order()) {
+      if (cancel_.load(std::memory_order_relaxed)) return;
+      run_tile(slot, t.i, t.j, w, lists_[wid]);
+    }
+    for (int64_t i = 0; i < n_; ++i) {
+      if ((i & 63) == 0 && cancel_.load(std::memory_order_relaxed)) return;
+      finish_row(slot, i, workers_state_[wid], wid, wid + 1);
+    }
+    // Consecutive layers look alike: if bf16 tiles left few candidates here, the worker's next
+    // layer skips the sampling check (a layer that goes badly re-enables it).
+    w.bf16_trusted = slot.ks->low_precision &&
+                     w.rescored <= w.rows_done * (p_.k + 0.25 * (capacity_ - p_.k)) &&
+                     w.overflows * 200 <= w.rows_done;
   }
 
-  // Twice a bound on |approximate tile key - exact key| over all pairs of layer g (see the
-  // derivation in the header comment of knn_cpu.cpp and in the engine notes below).
-  float key_window(int64_t g) const {
-    auto maxima = [&](const std::vector<RowStats>& st, int64_t first, int64_t count, double* norm,
-                      double* packed, double* err) {
+  void run_shared(int64_t l) {
+    LayerSlot& slot = slots_[0];
+    const int64_t rows = n_ + (self_ ? 0 : m_);
+    parallel_for((rows + kStatsChunk - 1) / kStatsChunk, workers_, cancel_, [&](int64_t t, int) {
+      for (int64_t r = t * kStatsChunk; r < std::min(rows, (t + 1) * kStatsChunk); ++r)
+        row_stats(slot, l, r);
+    });
+    if (cancel_.load()) return;
+    prepare(slot, l, false);
+    if (!direct_) {
+      const std::vector<TileTask> tasks = tile_order();
+      for (auto& w : workers_state_) w.forget();
+      parallel_for(static_cast<int64_t>(tasks.size()), tile_workers_, cancel_,
+                   [&](int64_t t, int wid) {
+                     run_tile(slot, tasks[t].i, tasks[t].j, workers_state_[wid], lists_[wid]);
+                   });
+      if (cancel_.load()) return;
+    }
+    const int nlists = static_cast<int>(lists_.size());
+    parallel_for((n_ + kMergeChunk - 1) / kMergeChunk, workers_, cancel_,
+                 [&](int64_t t, int wid) {
+                   for (int64_t i = t * kMergeChunk; i < std::min(n_, (t + 1) * kMergeChunk); ++i)
+                     finish_row(slot, i, workers_state_[wid], 0, nlists);
+                 });
+  }
+
+  static int64_t blocks(int64_t rows) { return (rows + kBlock - 1) / kBlock; }
+
+  struct TileTask {
+    int32_t i, j;  // vector-side block of x, broadcast-side block of y
+  };
+
+  // Every tile once (self-join: only i <= j), grouped kVectorBlocks i-blocks at a time with j
+  // outermost inside a group, so consecutive tiles share their packed blocks.
+  std::vector<TileTask> tile_order() const {
+    std::vector<TileTask> tasks;
+    const int64_t bx = blocks(n_), by = blocks(m_);
+    for (int64_t b0 = 0; b0 < bx; b0 += kVectorBlocks) {
+      const int64_t b1 = std::min<int64_t>(bx, b0 + kVectorBlocks);
+      for (int64_t bj = self_ ? b0 : 0; bj < by; ++bj)
+        for (int64_t bi = b0; bi < b1; ++bi)
+          if (!self_ || bi <= bj) tasks.push_back({int32_t(bi), int32_t(bj)});
+    }
+    return tasks;
+  }
+
+  // ---- phase 0: statistics and the choice of tile precision -----------------------------------
+
+  // Row r of layer l: x rows first (r < n), then y rows (cross form).
+  void row_stats(LayerSlot& slot, int64_t l, int64_t r) {
+    const bool normalise = p_.metric == Metric::Cosine;
+    const KernelSet* ks = choice_.bf16 ? choice_.bf16 : choice_.fp32;  // bf16 adds packing error
+    if (r < n_) {
+      ks->row_stats(x_ + (l * n_ + r) * d_, d_, normalise, &slot.stats_x[r]);
+      slot.scale_x[r] = slot.stats_x[r].scale;
+      slot.sqn_x[r] = slot.stats_x[r].sq_norm;
+    } else {
+      const int64_t j = r - n_;
+      ks->row_stats(y_ + (l * m_ + j) * d_, d_, normalise, &slot.stats_y[j]);
+      slot.scale_y[j] = slot.stats_y[j].scale;
+      slot.sqn_y[j] = slot.stats_y[j].sq_norm;
+    }
+  }
+
+  // Picks the layer's tile kernels (bf16 when allowed and, unless trusted, when a sample says
+  // they pay) and its key error window.
+  void prepare(LayerSlot& slot, int64_t l, bool bf16_trusted) {
+    slot.layer = l;
+    const bool low = choice_.bf16 && !direct_ &&
+                     (choice_.bf16_forced || bf16_trusted || bf16_pays(slot));
+    slot.ks = low ? choice_.bf16 : choice_.fp32;
+    slot.dpad = round_up(d_, slot.ks->group);
+    slot.window = key_window(slot, slot.ks->low_precision);
+  }
+
+  const float* scale_y(const LayerSlot& s) const { return self_ ? s.scale_x.data() : s.scale_y.data(); }
+  const float* sqn_y(const LayerSlot& s) const { return self_ ? s.sqn_x.data() : s.sqn_y.data(); }
+  const float* layer_x(const LayerSlot& s) const { return x_ + s.layer * n_ * d_; }
+  const float* layer_y(const LayerSlot& s) const { return y_ + s.layer * m_ * d_; }
+
+  // bf16 tiles halve the GEMM time but widen the candidate window (~2^-7 |x||y|); on very
+  // anisotropic layers (all cosines near 1) so many candidates fall inside it that rows overflow
+  // into slow exact scans. Decide per layer from a few sampled rows: count how many database
+  // rows score within the bf16 window of each sample's k-th best (exact scores, one streaming
+  // pass over the layer) and use bf16 only if that stays well inside the list capacity.
+  bool bf16_pays(const LayerSlot& slot) const {
+    constexpr int kSamples = 8;
+    const float window = key_window(slot, true);
+    const float* xl = layer_x(slot);
+    const float* yl = layer_y(slot);
+    const float* sy = scale_y(slot);
+    const int samples = static_cast<int>(std::min<int64_t>(kSamples, n_));
+    std::vector<const float*> rows(samples);
+    std::vector<float> scales(samples), keys(size_t(samples) * m_), out(samples);
+    std::vector<int64_t> which(samples);
+    for (int s = 0; s < samples; ++s) {
+      which[s] = (2 * s + 1) * n_ / (2 * samples);
+      rows[s] = xl + which[s] * d_;
+      scales[s] = slot.scale_x[which[s]];
+    }
+    for (int64_t j = 0; j < m_; ++j) {  // the database row stays in cache for all samples
+      if (p_.metric == Metric::SquaredL2) {
+        choice_.fp32->sqdist_batch(yl + j * d_, rows.data(), samples, d_, out.data());
+      } else {
+        choice_.fp32->dot_batch(yl + j * d_, sy[j], rows.data(), scales.data(), samples, d_,
+                                out.data());
+      }
+      for (int s = 0; s < samples; ++s) {
+        const bool self = exclude_ && j == which[s];
+        keys[s * m_ + j] = self ? -INFINITY : rank_key(out[s], p_.metric);
+      }
+    }
+    double total = 0;
+    for (int s = 0; s < samples; ++s) {
+      float* row = keys.data() + s * m_;
+      std::nth_element(row, row + (p_.k - 1), row + m_, std::greater<float>());
+      const float threshold = lower_difference(row[p_.k - 1], window);
+      total += static_cast<double>(
+          std::count_if(row, row + m_, [&](float v) { return v >= threshold; }));
+    }
+    return total / samples <= p_.k + 0.5 * (capacity_ - p_.k);
+  }
+
+  // Twice a bound B on |approximate tile key - exact key| over all pairs of the layer. With B,
+  // a list that keeps every candidate whose approximate key is >= (k-th best approximate key)
+  // - 2B provably holds the exact top k: each of the k best approximate candidates has an exact
+  // key >= kth - B, so every exact top-k member has exact key >= kth - B and approximate key
+  // >= kth - 2B. Notation (u = 2^-24, gamma_n = n u / (1 - n u), maxima over the layer's rows):
+  // a = |x * scale| (the fp32 operand), p = |packed operand|, e = |packed - fp32 operand|.
+  //  * fp32 tile: each lane sums dpad exact-or-rounded products in order, so
+  //    |tile - <x, y>| <= gamma_{dpad+2} sum |x_t y_t| <= gamma_{dpad+2} a_x a_y (Cauchy-Schwarz).
+  //  * bf16 tile: <x~, y~> - <x, y> = <x~ - x, y> + <x~, y~ - y>, bounded by e_x a_y + p_x e_y;
+  //    the bf16 products are exact in fp32 and VDPBF16PS rounds at most twice per pair of
+  //    features, so accumulation adds gamma_{dpad+2} p_x p_y; flushed denormals add < 1e-30.
+  //  * exact score: 16 fused lanes + a halving tree round at most d + 2 times on non-negative
+  //    magnitudes: |exact - <x, y>| <= gamma_{d+2} a_x a_y; for squared L2 the rounded
+  //    differences add one more rounding: <= gamma_{d+3} (a_x + a_y)^2.
+  //  * squared-L2 keys 2 tile - (|x|^2 + |y|^2) add fp32-rounded norms and two roundings:
+  //    <= 4 u (2 a_x a_y + a_x^2 + a_y^2), with the tile error counted twice.
+  float key_window(const LayerSlot& slot, bool low_precision) const {
+    auto maxima = [](const std::vector<RowStats>& st, double* norm, double* packed, double* err) {
       *norm = *packed = *err = 0;
-      for (int64_t r = first; r < first + count; ++r) {
-        *norm = std::max(*norm, st[r].norm);
-        *packed = std::max(*packed, st[r].packed_norm);
-        *err = std::max(*err, st[r].packing_error);
+      for (const RowStats& r : st) {
+        *norm = std::max(*norm, r.norm);
+        *packed = std::max(*packed, r.packed_norm);
+        *err = std::max(*err, r.packing_error);
       }
     };
     double ax, px, ex, ay, py, ey;
-    maxima(stats_x_, g * n_, n_, &ax, &px, &ex);
+    maxima(slot.stats_x, &ax, &px, &ex);
     if (self_) {
       ay = ax, py = px, ey = ex;
     } else {
-      maxima(stats_y_, g * m_, m_, &ay, &py, &ey);
+      maxima(slot.stats_y, &ay, &py, &ey);
     }
-    // Tile product error: fp32 GEMM sums dpad products per lane (gamma bound on the absolute
-    // products, <= |x||y| by Cauchy-Schwarz); bf16 adds the operand rounding |e_x||y| + |x~||e_y|
-    // and flushes denormals (<= 1e-30 in total).
-    const double dp = static_cast<double>(dpad_);
-    const double product = ks_->low_precision
+    const double dp = static_cast<double>(round_up(d_, low_precision ? 2 : 1));
+    const double product = low_precision
                                ? ex * ay + px * ey + gamma(dp + 2) * px * py + 1e-30
                                : gamma(dp + 2) * ax * ay;
     double error;
     if (p_.metric == Metric::SquaredL2) {
-      // key = 2 g - (|x|^2 + |y|^2) in fp32 with fp32-rounded norms; exact = sum (x - y)^2 in
-      // 16 fused lanes: error <= gamma_{d+3} (|x| + |y|)^2.
       const double norms = ax * ax + ay * ay;
       error = 2 * product + 4 * kUnit * (2 * ax * ay + norms) +
               gamma(static_cast<double>(d_) + 3) * (ax + ay) * (ax + ay);
     } else {
-      // exact = sum of fp32 products in 16 fused lanes: error <= gamma_{d+2} |x||y|.
       error = product + gamma(static_cast<double>(d_) + 2) * ax * ay;
     }
     return round_up_to_float(2 * error * (1 + 1e-6) + 1e-30);
   }
 
-  // Phase 1: all tiles of the layer group, each feeding both of its row blocks.
-  void compute_tiles(int64_t l0, int64_t layers) {
-    struct Task {
-      int32_t g, i, j;
-    };
-    const int64_t bx = (n_ + kBlock - 1) / kBlock, by = (m_ + kBlock - 1) / kBlock;
-    std::vector<Task> tasks;
-    for (int64_t g = 0; g < layers; ++g)
-      for (int64_t i = 0; i < bx; ++i)
-        for (int64_t j = self_ ? i : 0; j < by; ++j)
-          tasks.push_back({int32_t(g), int32_t(i), int32_t(j)});
-    for (auto& w : workers_state_) w.cached_layer = w.cached_block = -1;
-    parallel_for(static_cast<int64_t>(tasks.size()), workers_, cancel_, [&](int64_t t, int wid) {
-      run_tile(l0, tasks[t].g, tasks[t].i, tasks[t].j, workers_state_[wid], lists_[wid]);
-    });
-  }
+  // ---- phase 1: one tile, feeding both of its row blocks ---------------------------------------
 
-  void run_tile(int64_t l0, int64_t g, int64_t bi, int64_t bj, Worker& w, CandidateLists& lists) {
+  void run_tile(const LayerSlot& slot, int64_t bi, int64_t bj, Worker& w, CandidateLists& lists) {
+    const KernelSet* ks = slot.ks;
     const int64_t i0 = bi * kBlock, ni = std::min(kBlock, n_ - i0);
     const int64_t j0 = bj * kBlock, nj = std::min(kBlock, m_ - j0);
-    const float* xl = x_ + (l0 + g) * n_ * d_;
-    const float* yl = y_ + (l0 + g) * m_ * d_;
-    const float* scale_y = self_ ? scale_x_.data() + g * n_ : scale_y_.data() + g * m_;
-    const float* sqn_y = self_ ? sqn_x_.data() + g * n_ : sqn_y_.data() + g * m_;
-    if (w.cached_layer != g || w.cached_block != bi) {
-      ks_->pack_vector_side(xl + i0 * d_, ni, d_, scale_x_.data() + g * n_ + i0, dpad_,
-                            w.vector_panel.get());
-      w.cached_layer = g;
-      w.cached_block = bi;
+    const int s = static_cast<int>(bi % kVectorBlocks);
+    const int64_t vector_key = slot.layer * blocks(n_) + bi;
+    if (w.vector_key[s] != vector_key) {
+      ks->pack_vector_side(layer_x(slot) + i0 * d_, ni, d_, slot.scale_x.data() + i0, slot.dpad,
+                           w.vector_panel[s].get());
+      w.vector_key[s] = vector_key;
     }
-    ks_->pack_broadcast_side(yl + j0 * d_, nj, d_, scale_y + j0, dpad_, w.broadcast_panel.get());
-    ks_->gemm(w.broadcast_panel.get(), round_up(nj, ks_->mr), w.vector_panel.get(),
-              round_up(ni, ks_->nr), dpad_, w.tile.data(), kTileStride);
+    const int64_t broadcast_key = slot.layer * blocks(m_) + bj;
+    if (w.broadcast_key != broadcast_key) {
+      ks->pack_broadcast_side(layer_y(slot) + j0 * d_, nj, d_, scale_y(slot) + j0, slot.dpad,
+                              w.broadcast_panel.get());
+      w.broadcast_key = broadcast_key;
+    }
+    ks->gemm(w.broadcast_panel.get(), round_up(nj, ks->mr), w.vector_panel[s].get(),
+             round_up(ni, ks->nr), slot.dpad, w.tile.data(), kTileStride);
     const bool l2 = p_.metric == Metric::SquaredL2;
     const bool diagonal = self_ && bi == bj;
     ScanTarget target;
     target.lists = &lists;
-    target.window = window_[g];
-    target.col_list = g * n_ + i0;
-    target.row_list = self_ && !diagonal ? g * n_ + j0 : -1;
+    target.window = slot.window;
+    target.col_list = i0;
+    target.row_list = self_ && !diagonal ? j0 : -1;
     target.col_id = int32_t(i0);
     target.row_id = int32_t(j0);
-    target.l2_row = l2 ? sqn_y + j0 : nullptr;
-    target.l2_col = l2 ? sqn_x_.data() + g * n_ + i0 : nullptr;
+    target.l2_row = l2 ? sqn_y(slot) + j0 : nullptr;
+    target.l2_col = l2 ? slot.sqn_x.data() + i0 : nullptr;
     target.skip_diagonal = diagonal && exclude_;
-    ks_->scan_tile(w.tile.data(), kTileStride, int(nj), int(ni), target);
+    ks->scan_tile(w.tile.data(), kTileStride, int(nj), int(ni), target);
   }
 
-  // Phase 2: per row, union the workers' candidates, keep those within the window of the k-th
-  // best approximate key, re-score them exactly and write the k best in the shared order.
-  void merge(int64_t l0, int64_t layers) {
-    const int64_t rows = layers * n_;
-    parallel_for((rows + kMergeChunk - 1) / kMergeChunk, workers_, cancel_,
-                 [&](int64_t task, int wid) {
-                   const int64_t end = std::min(rows, (task + 1) * kMergeChunk);
-                   for (int64_t r = task * kMergeChunk; r < end; ++r) {
-                     finish_row(l0, r / n_, r % n_, workers_state_[wid]);
-                   }
-                 });
-  }
+  // ---- phase 2: per row, union the candidate lists [first, last), keep those within the window
+  // of the k-th best approximate key, re-score them exactly, write the k best in order ----------
 
-  void finish_row(int64_t l0, int64_t g, int64_t i, Worker& w) {
-    const int64_t row = g * n_ + i;
+  void finish_row(const LayerSlot& slot, int64_t i, Worker& w, int first, int last) {
     const int k = p_.k;
     bool exact_scan = direct_;
     w.keys.clear();
     w.ids.clear();
-    if (!direct_) {
-      for (auto& lists : lists_) {
-        if (lists.overflowed(row)) exact_scan = true;
-        const int c = lists.count(row);
-        w.keys.insert(w.keys.end(), lists.keys(row), lists.keys(row) + c);
-        w.ids.insert(w.ids.end(), lists.ids(row), lists.ids(row) + c);
-        lists.reset(row);
-      }
-      if (static_cast<int64_t>(w.keys.size()) < k) exact_scan = true;
+    for (int li = first; li < last && !direct_; ++li) {
+      CandidateLists& lists = lists_[li];
+      if (lists.overflowed(i)) exact_scan = true;
+      const int c = lists.count(i);
+      w.keys.insert(w.keys.end(), lists.keys(i), lists.keys(i) + c);
+      w.ids.insert(w.ids.end(), lists.ids(i), lists.ids(i) + c);
+      lists.reset(i);
     }
+    if (static_cast<int64_t>(w.keys.size()) < k) exact_scan = true;
     if (exact_scan) {
       w.ids.clear();
       for (int64_t j = 0; j < m_; ++j)
@@ -343,13 +487,16 @@ class Engine {
       w.sorted_keys = w.keys;
       std::nth_element(w.sorted_keys.begin(), w.sorted_keys.begin() + (k - 1),
                        w.sorted_keys.end(), std::greater<float>());
-      const float threshold = lower_difference(w.sorted_keys[k - 1], window_[g]);
+      const float threshold = lower_difference(w.sorted_keys[k - 1], slot.window);
       size_t kept = 0;
       for (size_t c = 0; c < w.keys.size(); ++c)
         if (w.keys[c] >= threshold) w.ids[kept++] = w.ids[c];
       w.ids.resize(kept);
     }
-    score_exactly(l0, g, i, w);
+    score_exactly(slot, i, w);
+    w.rows_done += 1;
+    w.rescored += static_cast<int64_t>(w.ids.size());
+    w.overflows += exact_scan && !direct_;
     const int64_t count = static_cast<int64_t>(w.ranked.size());
     auto before = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
       return ranks_before(a.first, a.second, b.first, b.second);
@@ -358,8 +505,8 @@ class Engine {
       std::nth_element(w.ranked.begin(), w.ranked.begin() + (k - 1), w.ranked.end(), before);
     }
     std::sort(w.ranked.begin(), w.ranked.begin() + std::min<int64_t>(k, count), before);
-    int32_t* out_i = indices_ + ((l0 + g) * n_ + i) * k;
-    float* out_s = scores_ + ((l0 + g) * n_ + i) * k;
+    int32_t* out_i = indices_ + (slot.layer * n_ + i) * k;
+    float* out_s = scores_ + (slot.layer * n_ + i) * k;
     for (int c = 0; c < k; ++c) {
       out_i[c] = w.ranked[c].second;
       out_s[c] = rank_key(w.ranked[c].first, p_.metric);
@@ -367,11 +514,11 @@ class Engine {
   }
 
   // w.ranked = (exact key, id) for every id in w.ids.
-  void score_exactly(int64_t l0, int64_t g, int64_t i, Worker& w) {
-    const float* xrow = x_ + ((l0 + g) * n_ + i) * d_;
-    const float* yl = y_ + (l0 + g) * m_ * d_;
-    const float* scale_y = self_ ? scale_x_.data() + g * n_ : scale_y_.data() + g * m_;
-    const float sx = scale_x_[g * n_ + i];
+  void score_exactly(const LayerSlot& slot, int64_t i, Worker& w) const {
+    const float* xrow = layer_x(slot) + i * d_;
+    const float* yl = layer_y(slot);
+    const float* sy = scale_y(slot);
+    const float sx = slot.scale_x[i];
     constexpr int kBatch = 64;
     w.ranked.clear();
     w.rows.resize(kBatch);
@@ -382,12 +529,13 @@ class Engine {
       for (int q = 0; q < count; ++q) {
         const int32_t j = w.ids[first + q];
         w.rows[q] = yl + j * d_;
-        w.row_scales[q] = scale_y[j];
+        w.row_scales[q] = sy[j];
       }
       if (p_.metric == Metric::SquaredL2) {
-        ks_->sqdist_batch(xrow, w.rows.data(), count, d_, w.exact.data());
+        choice_.fp32->sqdist_batch(xrow, w.rows.data(), count, d_, w.exact.data());
       } else {
-        ks_->dot_batch(xrow, sx, w.rows.data(), w.row_scales.data(), count, d_, w.exact.data());
+        choice_.fp32->dot_batch(xrow, sx, w.rows.data(), w.row_scales.data(), count, d_,
+                                w.exact.data());
       }
       for (int q = 0; q < count; ++q)
         w.ranked.emplace_back(rank_key(w.exact[q], p_.metric), w.ids[first + q]);
@@ -398,14 +546,13 @@ class Engine {
   int32_t* indices_;
   float* scores_;
   const std::atomic<bool>& cancel_;
-  const KernelSet* ks_ = nullptr;
+  KernelChoice choice_;
   bool self_ = true, exclude_ = true, direct_ = false;
   const float* x_ = nullptr;
   const float* y_ = nullptr;
-  int64_t n_ = 0, m_ = 0, d_ = 0, dpad_ = 0, group_ = 1;
-  int workers_ = 1, capacity_ = 1;
-  std::vector<RowStats> stats_x_, stats_y_;
-  std::vector<float> scale_x_, scale_y_, sqn_x_, sqn_y_, window_;
+  int64_t n_ = 0, m_ = 0, d_ = 0;
+  int workers_ = 1, tile_workers_ = 1, capacity_ = 1;
+  std::vector<LayerSlot> slots_;
   std::vector<Worker> workers_state_;
   std::vector<CandidateLists> lists_;
 };

@@ -9,14 +9,22 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <functional>
+#include <cstring>
+#include <limits>
 #include <vector>
 
 namespace layerknn::cpu {
 
 // Largest float <= a - b (rounded towards -infinity), so thresholds never exclude too much.
 inline float lower_difference(float a, float b) {
-  return std::nextafter(a - b, -INFINITY);
+  float f = a - b;
+  if (!(std::fabs(f) < INFINITY)) return std::nextafter(f, -INFINITY);  // inf, nan
+  if (f == 0.f) return -std::numeric_limits<float>::denorm_min();
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  bits = f > 0.f ? bits - 1 : bits + 1;  // one ulp towards -infinity
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
 }
 
 class CandidateLists {
@@ -36,9 +44,7 @@ class CandidateLists {
 
   // Adds (key, id) to row's list if it can still matter. window = 2 x key error bound (>= 0).
   void insert(int64_t row, float key, int32_t id, float window) {
-    ++calls;
     if (!(key >= threshold_[row])) return;
-    ++passed;
     push_key(row, key, window);
     int n = count_[row];
     if (n == capacity_) {
@@ -86,7 +92,6 @@ class CandidateLists {
       if (size < k_) return;
     } else {
       if (!(key > heap[0])) return;
-      ++heaped;
       int c = 0;
       for (;;) {
         int child = 2 * c + 1;
@@ -118,7 +123,6 @@ class CandidateLists {
     return kept;
   }
 
-  public: int64_t calls=0, passed=0, heaped=0; private:
   int capacity_;
   int k_;
   std::vector<float> threshold_;

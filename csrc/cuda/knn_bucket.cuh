@@ -7,6 +7,7 @@
 #include "cuda/cuda_check.cuh"
 #include "cuda/knn_kernel.cuh"
 #include "cuda/knn_launch.cuh"
+#include "cuda/launch.cuh"
 
 namespace layerknn::cuda::detail {
 
@@ -17,10 +18,9 @@ void launch_fused(const FusedLaunch& p) {
   LAYERKNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(Shape::kSmemBytes)));
   const dim3 grid((p.n + BM - 1) / BM, p.layers, p.splits);
-  kernel<<<grid, kThreads, Shape::kSmemBytes, p.stream>>>(
-      p.x, p.y, p.x_scale, p.y_scale, p.n, p.m, p.d, p.k, p.metric, p.exclude_self,
-      p.vector_loads, p.tiles_per_split, p.out_index, p.out_value, p.splits == 1);
-  LAYERKNN_CUDA_CHECK_LAUNCH();
+  launch_kernel(kernel, grid, dim3(kThreads), Shape::kSmemBytes, p.stream, p.x, p.y, p.x_scale,
+                p.y_scale, p.n, p.m, p.d, p.k, p.metric, p.exclude_self, p.vector_loads,
+                p.tiles_per_split, p.out_index, p.out_value, p.splits == 1);
 }
 
 template <int K, int BM>
@@ -35,9 +35,9 @@ void launch_fused_any(const FusedLaunch& p) {
 template <int K>
 void launch_merge(const MergeLaunch& p) {
   const int64_t blocks = (p.rows + kWarps - 1) / kWarps;
-  merge_splits_kernel<K><<<static_cast<unsigned>(blocks), kThreads, 0, p.stream>>>(
-      p.part_key, p.part_index, p.rows, p.splits, p.k, p.metric, p.out_index, p.out_score);
-  LAYERKNN_CUDA_CHECK_LAUNCH();
+  launch_kernel(merge_splits_kernel<K>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0,
+                p.stream, p.part_key, p.part_index, p.rows, p.splits, p.k, p.metric, p.out_index,
+                p.out_score);
 }
 
 template <int K, int BM>

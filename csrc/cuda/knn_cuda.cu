@@ -15,6 +15,7 @@
 
 #include "cuda/cuda_check.cuh"
 #include "cuda/knn_launch.cuh"
+#include "cuda/launch.cuh"
 #include "cuda/norms_kernel.cuh"
 
 namespace layerknn::cuda {
@@ -29,8 +30,8 @@ void launch_inverse_norms(const float* v, int64_t rows, int d, float* inv, cudaS
   if (rows == 0) return;
   constexpr int threads = 256;
   const int64_t blocks = (rows * 32 + threads - 1) / threads;
-  inverse_norms_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(v, rows, d, inv);
-  LAYERKNN_CUDA_CHECK_LAUNCH();
+  launch_kernel(inverse_norms_kernel, dim3(static_cast<unsigned>(blocks)), dim3(threads), 0, stream,
+                v, rows, d, inv);
 }
 
 const BucketOps& bucket_for(int k) {

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 namespace layerknn::cuda::detail {
+namespace {  // internal linkage: each including translation unit gets its own kernels
 
 // inv[r] = 1 / ||v[r]|| in fp32 (the CPU engine's cosine normalisation). One warp per row.
 __global__ void inverse_norms_kernel(const float* __restrict__ v,  // [rows, d]
@@ -23,4 +24,5 @@ __global__ void inverse_norms_kernel(const float* __restrict__ v,  // [rows, d]
   if (lane == 0) inv[row] = 1.f / sqrtf(sum);
 }
 
+}  // namespace
 }  // namespace layerknn::cuda::detail

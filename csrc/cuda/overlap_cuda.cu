@@ -13,6 +13,7 @@
 
 #include "cuda/cuda_check.cuh"
 #include "cuda/knn_cuda.h"
+#include "cuda/launch.cuh"
 #include "cuda/overlap_kernels.cuh"
 
 namespace layerknn::cuda {
@@ -25,9 +26,8 @@ void launch_sort_rows(const int32_t* src, int64_t rows, int width, int k, int32_
                       uint16_t* lengths, cudaStream_t stream) {
   if (rows == 0) return;
   constexpr int threads = 256;
-  sort_rows_kernel<<<static_cast<unsigned>((rows + threads - 1) / threads), threads, 0, stream>>>(
-      src, rows, width, k, dst, lengths);
-  LAYERKNN_CUDA_CHECK_LAUNCH();
+  launch_kernel(sort_rows_kernel, dim3(static_cast<unsigned>((rows + threads - 1) / threads)),
+                dim3(threads), 0, stream, src, rows, width, k, dst, lengths);
 }
 
 // Byte layout of the temporaries for a (la_count x lb_count) piece of the output.
@@ -96,15 +96,12 @@ void overlap(const OverlapProblem& p, double* mean, uint16_t* counts, int device
         const dim3 grid(static_cast<unsigned>((n + kPromptsPerBlock - 1) / kPromptsPerBlock),
                         static_cast<unsigned>(la_count),
                         static_cast<unsigned>((lb_count + kPairsPerBlock - 1) / kPairsPerBlock));
-        overlap_pairs_kernel<<<grid, kPromptsPerBlock, 0, stream>>>(
-            a_rows, a_len, b_rows, b_len, n, k, static_cast<int>(lb_count), totals, counts, a0, b0,
-            p.Lb);
-        LAYERKNN_CUDA_CHECK_LAUNCH();
+        launch_kernel(overlap_pairs_kernel, grid, dim3(kPromptsPerBlock), 0, stream, a_rows, a_len,
+                      b_rows, b_len, n, k, static_cast<int>(lb_count), totals, counts, a0, b0, p.Lb);
       }
       const int64_t pairs = la_count * lb_count;
-      overlap_mean_kernel<<<static_cast<unsigned>((pairs + 255) / 256), 256, 0, stream>>>(
-          totals, la_count, lb_count, inv, mean, a0, b0, p.Lb);
-      LAYERKNN_CUDA_CHECK_LAUNCH();
+      launch_kernel(overlap_mean_kernel, dim3(static_cast<unsigned>((pairs + 255) / 256)), dim3(256),
+                    0, stream, totals, la_count, lb_count, inv, mean, a0, b0, p.Lb);
     }
   }
 }

@@ -10,6 +10,7 @@
 #include "common/intersect.h"
 
 namespace layerknn::cuda::detail {
+namespace {  // internal linkage: each including translation unit gets its own kernels
 
 constexpr int kPromptsPerBlock = 256;  // one thread per prompt
 constexpr int kPairsPerBlock = 32;     // layers of B handled by one block
@@ -82,4 +83,5 @@ __global__ void overlap_mean_kernel(const unsigned long long* __restrict__ total
   mean[(La_offset + la) * Lb_total + Lb_offset + lb] = static_cast<double>(totals[e]) * inv;
 }
 
+}  // namespace
 }  // namespace layerknn::cuda::detail

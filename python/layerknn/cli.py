@@ -4,16 +4,17 @@
 (smollm2-135m vs gemma3-270m on 1024 standard-library docstring paragraphs, k = 10) and
 writes its figures and report to ``./layerknn-out/``.  Activations and neighbour lists
 are cached on disk, so a second run only reloads them.  Errors print one line and exit
-non-zero (2 for bad arguments/values); ``--debug`` shows the traceback instead.
+non-zero (2: bad arguments or values; 3: a missing optional package, with the pip command;
+1: anything else; 130: interrupted); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,12 +45,16 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help=f"truncate prompts to T tokens (default {DEFAULT_MAX_LENGTH}; 0 = no limit)")
     p.add_argument("--batch-size", default="auto", metavar="B", help="extraction batch size (default auto)")
     p.add_argument("--cache-dir", default=None, metavar="D",
-                   help="cache directory (default $LAYERKNN_CACHE_DIR or ~/.cache/layerknn)")
+                   help="directory of the activation/neighbour cache (default $LAYERKNN_CACHE_DIR or "
+                        "~/.cache/layerknn; dequantised GGUF models follow $LAYERKNN_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
                    help="bootstrap resamples for confidence intervals (default 1000; 0 = none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap/permutation draws (default 0)")
     p.add_argument("--device", default=None, help="torch device for the models (default: automatic)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="parameter dtype of models loaded by name (default: the loader's, float32 for the "
+                        "GGUF aliases); bfloat16 is ~1.8x faster on CPUs with AVX512-BF16")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
@@ -174,6 +179,10 @@ def _extract_options(args) -> dict:
             raise CLIError(f"--batch-size must be >= 1, got {opts['batch_size']}")
     else:
         opts["batch_size"] = "auto"
+    if getattr(args, "dtype", None):
+        import torch
+
+        opts["dtype"] = getattr(torch, args.dtype)
     return opts
 
 
@@ -206,6 +215,14 @@ def _neighbors_for(models, text_list, args, cache, timings, k_max):
         timings[f"neighbours {side.name}"] = round(time.perf_counter() - t0, 3)
         sides.append(side)
     return sides
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process so far (wall time hides a busy machine)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _log(msg: str) -> None:
@@ -267,6 +284,7 @@ def cmd_compare(args) -> int:
     timings["figures"] = round(time.perf_counter() - t0, 3)
     comp.save(out / "comparison.npz")
     timings["total"] = round(time.perf_counter() - start, 3)
+    timings["process_cpu"] = round(_cpu_seconds(), 3)
     report = comp.to_dict()
     report["timings_s"] = timings
     report["settings"] = {key: value for key, value in vars(args).items() if key not in ("func",)}
@@ -275,7 +293,7 @@ def cmd_compare(args) -> int:
     (out / "summary.txt").write_text(comp.summary() + "\n")
     print(comp.summary())
     print(f"\nwrote {out / 'heatmap.png'}, {out / 'depth.png'}, {out / 'comparison.npz'}, {out / 'report.json'} "
-          f"in {timings['total']:.1f} s")
+          f"in {timings['total']:.1f} s (CPU {timings['process_cpu']:.1f} s)")
     return 0
 
 
@@ -341,6 +359,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = getattr(args, "debug", False)
+    original_format = warnings.formatwarning
+    if not debug:  # warnings as one line each, without the source line they came from
+        warnings.formatwarning = lambda message, category, *rest, **kw: f"layerknn: warning: {message}\n"
+    try:
+        return _dispatch(args, debug)
+    finally:
+        warnings.formatwarning = original_format
+
+
+def _dispatch(args, debug: bool) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -81,7 +81,8 @@ def _is_array(obj: Any) -> bool:
 
 def _neighbors_from_values(values: Any, k_max: int, what: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     if getattr(values, "ndim", None) != 3:
-        raise ValueError(f"{what} activations must have shape (layers, n, d), got shape {tuple(getattr(values, 'shape', ()))}")
+        shape = tuple(getattr(values, "shape", ()))
+        raise ValueError(f"{what} activations must have shape (layers, n, d), got shape {shape}")
     layers = range(values.shape[0])
     if progress:
         from tqdm.auto import tqdm
@@ -186,7 +187,8 @@ def _name_key(model: Any, texts: Sequence[str], pooling: str, extract_options: d
     payload = {"model": ident, "texts": digest.hexdigest(), "n": len(texts), "pooling": pooling,
                "max_length": extract_options.get("max_length"),
                "chat_template": bool(extract_options.get("chat_template", False)),
-               "dtype": str(extract_options.get("out_dtype", "float32"))}
+               "dtype": str(extract_options.get("out_dtype", "float32")),
+               "load_dtype": extract_options.get("_load_dtype")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -207,6 +209,9 @@ def _extract_neighbors(model: Any, texts, *, k_max, pooling, cache, progress, de
 
     name = _display_name(model)
     texts = list(texts)
+    load_dtype = extract_options.pop("dtype", None)  # a load option, not an extract one
+    if load_dtype is not None:
+        extract_options["_load_dtype"] = str(load_dtype).replace("torch.", "")
     name_key = _name_key(model, texts, pooling, extract_options) if cache is not None else None
     if name_key is not None:  # rerun shortcut: no model loading at all
         linked = cache.get_link(name_key)
@@ -222,9 +227,10 @@ def _extract_neighbors(model: Any, texts, *, k_max, pooling, cache, progress, de
             from tqdm.auto import tqdm
 
             tqdm.write(f"loading {name} ...", file=sys.stderr)
-        model_obj, tokenizer = load_model(os.fspath(model), device=device)
+        model_obj, tokenizer = load_model(os.fspath(model), device=device, dtype=load_dtype)
     else:
         model_obj, tokenizer = model, extract_options.pop("tokenizer", None)
+    extract_options.pop("_load_dtype", None)
     fingerprint = None
     if cache is not None:
         fp_kwargs = {"pooling": pooling, "max_length": extract_options.get("max_length"),
@@ -580,15 +586,17 @@ class Comparison:
                 text += f" [{level}{lo:.{digits}f}, {hi:.{digits}f}]"
             return text
 
-        i, j = np.unravel_index(np.argmax(self.matrix), self.matrix.shape)
+        blocks = self.matrix[1:, 1:]
+        i, j = (int(x) + 1 for x in np.unravel_index(np.argmax(blocks), blocks.shape))
         v = self.verdict()
         lines = [
             f"layerknn comparison: A = {self.name_a} ({self.num_layers_a} blocks), "
             f"B = {self.name_b} ({self.num_layers_b} blocks)",
             f"data: {self.dataset or 'n/a'}; n = {self.n} prompts; k = {self.k}; "
             f"pooling = {self.pooling or 'n/a'}; chance = k/(n-1) = {self.chance:.4f}",
-            f"similarity: max {self.matrix.max():.3f} at A layer {i} / B layer {j} "
-            f"({self.matrix.max() / self.chance:.1f}x chance); mean {self.matrix.mean():.3f}",
+            f"similarity over blocks: max {blocks.max():.3f} at A block {i} / B block {j} "
+            f"({blocks.max() / self.chance:.1f}x chance); mean {blocks.mean():.3f}; "
+            f"embeddings (row/col 0) x embeddings {self.matrix[0, 0]:.3f}",
             f"near-diagonal mean (|depth difference| <= {near}): {fmt('near_mean')}",
             f"off-diagonal mean  (|depth difference| >  {far}): {fmt('far_mean')}",
             f"best-match depth tracking (blocks only): Spearman A->B {fmt('spearman_ab')}, "
@@ -602,11 +610,14 @@ class Comparison:
             lines.append(f"permutation test ({self.permutation_info['n_perm']} shuffles): {sig} of "
                          f"{self.p_values.size} cells above chance at p <= 0.05 "
                          f"(smallest attainable p = {1 / (1 + self.permutation_info['n_perm']):.4f})")
-        for label, rates, name in (("A", self.tie_rate_a, self.name_a), ("B", self.tie_rate_b, self.name_b)):
+        for label, rates in (("A", self.tie_rate_a), ("B", self.tie_rate_b)):
             if rates is not None:
-                blocks = rates[1:]
-                lines.append(f"boundary ties (k-th = (k+1)-th score) in {label}: embeddings {rates[0]:.1%}, "
-                             f"blocks max {blocks.max():.1%} (layer {int(np.argmax(blocks)) + 1})")
+                block_rates = rates[1:]
+                warn = ("  <- tie-dominated: its neighbour sets are arbitrary (lowest index wins), so row/col 0 "
+                        "is left out of the depth statistics" if rates[0] > 0.5 else "")
+                lines.append(f"prompts with tied k-th/(k+1)-th neighbour scores in {label}: embeddings "
+                             f"{rates[0]:.1%}, blocks max {block_rates.max():.1%} "
+                             f"(block {int(np.argmax(block_rates)) + 1}){warn}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -766,7 +777,8 @@ def compare(model_a: Any, model_b: Any, texts: Any = None, *, k: int = 10, pooli
     device
         Where models run (extraction only).
     **extract_options
-        Passed to ``layerknn.extract`` (e.g. ``max_length``, ``batch_size``, ``chat_template``).
+        Passed to ``layerknn.extract`` (e.g. ``max_length``, ``batch_size``, ``chat_template``);
+        ``dtype`` (e.g. ``torch.bfloat16``) is the parameter dtype for models loaded by name.
 
     Returns
     -------

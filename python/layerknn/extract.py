@@ -683,6 +683,25 @@ def extract(
     -------
     Activations
 
+    Raises
+    ------
+    ValueError
+        Empty ``texts``, an empty string (its indices are named: an empty prompt has no
+        meaningful last token and would give some models nothing to pool), a text that
+        tokenises to nothing, an unknown pooling, a layer outside ``0..L``, token ids the
+        model's embedding cannot hold (tokenizer/model mismatch), or an architecture whose
+        block list cannot be found.
+    TypeError
+        ``texts`` is a single string or holds non-strings.
+
+    Notes
+    -----
+    Hidden-state index ``i`` is the input to block ``i`` for ``i < L`` and the model's
+    final output for ``i = L``, matching ``output_hidden_states`` of every transformer
+    family tested. HF's Mamba is the one exception: its ``hidden_states`` omit the
+    embeddings and list the last block's output twice (raw, then normed); layerknn keeps
+    the common convention there too (0 = embeddings, L = after the final norm).
+
     Examples
     --------
     >>> import torch

@@ -59,15 +59,22 @@ def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap:
     plt = _pyplot()
     la, lb = c.num_layers_a, c.num_layers_b
     width = 3.2 + 5.0 * min(1.6, max(0.6, (lb + 1) / max(la + 1, 1)))
-    fig, ax = plt.subplots(figsize=(width, 5.6), constrained_layout=True)
-    vmax = max(float(c.matrix.max()), c.chance * 1.05)
+    fig, ax = plt.subplots(figsize=(width, 6.0), layout="constrained")
+    # Colour range from the blocks: the embedding row/column is often tie-dominated (last-token
+    # pooling maps every prompt ending in the same token to one vector) and would wash out the rest.
+    blocks_max = float(c.matrix[1:, 1:].max())
+    vmax = max(blocks_max, c.chance * 1.05)
+    clipped = float(c.matrix.max()) > vmax
     im = ax.imshow(c.matrix, origin="lower", cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto",
                    interpolation="nearest", extent=(-0.5, lb + 0.5, -0.5, la + 0.5))
-    ax.plot([0, lb], [0, la], ls="--", lw=1.2, color="white", alpha=0.8, label="equal normalised depth")
+    ax.axhline(0.5, color="white", lw=0.8, alpha=0.9)
+    ax.axvline(0.5, color="white", lw=0.8, alpha=0.9)
+    if clipped:
+        ax.text(0, 0, f"{c.matrix[0, 0]:.2f}", color="black", ha="center", va="center", fontsize=5.5)
+    ax.plot([0, lb], [0, la], ls="--", lw=1.2, color="white", alpha=0.8)
     if show_path:
-        bm = c.best_match()
-        ax.plot(bm["a_to_b"], bm["layers_a"], "o", ms=3.5, color="white", mec="black", mew=0.5,
-                label="best B layer for each A layer")
+        bm = c.best_match(include_embeddings=False)
+        ax.plot(bm["a_to_b"], bm["layers_a"], "o", ms=3.5, color="white", mec="black", mew=0.5)
     ax.set_xlabel(f"{c.name_b} layer (B)")
     ax.set_ylabel(f"{c.name_a} layer (A)")
     ax.set_xticks(_layer_ticks(lb))
@@ -78,11 +85,21 @@ def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap:
     top.set_xlabel("normalised depth (B)")
     right = ax.secondary_yaxis("right", functions=(lambda y: y / la, lambda d: d * la))
     right.set_ylabel("normalised depth (A)")
-    cbar = fig.colorbar(im, ax=ax, pad=0.02, fraction=0.05)
-    cbar.set_label(f"mean k-NN overlap |N_A ∩ N_B| / k   (red line: chance k/(n-1) = {c.chance:.3f})",
-                   fontsize=8)
+    cbar = fig.colorbar(im, ax=ax, pad=0.02, fraction=0.05, extend="max" if clipped else "neither")
+    cbar.set_label("mean k-NN overlap  |N_A ∩ N_B| / k", fontsize=9)
     cbar.ax.axhline(c.chance, color="red", lw=2.5)
-    ax.legend(loc="upper left", fontsize=7, framealpha=0.7)
+    # proxies in dark colours: the overlays themselves are white, invisible on the page
+    handles = [plt.Line2D([], [], ls="--", color="0.35", lw=1.2)]
+    labels = ["equal normalised depth (diagonal)"]
+    if show_path:
+        handles.append(plt.Line2D([], [], ls="none", marker="o", ms=4, mfc="white", mec="black", mew=0.6))
+        labels.append("best B block for each A block")
+    handles.append(plt.Line2D([], [], color="red", lw=2.5))
+    labels.append(f"chance k/(n-1) = {c.chance:.4f} (colour bar)")
+    if clipped:
+        handles.append(plt.Line2D([], [], ls="none"))
+        labels.append("row/col 0 = embeddings (colour scale set by the blocks)")
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=7, frameon=False)
     ax.set_title(title or f"{c.name_a} vs {c.name_b}\n{_subtitle(c)}", fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ it, and the unit-square summary bins the similarity of all pairs by normalised d
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -142,7 +141,7 @@ class Zoo:
         for off in self.offsets[1:]:
             ax.axhline(off - 0.5, color="white", lw=1)
             ax.axvline(off - 0.5, color="white", lw=1)
-        centres = [o + l / 2 for o, l in zip(self.offsets, self.num_layers)]
+        centres = [off + layers / 2 for off, layers in zip(self.offsets, self.num_layers)]
         ax.set_xticks(centres, self.names, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(centres, self.names, fontsize=8)
         cbar = fig.colorbar(im, ax=ax)

@@ -1,14 +1,19 @@
 // CPU stand-in for <cuda_runtime.h>, used ONLY by the emulation test (emulate_kernels.cpp), which
-// compiles the real kernel headers of csrc/cuda with g++ and runs each CUDA thread as a
-// std::thread: warp intrinsics become 32-thread barriers plus a shared exchange slot, and
-// __syncthreads a block-wide barrier. Slow, but it executes the very kernel code (and, under
-// -fsanitize=thread, flags missing barriers) on machines without a GPU.
+// compiles the real kernel headers of csrc/cuda with g++ and runs each CUDA thread as a fiber
+// (or, with -DLAYERKNN_EMU_OS_THREADS, an OS thread so -fsanitize=thread can flag missing
+// barriers): warp intrinsics become 32-thread barriers plus a shared exchange slot, and
+// __syncthreads a block-wide barrier. Slow, but it runs the very kernel code without a GPU.
 #pragma once
 #include <math.h>
 
+#include <ucontext.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <atomic>
 #include <barrier>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -40,19 +45,68 @@ inline int min(int a, int b) { return a < b ? a : b; }
 
 namespace emu {
 
+#if defined(LAYERKNN_EMU_OS_THREADS)
+// One OS thread per CUDA thread (slow; lets -fsanitize=thread check the kernels' barriers).
+using Barrier = std::barrier<>;
+inline void arrive_and_wait(Barrier& b) { b.arrive_and_wait(); }
+#else
+// One user-space fiber per CUDA thread, run by a round-robin scheduler on the calling thread:
+// a fiber runs until it waits at a barrier, so a barrier some thread never reaches (a divergence
+// deadlock on the GPU) is detected and aborts instead of hanging.
+struct Barrier {
+  explicit Barrier(int n) : participants(n) {}
+  int participants, count = 0;
+  unsigned generation = 0;
+};
+#endif
+
 struct Warp {
-  std::barrier<> bar{32};
+  Barrier bar{32};
   uint32_t slot[32];
 };
 
+struct ThreadState {
+  dim3 thread_idx, block_idx;
+  Warp* warp = nullptr;
+  Barrier* block_barrier = nullptr;
+#if !defined(LAYERKNN_EMU_OS_THREADS)
+  ucontext_t context;
+  bool done = false;
+  Barrier* waiting_on = nullptr;
+  unsigned waiting_generation = 0;
+#endif
+};
+
 inline dim3 grid_dim, block_dim;
-inline thread_local dim3 thread_idx, block_idx;
-inline thread_local Warp* warp = nullptr;
-inline thread_local std::barrier<>* block_barrier = nullptr;
 alignas(16) inline float4 dynamic_smem[256 * 1024 / 16];
 alignas(16) inline unsigned char static_smem[64 * 1024];
 
-inline int lane() { return static_cast<int>(thread_idx.x & 31u); }
+#if defined(LAYERKNN_EMU_OS_THREADS)
+inline thread_local ThreadState* current = nullptr;
+#else
+inline ThreadState* current = nullptr;
+inline ucontext_t scheduler_context;
+inline const std::function<void()>* running_kernel = nullptr;
+
+inline void arrive_and_wait(Barrier& b) {
+  const unsigned generation = b.generation;
+  if (++b.count == b.participants) {
+    b.count = 0;
+    ++b.generation;
+    return;
+  }
+  current->waiting_on = &b;
+  current->waiting_generation = generation;
+  swapcontext(&current->context, &scheduler_context);
+}
+
+inline void fiber_entry() {
+  (*running_kernel)();
+  current->done = true;  // uc_link returns to the scheduler
+}
+#endif
+
+inline int lane() { return static_cast<int>(current->thread_idx.x & 31u); }
 
 template <class T>
 uint32_t bits_of(T v) {
@@ -71,48 +125,90 @@ T from_bits(uint32_t b) {
 // Every lane publishes one word; `combine` reads all 32 after the barrier.
 template <class F>
 auto exchange(uint32_t word, F combine) {
-  Warp& w = *warp;
+  Warp& w = *current->warp;
   w.slot[lane()] = word;
-  w.bar.arrive_and_wait();
+  arrive_and_wait(w.bar);
   auto result = combine(w.slot);
-  w.bar.arrive_and_wait();
+  arrive_and_wait(w.bar);
   return result;
 }
 
 // Runs kernel() for every thread of every block; blocks one after another.
+inline unsigned max_grid_z = 0;  // largest gridDim.z launched (tests check database splits)
+
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
+  max_grid_z = std::max(max_grid_z, grid.z);
   grid_dim = grid;
   block_dim = block;
   const unsigned threads = block.x;
+#if !defined(LAYERKNN_EMU_OS_THREADS)
+  constexpr size_t kStack = 256 * 1024;
+  static std::vector<std::unique_ptr<char[]>> stacks;
+  while (stacks.size() < threads) stacks.push_back(std::make_unique<char[]>(kStack));
+  running_kernel = &kernel;
+#endif
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::barrier<> bar(threads);
+        Barrier bar(static_cast<int>(threads));
         std::vector<std::unique_ptr<Warp>> warps;
-        for (unsigned w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<Warp>());
+        for (unsigned w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<Warp>());
+        std::vector<ThreadState> state(threads);
+        for (unsigned t = 0; t < threads; ++t) {
+          state[t].thread_idx = dim3(t, 0, 0);
+          state[t].block_idx = dim3(bx, by, bz);
+          state[t].warp = warps[t / 32].get();
+          state[t].block_barrier = &bar;
+        }
+#if defined(LAYERKNN_EMU_OS_THREADS)
         std::vector<std::thread> pool;
         for (unsigned t = 0; t < threads; ++t) {
           pool.emplace_back([&, t] {
-            thread_idx = dim3(t, 0, 0);
-            block_idx = dim3(bx, by, bz);
-            warp = warps[t / 32].get();
-            block_barrier = &bar;
+            current = &state[t];
             kernel();
           });
         }
         for (auto& th : pool) th.join();
+#else
+        for (unsigned t = 0; t < threads; ++t) {
+          getcontext(&state[t].context);
+          state[t].context.uc_stack.ss_sp = stacks[t].get();
+          state[t].context.uc_stack.ss_size = kStack;
+          state[t].context.uc_link = &scheduler_context;
+          makecontext(&state[t].context, fiber_entry, 0);
+        }
+        for (;;) {
+          bool alive = false, progress = false;
+          for (auto& th : state) {
+            if (th.done) continue;
+            alive = true;
+            if (th.waiting_on != nullptr && th.waiting_on->generation == th.waiting_generation) {
+              continue;  // still blocked
+            }
+            th.waiting_on = nullptr;
+            progress = true;
+            current = &th;
+            swapcontext(&scheduler_context, &th.context);
+          }
+          if (!alive) break;
+          if (!progress) {
+            std::fprintf(stderr, "emulation: deadlock - a barrier is never reached by all threads\n");
+            std::abort();
+          }
+        }
+#endif
       }
 }
 
 }  // namespace emu
 
-#define threadIdx (emu::thread_idx)
-#define blockIdx (emu::block_idx)
+#define threadIdx (emu::current->thread_idx)
+#define blockIdx (emu::current->block_idx)
 #define gridDim (emu::grid_dim)
 #define blockDim (emu::block_dim)
 
-inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp->bar.arrive_and_wait(); }
+inline void __syncthreads() { emu::arrive_and_wait(*emu::current->block_barrier); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::arrive_and_wait(emu::current->warp->bar); }
 inline unsigned __ballot_sync(unsigned, bool p) {
   return emu::exchange(p ? 1u : 0u, [](const uint32_t* s) {
     unsigned r = 0;
@@ -146,6 +242,87 @@ inline unsigned atomicAdd(unsigned* p, unsigned v) {
 }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
   return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
+}
+
+
+// ---- Runtime API subset used by the host drivers (one emulated device, host memory) ---------
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInsufficientDriver = 35,
+};
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMemoryPoolsSupported = 115 };
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+
+namespace emu {
+inline int sm_count = 4;                     // small, so the drivers split work as on a big GPU
+inline size_t memory_budget = SIZE_MAX;      // temporaries beyond this fail with out-of-memory
+inline size_t memory_in_use = 0;
+inline int allocation_failures = 0;
+inline bool memory_pools = true;
+inline std::vector<std::pair<void*, size_t>> allocations;
+constexpr int kMaxDynamicSmem = 227 * 1024;  // sm_90 opt-in limit
+
+inline cudaError_t allocate(void** ptr, size_t bytes) {
+  if (memory_in_use + bytes > memory_budget) {
+    ++allocation_failures;
+    return cudaErrorMemoryAllocation;
+  }
+  *ptr = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  memory_in_use += bytes;
+  allocations.emplace_back(*ptr, bytes);
+  return cudaSuccess;
+}
+inline cudaError_t release(void* ptr) {
+  for (auto it = allocations.begin(); it != allocations.end(); ++it) {
+    if (it->first == ptr) {
+      memory_in_use -= it->second;
+      allocations.erase(it);
+      std::free(ptr);
+      return cudaSuccess;
+    }
+  }
+  return cudaErrorInvalidValue;
+}
+}  // namespace emu
+
+inline const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInsufficientDriver: return "driver insufficient";
+    default: return "invalid argument";
+  }
+}
+inline const char* cudaGetErrorName(cudaError_t e) {
+  return e == cudaSuccess ? "cudaSuccess" : e == cudaErrorMemoryAllocation ? "cudaErrorMemoryAllocation" : "cudaErrorInvalidValue";
+}
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
+  *v = attr == cudaDevAttrMultiProcessorCount ? emu::sm_count : (emu::memory_pools ? 1 : 0);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return emu::allocate(p, bytes); }
+inline cudaError_t cudaMalloc(void** p, size_t bytes) { return emu::allocate(p, bytes); }
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return emu::release(p); }
+inline cudaError_t cudaFree(void* p) { return emu::release(p); }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t) {
+  std::memset(p, v, bytes);
+  return cudaSuccess;
+}
+template <class F>
+cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int value) {
+  return value <= emu::kMaxDynamicSmem ? cudaSuccess : cudaErrorInvalidValue;
+}
+template <class F>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, F, int, size_t smem) {
+  *blocks = smem > emu::kMaxDynamicSmem ? 0 : static_cast<int>(std::min<size_t>(4, (228 * 1024) / (smem + 1024)));
+  return cudaSuccess;
 }
 
 namespace layerknn::cuda::detail {

@@ -1,17 +1,21 @@
 // CPU emulation test of the CUDA kernels (no GPU needed): compiles the real kernel headers of
-// csrc/cuda against the std::thread stand-in in this folder and checks, bit for bit, the fused
-// k-NN kernel (all metrics, every K bucket, self and cross form, ties, duplicates, odd sizes,
-// database splits + merge) and the overlap kernels against plain sequential references that
-// sum in the same order. Build: g++ -std=c++20 -O1 -pthread -Icsrc/cuda/emulation -Icsrc
-// -DLAYERKNN_CUDA_EMULATION csrc/cuda/emulation/emulate_kernels.cpp (tests/test_cuda_emulation.py).
+// csrc/cuda against the CUDA stand-in in this folder and checks, bit for bit, the fused k-NN
+// kernel (all metrics, every K bucket, self and cross form, ties, duplicates, odd sizes,
+// database splits + merge), the cosine norm pre-kernel and the overlap kernels against plain
+// sequential references that sum in the same order. Run by tests/test_cuda_emulation.py:
+//   g++ -std=c++20 -O1 -pthread -Icsrc/cuda/emulation -Icsrc -DLAYERKNN_CUDA_EMULATION
+//       csrc/cuda/emulation/emulate_kernels.cpp -o emu && ./emu [quick]
+// Race check: add -DLAYERKNN_EMU_OS_THREADS -fsanitize=thread -g (one OS thread per CUDA thread).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "cuda/knn_cuda.h"
 #include "cuda/knn_kernel.cuh"
 #include "cuda/norms_kernel.cuh"
 #include "cuda/overlap_kernels.cuh"
@@ -92,12 +96,21 @@ void run_fused(const Case& c, const std::vector<float>& x, const std::vector<flo
   });
 }
 
-void run_case(const Case& c, std::mt19937& rng) {
-  const std::string name = "knn L=" + std::to_string(c.L) + " n=" + std::to_string(c.n) +
+// How the host driver (knn_cuda.cu) is run, when it is: device size and memory budget.
+struct Driver {
+  int sms;
+  size_t budget;      // bytes of temporaries the emulated device can hold
+  bool expect_oom;    // the budget must force at least one failed allocation (chunking)
+  bool expect_splits; // the driver must split the database axis (gridDim.z > 1)
+};
+
+void run_case(const Case& c, std::mt19937& rng, const Driver* driver = nullptr) {
+  const std::string name = std::string(driver ? "driver " : "") + "knn L=" + std::to_string(c.L) + " n=" + std::to_string(c.n) +
                            " m=" + std::to_string(c.m) + " d=" + std::to_string(c.d) +
                            " k=" + std::to_string(c.k) + " metric=" +
                            std::to_string(static_cast<int>(c.metric)) +
-                           (c.cross ? " cross" : " self") + " splits=" + std::to_string(c.splits);
+                           (c.cross ? " cross" : " self") +
+                           (driver ? "" : " splits=" + std::to_string(c.splits));
   std::uniform_int_distribution<int> small(-2, 2);
   std::normal_distribution<float> normal(0.f, 1.f);
   auto fill = [&](std::vector<float>& v, int rows) {
@@ -144,7 +157,29 @@ void run_case(const Case& c, std::mt19937& rng) {
 
   std::vector<int32_t> idx;
   std::vector<float> val;
-  if (c.k <= 32) {
+  if (driver != nullptr) {
+    KnnProblem p;
+    p.x = x.data();
+    p.y = c.cross ? y.data() : nullptr;
+    p.L = c.L;
+    p.n = c.n;
+    p.m = c.m;
+    p.d = c.d;
+    p.k = c.k;
+    p.metric = c.metric;
+    p.exclude_self = c.exclude_self;
+    idx.assign(static_cast<size_t>(c.L) * c.n * c.k, -5);
+    val.assign(idx.size(), -5.f);
+    emu::sm_count = driver->sms;
+    emu::memory_budget = driver->budget;
+    emu::allocation_failures = 0;
+    emu::max_grid_z = 0;
+    layerknn::cuda::knn(p, idx.data(), val.data(), 0, nullptr);
+    check((emu::max_grid_z > 1) == driver->expect_splits, name + ": unexpected split decision");
+    check(emu::memory_in_use == 0, name + ": temporaries not freed");
+    check(!driver->expect_oom || emu::allocation_failures > 0, name + ": no out-of-memory retry");
+    emu::memory_budget = SIZE_MAX;
+  } else if (c.k <= 32) {
     run_fused<32, 128>(c, x, y, xs_ptr, ys_ptr, idx, val);
   } else if (c.k <= 64) {
     run_fused<64, 64>(c, x, y, xs_ptr, ys_ptr, idx, val);
@@ -192,11 +227,32 @@ void run_case(const Case& c, std::mt19937& rng) {
 }
 
 void run_overlap(int La, int Lb, int n, int ka, int kb, int k, bool with_counts,
-                 std::mt19937& rng) {
+                 std::mt19937& rng, size_t driver_budget = 0) {
   std::uniform_int_distribution<int> pick(0, 3 * k);  // small range: duplicates and overlaps
   std::vector<int32_t> a(static_cast<size_t>(La) * n * ka), b(static_cast<size_t>(Lb) * n * kb);
   for (auto& v : a) v = pick(rng);
   for (auto& v : b) v = pick(rng);
+  std::vector<uint16_t> counts(with_counts ? static_cast<size_t>(La) * Lb * n : 0, 9999);
+  std::vector<double> mean(static_cast<size_t>(La) * Lb, -1.0);
+  const double inv = 1.0 / (static_cast<double>(k) * static_cast<double>(n));
+  if (driver_budget > 0) {  // through the host driver (overlap_cuda.cu), chunked by the budget
+    OverlapProblem p;
+    p.a = a.data();
+    p.b = b.data();
+    p.La = La;
+    p.Lb = Lb;
+    p.n = n;
+    p.ka = ka;
+    p.kb = kb;
+    p.k = k;
+    emu::memory_budget = driver_budget;
+    emu::allocation_failures = 0;
+    layerknn::cuda::overlap(p, mean.data(), with_counts ? counts.data() : nullptr, 0, nullptr);
+    check(emu::memory_in_use == 0, "overlap driver: temporaries not freed");
+    check(driver_budget == SIZE_MAX || emu::allocation_failures > 0,
+          "overlap driver: no out-of-memory retry");
+    emu::memory_budget = SIZE_MAX;
+  } else {
   std::vector<int32_t> sa(static_cast<size_t>(La) * n * k), sb(static_cast<size_t>(Lb) * n * k);
   std::vector<uint16_t> na(static_cast<size_t>(La) * n), nb(static_cast<size_t>(Lb) * n);
   const int64_t ra = static_cast<int64_t>(La) * n, rb = static_cast<int64_t>(Lb) * n;
@@ -205,7 +261,6 @@ void run_overlap(int La, int Lb, int n, int ka, int kb, int k, bool with_counts,
   emu::launch(dim3((rb + 255) / 256), dim3(256),
               [&] { sort_rows_kernel(b.data(), rb, kb, k, sb.data(), nb.data()); });
   std::vector<unsigned long long> totals(static_cast<size_t>(La) * Lb, 0ull);
-  std::vector<uint16_t> counts(with_counts ? static_cast<size_t>(La) * Lb * n : 0, 9999);
   emu::launch(dim3((n + kPromptsPerBlock - 1) / kPromptsPerBlock, La,
                    (Lb + kPairsPerBlock - 1) / kPairsPerBlock),
               dim3(kPromptsPerBlock), [&] {
@@ -213,11 +268,10 @@ void run_overlap(int La, int Lb, int n, int ka, int kb, int k, bool with_counts,
                                      totals.data(), with_counts ? counts.data() : nullptr, 0, 0,
                                      Lb);
               });
-  std::vector<double> mean(static_cast<size_t>(La) * Lb, -1.0);
-  const double inv = 1.0 / (static_cast<double>(k) * static_cast<double>(n));
   emu::launch(dim3((La * Lb + 255) / 256), dim3(256), [&] {
     overlap_mean_kernel(totals.data(), La, Lb, inv, mean.data(), 0, 0, Lb);
   });
+  }
   // Reference: std::sort + std::unique + std::set_intersection (independent of intersect.h).
   int bad = 0;
   for (int la = 0; la < La; ++la)
@@ -240,7 +294,7 @@ void run_overlap(int La, int Lb, int n, int ka, int kb, int k, bool with_counts,
       }
       if (mean[static_cast<size_t>(la) * Lb + lb] != static_cast<double>(total) * inv) ++bad;
     }
-  const std::string name = "overlap La=" + std::to_string(La) + " Lb=" + std::to_string(Lb) +
+  const std::string name = std::string(driver_budget ? "driver " : "") + "overlap La=" + std::to_string(La) + " Lb=" + std::to_string(Lb) +
                            " n=" + std::to_string(n) + " k=" + std::to_string(k) +
                            (with_counts ? " counts" : "");
   check(bad == 0, name);
@@ -280,6 +334,48 @@ int main(int argc, char** argv) {
   run_overlap(quick ? 1 : 3, 2, 300, 10, 12, 10, true, rng);
   run_overlap(quick ? 1 : 2, 35, 40, 5, 5, 5, false, rng);  // two B groups per block
   run_overlap(1, 1, 7, 3, 4, 1, true, rng);
+
+  // The host drivers: database splits chosen for a 4-SM device, layer chunking forced by a
+  // small memory budget, temporaries freed, and the argument errors.
+  const Driver roomy{4, SIZE_MAX, false, true};
+  run_case({2, 150, 150, 37, 5, COS, false, true, false, 1}, rng, &roomy);     // splits via driver
+  run_case({1, 20, 700, 8, 40, L2, true, false, true, 1}, rng, &roomy);        // cross, K=64, splits
+  const Driver tight{4, 2 * 150 * sizeof(float) + 600, true, false};                // ~2 layers of norms
+  run_case({5, 150, 150, 12, 6, COS, false, true, false, 1}, rng, &tight);     // layer chunks
+  const Driver no_split{1, 4 * 150 * sizeof(float) + 600, true, false};             // drop the splits
+  run_case({3, 100, 150, 8, 9, COS, true, false, true, 1}, rng, &no_split);
+  run_overlap(5, 7, 60, 6, 5, 5, true, rng, SIZE_MAX);
+  run_overlap(5, 7, 60, 6, 5, 5, true, rng, 3 * 60 * 5 * 4 + 3 * 60 * 2 + 4096);  // chunks of A, B
+  {
+    std::vector<float> x(3 * 300 * 4, 1.f);
+    std::vector<int32_t> idx(3 * 300 * 257);
+    std::vector<float> val(idx.size());
+    KnnProblem p;
+    p.x = x.data();
+    p.L = 3;
+    p.n = 300;
+    p.d = 4;
+    p.k = 257;
+    bool threw = false;
+    try {
+      layerknn::cuda::knn(p, idx.data(), val.data(), 0, nullptr);
+    } catch (const std::invalid_argument& e) {
+      threw = std::string(e.what()).find("at most 256") != std::string::npos;
+    }
+    check(threw, "k > max_k raises invalid_argument naming the limit");
+    p.k = 300;  // > n - 1 with exclude_self
+    threw = false;
+    try {
+      layerknn::cuda::knn(p, idx.data(), val.data(), 0, nullptr);
+    } catch (const std::invalid_argument&) {
+      threw = true;
+    }
+    check(threw, "k > n - 1 raises invalid_argument");
+    std::string why;
+    check(layerknn::cuda::device_count(&why) == 1 && layerknn::cuda::max_k() == 256,
+          "device_count / max_k");
+    std::printf("%s driver argument errors\n", failures == 0 ? "ok  " : "FAIL");
+  }
   std::printf(failures == 0 ? "ALL OK\n" : "%d FAILURES\n", failures);
   return failures == 0 ? 0 : 1;
 }

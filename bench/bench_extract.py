@@ -1,0 +1,132 @@
+"""Benchmark: layerknn.extract vs the per-prompt ``output_hidden_states`` loop.
+
+The rival is what a researcher writes first: for each prompt, run the model with
+``output_hidden_states=True`` (on the headless base model, so it computes no logits either)
+and mean-pool every hidden state. Both produce (L+1, n, d) mean-pooled activations over the
+same 512 prompts (builtin:stdlib-docs, varied lengths) on the offline aliases; results are
+checked to agree before timing. Reports prompts/s, the speed-up, and peak resident memory
+added during each run (Linux VmHWM, reset between runs). Usage:
+python bench/bench_extract.py [--threads 2] [--n 512] [--models smollm2-135m gemma3-270m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from _common import append_results, reexec_without_blas_throttles
+
+reexec_without_blas_throttles()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+import layerknn  # noqa: E402
+from layerknn._blocks import base_model_of  # noqa: E402
+
+
+def prompts(n: int) -> list:
+    try:
+        return layerknn.load_texts("builtin:stdlib-docs", n=n)
+    except Exception:  # deterministic fallback of varied lengths
+        words = "layer model token prompt neighbour overlap vector space depth width".split()
+        return [" ".join(words[(i * 7 + j) % len(words)] for j in range(3 + (i * 37) % 120)) for i in range(n)]
+
+
+def loop_reference(model, tokenizer, texts, max_length):
+    """Per prompt: output_hidden_states, then mean-pool each layer (float32)."""
+    base = base_model_of(model)
+    columns = []
+    with torch.inference_mode():
+        for text in texts:
+            ids = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt").input_ids
+            states = base(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+            columns.append(torch.stack([h[0].float().mean(0) for h in states]))
+    return torch.stack(columns, dim=1)
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def measured(fn):
+    """(result, seconds, peak RSS added in MiB) of fn(); peak via VmHWM after a reset."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS counter
+    except OSError:
+        pass
+    before = _status_kib("VmRSS")
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    peak = _status_kib("VmHWM")
+    return result, seconds, max(0, peak - before) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n", type=int, default=512)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    parser.add_argument("--dry-run", action="store_true", help="print the table, do not append it")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    texts = prompts(args.n)
+
+    rows = []
+    for alias in args.models:
+        model, tokenizer = layerknn.load_model(alias)
+        # Correctness first (and warm-up for both paths).
+        check = texts[:16]
+        expected = loop_reference(model, tokenizer, check, args.max_length)
+        got = layerknn.extract(model, check, pooling="mean", max_length=args.max_length, progress=False).values
+        scale = expected.abs().amax(dim=(1, 2), keepdim=True)
+        worst = float(((got - expected).abs() / scale).max())
+        assert worst < 1e-5, f"{alias}: extract disagrees with the loop (relative error {worst:.2e})"
+
+        acts, t_extract, mem_extract = measured(
+            lambda: layerknn.extract(model, texts, pooling="mean", max_length=args.max_length, progress=False)
+        )
+        loop, t_loop, mem_loop = measured(lambda: loop_reference(model, tokenizer, texts, args.max_length))
+        worst_all = float(((acts.values - loop).abs() / loop.abs().amax(dim=(1, 2), keepdim=True)).max())
+        buffer_mib = acts.values.numel() * acts.values.element_size() / 2**20
+        tokens = int(acts.token_counts.sum())
+        rows.append(
+            f"| {alias} | extract (batch auto) | {args.n / t_extract:.1f} | {tokens / t_extract:.0f} | "
+            f"{t_loop / t_extract:.1f}× | {mem_extract:.0f} | {buffer_mib:.1f} | {worst_all:.1e} |"
+        )
+        rows.append(
+            f"| {alias} | per-prompt output_hidden_states loop | {args.n / t_loop:.1f} | {tokens / t_loop:.0f} | "
+            f"1.0× | {mem_loop:.0f} | {buffer_mib:.1f} | |"
+        )
+        del model, tokenizer, acts, loop
+
+    table = "\n".join(
+        [
+            "| model | method | prompts/s | tokens/s | speed-up vs loop | peak RSS added (MiB) | "
+            "output buffer (MiB) | max rel. diff |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+            *rows,
+        ]
+    )
+    table += (
+        f"\n\n{args.n} prompts from builtin:stdlib-docs, mean pooling over all L+1 hidden states, "
+        f"max_length={args.max_length}, float32 weights (dequantised GGUF), torch.set_num_threads({args.threads}); "
+        "the loop runs the headless base model (no logits). One timed run each after a 16-prompt "
+        "correctness check/warm-up; 'max rel. diff' is |extract - loop| / per-layer max |loop|."
+    )
+    if args.dry_run:
+        print(table)
+        return
+    append_results("extract: layerknn.extract vs per-prompt output_hidden_states loop (CPU)", table,
+                   threads=args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -180,6 +180,8 @@ def test_layer_subset_in_given_order_and_stops_early():
     torch.testing.assert_close(subset.values, full.values[[2, 0]])
     assert ran == [0, 1]  # block 2 (the third) never ran
     torch.testing.assert_close(subset.layer(0), full.values[0])
+    with pytest.raises(ValueError, match="not extracted"):
+        subset.layer(1)
 
 
 def test_last_layer_only_and_negative_index():
@@ -241,8 +243,21 @@ def test_token_ids_beyond_embedding_raise_before_running():
     tokenizer = tiny_models.char_tokenizer("bos")
     calls = []
     small.model.layers[0].register_forward_pre_hook(lambda *a: calls.append(1))
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="101 tokens but the model's input embedding has only 40"):
         extract(small, ["zzz"], tokenizer=tokenizer, progress=False)
+
+    class Claims40:  # says it fits, then produces an id the embedding cannot hold
+        bos_token_id = eos_token_id = pad_token_id = None
+        name_or_path, model_max_length = "liar", 64
+
+        def __len__(self):
+            return 40
+
+        def __call__(self, texts, **kwargs):
+            return {"input_ids": [[1, 2, 77] for _ in texts]}
+
+    with pytest.raises(ValueError, match="token id 77 .* 40 rows"):
+        extract(small, ["zzz"], tokenizer=Claims40(), progress=False)
     assert calls == []
 
 
@@ -396,6 +411,7 @@ def test_chat_template_wraps_texts():
 # ---- fingerprints and persistence --------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:.*were truncated")
 def test_fingerprint_is_stable_and_sensitive():
     model, tokenizer = tiny("llama")
     other, _ = tiny("llama", seed=1)
@@ -417,6 +433,13 @@ def test_fingerprint_is_stable_and_sensitive():
                                                  max_length=8)
 
 
+def test_fingerprint_for_is_reachable_from_the_package():
+    import layerknn
+
+    assert layerknn.extract.fingerprint_for is fingerprint_for  # the spelling compare/cache use
+    assert layerknn.extract.Activations is Activations and layerknn.Activations is Activations
+
+
 def test_fingerprint_is_the_same_for_a_reloaded_model(tmp_path):
     model, tokenizer = tiny("qwen3")
     model.save_pretrained(tmp_path)
@@ -427,6 +450,7 @@ def test_fingerprint_is_the_same_for_a_reloaded_model(tmp_path):
     assert fingerprint_for(again, ["a"], tokenizer=tokenizer) == fingerprint_for(model, ["a"], tokenizer=tokenizer)
 
 
+@pytest.mark.filterwarnings("ignore:.*were truncated")
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_save_load_round_trip(tmp_path, suffix, dtype):
@@ -502,7 +526,8 @@ def test_real_models_match_output_hidden_states(real_model):
     states = per_prompt_states(model, tokenizer, REAL_PROMPTS, max_length=32)
     for pooling in POOLINGS:
         expected = pooled(states, pooling)
-        acts = extract(model, REAL_PROMPTS, pooling=pooling, max_length=32, batch_size=3, progress=False)
+        with pytest.warns(UserWarning, match="1 of 4 texts were longer than 32 tokens"):
+            acts = extract(model, REAL_PROMPTS, pooling=pooling, max_length=32, batch_size=3, progress=False)
         assert acts.values.shape == (num_layers + 1, len(REAL_PROMPTS), model.config.hidden_size)
         # Real models carry "massive activations" (up to ~5e4 in Gemma 3), so float32 rounding in
         # the residual stream is ~1e-7 of each layer's largest value: scale atol per layer.

@@ -1,12 +1,13 @@
 // The CPU k-NN engine (see knn_cpu.h): exact top-k per row from blocked GEMM tiles fused with
-// per-row candidate selection; no n x n matrix and no full copy of the input ever exists.
-// Self-join symmetry: a layer's rows are cut into blocks and only tiles (I, J) with J >= I are
-// computed; each tile feeds the rows of I (column scan) and the rows of J (row scan). Every
-// worker thread keeps private candidate lists for all rows of the layers in flight, so tiles
-// never race; the lists are merged once per layer group. Tile scores are approximate (fp32 in
-// GEMM order, or bf16 products): each list keeps every candidate within a rigorous error window
-// of its k-th best key, and the merge re-scores those candidates with the exact fp32 score of
-// knn_kernels.h before the final ordered selection, so results never depend on the kernel used.
+// per-row candidate selection; no n x n score matrix and no full copy of the input ever exists.
+// Self-join symmetry: a layer's rows are cut into 192-row blocks and only tiles (I, J) with
+// I <= J are computed; each tile feeds the rows of I (column scan) and the rows of J (row scan).
+// Races are avoided by ownership: a "solo" layer belongs to one worker from start to finish,
+// and in a "shared" layer every worker fills private candidate lists merged after a barrier.
+// Tile scores are approximate (fp32 in GEMM order, or bf16 products): lists keep every candidate
+// within a rigorous error window of the k-th best key, and the merge re-scores them with the
+// exact fp32 score of knn_kernels.h before the final ordered selection, so results never depend
+// on the kernel, the precision or the thread count.
 #include "cpu/knn_cpu.h"
 
 #include <algorithm>

@@ -242,6 +242,32 @@ LAYERKNN_AVX512 void gemm(const void* broadcast_, int64_t rows_pad, const void* 
 
 // ---- threshold scan --------------------------------------------------------------------------
 
+// CandidateLists::insert with the sorted-mode bookkeeping done branch-free: the key goes into
+// the descending array of the k best by one compare, a lane permute and two masked moves.
+LAYERKNN_AVX512 inline void insert(CandidateLists& lists, int64_t row, float key, int32_t id,
+                                   float window) {
+  if (!(key >= lists.thresholds()[row])) return;
+  if (!lists.sorted_mode()) return lists.insert(row, key, id, window);
+  const int k = lists.k();
+  float* best = lists.best_keys(row);
+  const __m512 old = _mm512_loadu_ps(best);
+  const __m512 vkey = _mm512_set1_ps(key);
+  const __mmask16 first_k = __mmask16((1u << k) - 1u);
+  const int pos = __builtin_popcount(_mm512_mask_cmp_ps_mask(first_k, old, vkey, _CMP_GT_OQ));
+  if (pos < k) {
+    const __m512i down = _mm512_set_epi32(14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0);
+    const __m512 shifted = _mm512_permutexvar_ps(down, old);
+    const __mmask16 below = __mmask16(~((2u << pos) - 1u));
+    __m512 updated = _mm512_mask_mov_ps(old, below, shifted);
+    updated = _mm512_mask_mov_ps(updated, __mmask16(1u << pos), vkey);
+    _mm512_storeu_ps(best, updated);
+    int32_t& size = lists.best_count(row);
+    if (size < k) ++size;
+    if (size == k) lists.raise_threshold(row, best[k - 1], window);
+  }
+  lists.append(row, key, id);
+}
+
 LAYERKNN_AVX512 void scan_tile(float* tile, int64_t lds, int rows, int cols,
                                const ScanTarget& t) {
   CandidateLists& lists = *t.lists;
@@ -263,14 +289,14 @@ LAYERKNN_AVX512 void scan_tile(float* tile, int64_t lds, int rows, int cols,
           _mm512_mask_cmp_ps_mask(valid, v, _mm512_maskz_loadu_ps(valid, thr_col + c), _CMP_GE_OQ);
       for (unsigned bits = mc; bits; bits &= bits - 1) {
         const int cc = c + __builtin_ctz(bits);
-        lists.insert(t.col_list + cc, line[cc], t.row_id + r, t.window);
+        insert(lists, t.col_list + cc, line[cc], t.row_id + r, t.window);
       }
       if (t.row_list >= 0) {
         const __m512 tr = _mm512_set1_ps(thr[t.row_list + r]);
         const __mmask16 mr = _mm512_mask_cmp_ps_mask(valid, v, tr, _CMP_GE_OQ);
         for (unsigned bits = mr; bits; bits &= bits - 1) {
           const int cc = c + __builtin_ctz(bits);
-          lists.insert(t.row_list + r, line[cc], t.col_id + cc, t.window);
+          insert(lists, t.row_list + r, line[cc], t.col_id + cc, t.window);
         }
       }
     }

@@ -29,6 +29,10 @@ inline float lower_difference(float a, float b) {
 
 class CandidateLists {
  public:
+  // Up to this k the k best keys are a descending array of kSortedK floats per row (padded with
+  // -inf), which SIMD code can update branch-free (see simd_avx512.cpp); above it, a min-heap.
+  static constexpr int kSortedK = 16;
+
   CandidateLists(int64_t rows, int capacity, int k)
       : capacity_(capacity),
         k_(k),
@@ -36,7 +40,7 @@ class CandidateLists {
         count_(rows, 0),
         heap_size_(rows, 0),
         overflowed_(rows, 0),
-        heap_(rows * k),
+        heap_(rows * (k <= kSortedK ? kSortedK : k), -INFINITY),
         keys_(rows * capacity),
         ids_(rows * capacity) {}
 
@@ -45,7 +49,25 @@ class CandidateLists {
   // Adds (key, id) to row's list if it can still matter. window = 2 x key error bound (>= 0).
   void insert(int64_t row, float key, int32_t id, float window) {
     if (!(key >= threshold_[row])) return;
-    push_key(row, key, window);
+    if (sorted_mode()) {
+      push_sorted(row, key, window);
+    } else {
+      push_key(row, key, window);
+    }
+    append(row, key, id);
+  }
+
+  // The pieces of insert() for callers that track the best keys themselves (sorted mode).
+  bool sorted_mode() const { return k_ <= kSortedK; }
+  int k() const { return k_; }
+  float* best_keys(int64_t row) { return heap_.data() + row * kSortedK; }  // [kSortedK]
+  int32_t& best_count(int64_t row) { return heap_size_[row]; }
+  // Raises the threshold to kth - window (rounded down); never lowers it.
+  void raise_threshold(int64_t row, float kth, float window) {
+    threshold_[row] = std::max(threshold_[row], lower_difference(kth, window));
+  }
+  // Stores (key, id) if still >= the threshold, compacting or overflowing a full list.
+  void append(int64_t row, float key, int32_t id) {
     int n = count_[row];
     if (n == capacity_) {
       n = compact(row);
@@ -73,9 +95,25 @@ class CandidateLists {
     count_[row] = 0;
     heap_size_[row] = 0;
     overflowed_[row] = 0;
+    if (sorted_mode()) std::fill_n(best_keys(row), kSortedK, -INFINITY);
   }
 
  private:
+  // Sorted mode: inserts key into the descending array of the k best (scalar version).
+  void push_sorted(int64_t row, float key, float window) {
+    float* best = best_keys(row);
+    int size = heap_size_[row];
+    if (size == k_ && !(key > best[k_ - 1])) return;
+    int pos = size < k_ ? size : k_ - 1;
+    while (pos > 0 && best[pos - 1] < key) {
+      best[pos] = best[pos - 1];
+      --pos;
+    }
+    best[pos] = key;
+    if (size < k_) heap_size_[row] = ++size;
+    if (size == k_) raise_threshold(row, best[k_ - 1], window);
+  }
+
   // Tracks the k best keys seen in a min-heap; once it holds k, the threshold is
   // (k-th best key) - window, rounded down.
   void push_key(int64_t row, float key, float window) {
@@ -103,7 +141,7 @@ class CandidateLists {
       }
       heap[c] = key;
     }
-    threshold_[row] = std::max(threshold_[row], lower_difference(heap[0], window));
+    raise_threshold(row, heap[0], window);
   }
 
   // Drops the candidates that fell below the threshold; returns how many remain.

@@ -312,7 +312,7 @@ def _tokenizer_identity(tokenizer, chat_template: bool) -> dict:
     identity = {
         "class": type(tokenizer).__name__,
         "name": str(getattr(tokenizer, "name_or_path", "")),
-        "size": len(tokenizer),
+        "size": _tokenizer_size(tokenizer),
         "bos": getattr(tokenizer, "bos_token_id", None),
         "eos": getattr(tokenizer, "eos_token_id", None),
     }
@@ -735,6 +735,12 @@ def extract(
     encoded = _tokenize(texts, tokenizer, max_len, chat_template)
     n = len(texts)
     rows_limit = embedding_rows(model)
+    vocabulary = _tokenizer_size(tokenizer)
+    if rows_limit is not None and vocabulary is not None and vocabulary > rows_limit:
+        raise ValueError(
+            f"the tokenizer has {vocabulary} tokens but the model's input embedding has only {rows_limit} "
+            "rows: tokenizer and model do not match"
+        )
     if rows_limit is not None:
         largest = max(max(row) for row in encoded.ids)
         smallest = min(min(row) for row in encoded.ids)
@@ -827,6 +833,13 @@ def extract(
         max_length=max_len,
         chat_template=chat_template,
     )
+
+
+def _tokenizer_size(tokenizer) -> int | None:
+    try:
+        return int(len(tokenizer))
+    except TypeError:
+        return None
 
 
 def _pad_id(tokenizer) -> int:

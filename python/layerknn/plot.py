@@ -43,9 +43,10 @@ def _subtitle(c: "Comparison") -> str:
     parts = [f"n={c.n}", f"k={c.k}"]
     if c.pooling:
         parts.append(f"pooling={c.pooling}")
+    text = ", ".join(parts)
     if c.dataset:
-        parts.append(f"data={c.dataset}")
-    return ", ".join(parts)
+        text += ("\n" if len(text) + len(c.dataset) > 55 else ", ") + f"data={c.dataset}"
+    return text
 
 
 def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap: str = "viridis",
@@ -115,7 +116,7 @@ def depth_curve(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, t
     include = geometry.get("include_embeddings", False)
     bm = c.best_match(include_embeddings=include)
     da = c.depth_alignment(**geometry)
-    fig, ax = plt.subplots(figsize=(5.4, 5.0), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(5.6, 5.8), layout="constrained")
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="y = x")
     curves = (
         ("a", bm["layers_a"] / c.num_layers_a, bm["a_to_b_depth"], "ab",
@@ -133,7 +134,7 @@ def depth_curve(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, t
     ax.set_aspect("equal")
     ax.set_xlabel("normalised depth of source layer (l / L)")
     ax.set_ylabel("normalised depth of its best match in the other model")
-    band = f"; bands: {int(round(c.ci['level'] * 100))}% bootstrap CI" if c.ci else ""
+    band = f"\nbands: {int(round(c.ci['level'] * 100))}% bootstrap CI over prompts" if c.ci else ""
     ax.set_title(title or f"Best-match depth: {c.name_a} vs {c.name_b}\n{_subtitle(c)}{band}", fontsize=9)
     ax.legend(loc="upper left", fontsize=7)
     ax.grid(alpha=0.3)
@@ -158,7 +159,8 @@ def unit_square(grid: np.ndarray, path: "str | os.PathLike", *, chance: float | 
     vmax = np.nanmax(grid) if np.isfinite(grid).any() else 1.0
     im = ax.imshow(grid, origin="lower", extent=(0, 1, 0, 1), cmap="viridis", vmin=0, vmax=vmax,
                    interpolation="nearest")
-    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="white", alpha=0.8)
+    ax.set_facecolor("0.88")  # empty bins (no layer pair at that depth combination) show grey
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.3", alpha=0.9)
     ax.set_xlabel("normalised depth in model 2")
     ax.set_ylabel("normalised depth in model 1")
     cbar = fig.colorbar(im, ax=ax)
@@ -166,7 +168,8 @@ def unit_square(grid: np.ndarray, path: "str | os.PathLike", *, chance: float | 
     if chance is not None:
         cbar.ax.axhline(chance, color="red", lw=2)
     names = ", ".join(model_names)
-    ax.set_title(f"Layer similarity across all model pairs by depth\n{names}\n{subtitle}", fontsize=8)
+    ax.set_title(f"Layer similarity across all model pairs by normalised depth (both orders; grey: empty)"
+                 f"\n{names}\n{subtitle}", fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

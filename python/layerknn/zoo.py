@@ -125,8 +125,8 @@ class Zoo:
         from .plot import unit_square
 
         return unit_square(self.unit_square(bins), path, chance=self.chance, model_names=self.names,
-                           subtitle=f"n={self.n}, k={self.k}, pooling={self.pooling}, data={self.dataset}, "
-                                    f"{bins}x{bins} bins")
+                           subtitle=f"n={self.n}, k={self.k}, pooling={self.pooling}, "
+                                    + (f"data={self.dataset}, " if self.dataset else "") + f"{bins}x{bins} bins")
 
     def plot_matrix(self, path: "str | os.PathLike", dpi: int = 200) -> Path:
         """Heatmap of the full block matrix with model boundaries."""
@@ -144,12 +144,13 @@ class Zoo:
         centres = [off + layers / 2 for off, layers in zip(self.offsets, self.num_layers)]
         ax.set_xticks(centres, self.names, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(centres, self.names, fontsize=8)
-        cbar = fig.colorbar(im, ax=ax)
+        cbar = fig.colorbar(im, ax=ax, extend="max")
         cbar.set_label(f"mean k-NN overlap (colour scale capped at the largest off-diagonal value; "
                        f"red: chance {self.chance:.3f})", fontsize=7)
         cbar.ax.axhline(self.chance, color="red", lw=2)
+        data = f", data={self.dataset}" if self.dataset else ""
         ax.set_title(f"All layers of all models (embeddings first in each block)\n"
-                     f"n={self.n}, k={self.k}, pooling={self.pooling}, data={self.dataset}", fontsize=9)
+                     f"n={self.n}, k={self.k}, pooling={self.pooling}{data}", fontsize=9)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=dpi)

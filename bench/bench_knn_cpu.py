@@ -41,7 +41,9 @@ def make_activations(L: int, n: int, d: int, seed: int = 0) -> np.ndarray:
     for l in range(L):
         base = rng.standard_normal((16, d), dtype=np.float32)
         mix = rng.standard_normal((n, 16), dtype=np.float32)
-        x[l] = mix @ base
+        # einsum without BLAS: numpy's OpenBLAS threads would otherwise keep spinning and
+        # steal the cores from whichever engine is timed first.
+        x[l] = np.einsum("nr,rd->nd", mix, base)
         x[l] += 2.0 * rng.standard_normal((n, d), dtype=np.float32)
     return x
 
@@ -88,18 +90,27 @@ def torch_knn(x: np.ndarray) -> np.ndarray:
     return scores.topk(K, dim=2).indices.numpy()
 
 
-def timed(fn, x, repeats: int) -> tuple[float, np.ndarray]:
-    """Median wall seconds after one warm-up call (kept as a sample when a call exceeds 10 s,
-    so the slow rivals on W2 do not dominate the run time), and the last result."""
-    start = time.perf_counter()
-    result = fn(x)
-    first = time.perf_counter() - start
-    samples = [first] if first > 10 else []
-    while len(samples) < repeats:
+def timed_rounds(engines: dict, x, repeats: int) -> tuple[dict, dict]:
+    """Median wall seconds and last result of each engine. One warm-up call each (kept as a
+    sample when a call exceeds 10 s, so the slow rivals on W2 do not dominate the run time),
+    then `repeats` rounds that call every engine once, so all of them see the same machine load
+    even when other work on the machine comes and goes."""
+    samples = {name: [] for name in engines}
+    results = {}
+    for name, fn in engines.items():
         start = time.perf_counter()
-        result = fn(x)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples), result
+        results[name] = fn(x)
+        first = time.perf_counter() - start
+        if first > 10:
+            samples[name].append(first)
+    for _ in range(repeats):
+        for name, fn in engines.items():
+            if len(samples[name]) >= repeats:
+                continue
+            start = time.perf_counter()
+            results[name] = fn(x)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in samples.items()}, results
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -178,9 +189,11 @@ def main() -> None:
         L, n, d = sizes[name]
         x = make_activations(L, n, d)
         print(f"{name}: L={L} n={n} d={d} ...", flush=True)
-        t_ours, ours = timed(run_layerknn, x, args.repeats)
-        t_faiss, theirs_faiss = timed(faiss_knn, x, args.repeats)
-        t_torch, theirs_torch = timed(torch_knn, x, args.repeats)
+        times, results = timed_rounds(
+            {"layerknn": run_layerknn, "faiss": faiss_knn, "torch": torch_knn}, x, args.repeats
+        )
+        t_ours, t_faiss, t_torch = times["layerknn"], times["faiss"], times["torch"]
+        ours, theirs_faiss, theirs_torch = results["layerknn"], results["faiss"], results["torch"]
         flops = 2.0 * L * n * n * d
         memory = measure_memory(name, args.quick, args.threads)
         rows.append(

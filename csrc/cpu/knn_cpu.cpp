@@ -471,6 +471,7 @@ class Engine {
     bool exact_scan = direct_;
     w.keys.clear();
     w.ids.clear();
+    const float solo_threshold = direct_ ? 0.f : lists_[first].thresholds()[i];
     for (int li = first; li < last && !direct_; ++li) {
       CandidateLists& lists = lists_[li];
       if (lists.overflowed(i)) exact_scan = true;
@@ -485,10 +486,15 @@ class Engine {
       for (int64_t j = 0; j < m_; ++j)
         if (!(exclude_ && j == i)) w.ids.push_back(int32_t(j));
     } else {
-      w.sorted_keys = w.keys;
-      std::nth_element(w.sorted_keys.begin(), w.sorted_keys.begin() + (k - 1),
-                       w.sorted_keys.end(), std::greater<float>());
-      const float threshold = lower_difference(w.sorted_keys[k - 1], slot.window);
+      // One list saw every candidate and tracked the exact k-th best key: its threshold is
+      // already (k-th best) - window. Several lists: find the k-th best of their union.
+      float threshold = solo_threshold;
+      if (last - first > 1) {
+        w.sorted_keys = w.keys;
+        std::nth_element(w.sorted_keys.begin(), w.sorted_keys.begin() + (k - 1),
+                         w.sorted_keys.end(), std::greater<float>());
+        threshold = lower_difference(w.sorted_keys[k - 1], slot.window);
+      }
       size_t kept = 0;
       for (size_t c = 0; c < w.keys.size(); ++c)
         if (w.keys[c] >= threshold) w.ids[kept++] = w.ids[c];

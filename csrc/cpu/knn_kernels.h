@@ -11,9 +11,9 @@
 namespace layerknn::cpu {
 
 // Where a scanned score tile goes. Column pass: entry (r, c) is offered to list row
-// col_list + c as candidate row_id + r. Row pass (row_list >= 0):
-// entry (r, c) is offered to list row row_list + r as candidate col_id + c. With l2_row/l2_col
-// set, each entry is first rewritten as the squared-L2 key 2*tile - (l2_row[r] + l2_col[c]).
+// col_list + c as candidate row_id + r. Row pass (row_list >= 0): entry (r, c) is offered to
+// list row row_list + r as candidate col_id + c. With l2_row/l2_col set, each entry is first
+// rewritten as the squared-L2 key 2*tile - (l2_row[r] + l2_col[c]).
 struct ScanTarget {
   CandidateLists* lists = nullptr;
   float window = 0.f;          // 2 x key error bound of this layer

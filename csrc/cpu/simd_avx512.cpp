@@ -152,7 +152,7 @@ LAYERKNN_AVX512 void pack_vector_side(const float* src, int64_t count, int64_t d
     float* panel = dst + p * kNr * dpad;  // [dpad][kNr]
     const int64_t rows = count - p * kNr < kNr ? count - p * kNr : kNr;
     if (rows < kNr) std::memset(panel, 0, sizeof(float) * kNr * dpad);
-    // 16 features of 16 rows at a time: load row slices, scatter them column-wise.
+    // Each row: 16 features at a time, scattered into its column of the panel.
     for (int64_t r = 0; r < rows; ++r) {
       const float* row = src + (p * kNr + r) * d;
       const __m512 s = _mm512_set1_ps(scale ? scale[p * kNr + r] : 1.f);

@@ -1,8 +1,8 @@
 // Per-row candidate lists of the CPU k-NN engine: for every row, the database rows whose
 // approximate key may still belong to its exact top k. A list keeps every candidate whose key is
 // >= (its k-th best key) - window, where `window` bounds twice the error of an approximate key;
-// the k-th best key is tracked exactly by a size-k min-heap, and the published threshold only
-// rises, so SIMD scans can test against a stale value safely. A list that cannot shrink below
+// the k-th best key is tracked exactly (a sorted array for k <= 16, else a min-heap), and the
+// published threshold only rises, so SIMD scans can test against a stale value safely. A list that cannot shrink below
 // 3/4 of its capacity gives up ("overflowed"): the engine recomputes that row exactly, so
 // correctness never depends on the capacity.
 #pragma once

@@ -55,6 +55,12 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write ``arrays`` and a JSON ``meta`` string into ``path`` via a temporary file."""
     path = Path(path)
@@ -65,6 +71,7 @@ def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> N
             np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -476,8 +476,10 @@ class Engine {
       CandidateLists& lists = lists_[li];
       if (lists.overflowed(i)) exact_scan = true;
       const int c = lists.count(i);
-      w.keys.insert(w.keys.end(), lists.keys(i), lists.keys(i) + c);
-      w.ids.insert(w.ids.end(), lists.ids(i), lists.ids(i) + c);
+      for (const Candidate* e = lists.entries(i); e != lists.entries(i) + c; ++e) {
+        w.keys.push_back(e->key);
+        w.ids.push_back(e->id);
+      }
       lists.reset(i);
     }
     if (static_cast<int64_t>(w.keys.size()) < k) exact_scan = true;

@@ -191,14 +191,21 @@ LAYERKNN_AVX512 void pack_broadcast_side(const float* src, int64_t count, int64_
 
 // Feature chunk per pass: keeps a 48-row panel chunk in L1/L2 and the broadcast chunk in L2.
 // Chunks continue each lane's running sum through the tile, so the sum order is unchanged.
+// Chunks are balanced (at most kChunk steps each) so no pass is a short, overhead-heavy tail.
 constexpr int64_t kChunk = 256;
+
+inline int64_t chunk_steps(int64_t steps) {
+  const int64_t chunks = (steps + kChunk - 1) / kChunk;
+  return chunks <= 1 ? steps : (steps + chunks - 1) / chunks;
+}
 
 LAYERKNN_AVX512 void gemm(const void* broadcast_, int64_t rows_pad, const void* vector_,
                           int64_t cols_pad, int64_t dpad, float* tile, int64_t lds) {
   const float* broadcast = static_cast<const float*>(broadcast_);
   const float* vector = static_cast<const float*>(vector_);
-  for (int64_t k0 = 0; k0 < dpad; k0 += kChunk) {
-    const int64_t k1 = std::min(dpad, k0 + kChunk);
+  const int64_t chunk = chunk_steps(dpad);
+  for (int64_t k0 = 0; k0 < dpad; k0 += chunk) {
+    const int64_t k1 = std::min(dpad, k0 + chunk);
     for (int64_t c0 = 0; c0 < cols_pad; c0 += kNr) {
       const float* panel = vector + c0 * dpad;  // [dpad][48]
       for (int64_t r0 = 0; r0 < rows_pad; r0 += kMr) {
@@ -317,22 +324,31 @@ LAYERKNN_AVX512BF16 inline __m512 from_bf16(__m256i h) {
 
 LAYERKNN_AVX512BF16 void row_stats_bf16(const float* x, int64_t d, bool normalise,
                                         RowStats* out) {
-  row_stats(x, d, normalise, out);
-  const __m512 s = _mm512_set1_ps(out->scale);
-  __m512d packed0 = _mm512_setzero_pd(), packed1 = packed0, err0 = packed0, err1 = packed0;
+  const double sq = sum_squares(x, d, 1.f);
+  const float scale = normalise ? (sq > 0 ? float(1.0 / std::sqrt(sq)) : 0.f) : 1.f;
+  const __m512 s = _mm512_set1_ps(scale);
+  __m512d exact0 = _mm512_setzero_pd(), exact1 = exact0, packed0 = exact0, packed1 = exact0;
+  __m512d err0 = exact0, err1 = exact0;
   for (int64_t t = 0; t < d; t += 16) {
     const __mmask16 m = tail_mask(d - t);
     const __m512 exact = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + t), s);
     const __m512 packed = from_bf16(to_bf16(x + t, m, s));
+    const __m512d x_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(exact));
+    const __m512d x_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(exact, 1));
     const __m512d p_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(packed));
     const __m512d p_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(packed, 1));
-    const __m512d e_lo = _mm512_sub_pd(p_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(exact)));
-    const __m512d e_hi = _mm512_sub_pd(p_hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(exact, 1)));
+    const __m512d e_lo = _mm512_sub_pd(p_lo, x_lo);
+    const __m512d e_hi = _mm512_sub_pd(p_hi, x_hi);
+    exact0 = _mm512_fmadd_pd(x_lo, x_lo, exact0);
+    exact1 = _mm512_fmadd_pd(x_hi, x_hi, exact1);
     packed0 = _mm512_fmadd_pd(p_lo, p_lo, packed0);
     packed1 = _mm512_fmadd_pd(p_hi, p_hi, packed1);
     err0 = _mm512_fmadd_pd(e_lo, e_lo, err0);
     err1 = _mm512_fmadd_pd(e_hi, e_hi, err1);
   }
+  out->scale = scale;
+  out->sq_norm = float(sq);
+  out->norm = std::sqrt(reduce_lanes_pd(exact0, exact1));
   out->packed_norm = std::sqrt(reduce_lanes_pd(packed0, packed1));
   out->packing_error = std::sqrt(reduce_lanes_pd(err0, err1));
 }
@@ -391,8 +407,9 @@ LAYERKNN_AVX512BF16 void gemm_bf16(const void* broadcast_, int64_t rows_pad, con
   const uint32_t* broadcast = static_cast<const uint32_t*>(broadcast_);  // [rows][dpad/2] pairs
   const uint32_t* vector = static_cast<const uint32_t*>(vector_);
   const int64_t pairs = dpad / 2;
-  for (int64_t k0 = 0; k0 < pairs; k0 += kChunk) {
-    const int64_t k1 = std::min(pairs, k0 + kChunk);
+  const int64_t chunk = chunk_steps(pairs);
+  for (int64_t k0 = 0; k0 < pairs; k0 += chunk) {
+    const int64_t k1 = std::min(pairs, k0 + chunk);
     for (int64_t c0 = 0; c0 < cols_pad; c0 += kNr) {
       const uint32_t* panel = vector + c0 * pairs;  // [pairs][48]
       for (int64_t r0 = 0; r0 < rows_pad; r0 += kMr) {

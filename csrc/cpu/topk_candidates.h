@@ -27,6 +27,13 @@ inline float lower_difference(float a, float b) {
   return f;
 }
 
+// One candidate: its approximate key and its database row (kept together: one cache line
+// touched per insert).
+struct Candidate {
+  float key;
+  int32_t id;
+};
+
 class CandidateLists {
  public:
   // Up to this k the k best keys are a descending array of kSortedK floats per row (padded with
@@ -41,8 +48,7 @@ class CandidateLists {
         heap_size_(rows, 0),
         overflowed_(rows, 0),
         heap_(rows * (k <= kSortedK ? kSortedK : k), -INFINITY),
-        keys_(rows * capacity),
-        ids_(rows * capacity) {}
+        entries_(rows * capacity) {}
 
   float* thresholds() { return threshold_.data(); }  // [rows]
 
@@ -79,15 +85,13 @@ class CandidateLists {
       }
     }
     if (!(key >= threshold_[row])) return;
-    keys_[row * capacity_ + n] = key;
-    ids_[row * capacity_ + n] = id;
+    entries_[row * capacity_ + n] = {key, id};
     count_[row] = n + 1;
   }
 
   int count(int64_t row) const { return count_[row]; }
   bool overflowed(int64_t row) const { return overflowed_[row] != 0; }
-  const float* keys(int64_t row) const { return keys_.data() + row * capacity_; }
-  const int32_t* ids(int64_t row) const { return ids_.data() + row * capacity_; }
+  const Candidate* entries(int64_t row) const { return entries_.data() + row * capacity_; }
 
   // Empties a row for the next layer.
   void reset(int64_t row) {
@@ -146,16 +150,11 @@ class CandidateLists {
 
   // Drops the candidates that fell below the threshold; returns how many remain.
   int compact(int64_t row) {
-    float* keys = keys_.data() + row * capacity_;
-    int32_t* ids = ids_.data() + row * capacity_;
+    Candidate* entries = entries_.data() + row * capacity_;
     const float threshold = threshold_[row];
     int kept = 0;
     for (int c = 0; c < count_[row]; ++c) {
-      if (keys[c] >= threshold) {
-        keys[kept] = keys[c];
-        ids[kept] = ids[c];
-        ++kept;
-      }
+      if (entries[c].key >= threshold) entries[kept++] = entries[c];
     }
     count_[row] = kept;
     return kept;
@@ -167,8 +166,7 @@ class CandidateLists {
   std::vector<int32_t> count_, heap_size_;
   std::vector<uint8_t> overflowed_;
   std::vector<float> heap_;
-  std::vector<float> keys_;
-  std::vector<int32_t> ids_;
+  std::vector<Candidate> entries_;  // [rows, capacity]
 };
 
 }  // namespace layerknn::cpu

@@ -267,6 +267,7 @@ def _extract_neighbors(model: Any, texts, *, k_max, pooling, cache, progress, de
         "n": int(values.shape[1]),
         "fingerprint": fingerprint or getattr(acts, "fingerprint", None),
         "max_length": extract_options.get("max_length"),
+        "dtype": str(getattr(model_obj, "dtype", "")).replace("torch.", "") or None,
         "mean_tokens": float(token_counts.mean()) if token_counts.size else None,
         "truncated": int(truncated.sum()) if truncated.size else None,
     }
@@ -589,11 +590,21 @@ class Comparison:
         blocks = self.matrix[1:, 1:]
         i, j = (int(x) + 1 for x in np.unravel_index(np.argmax(blocks), blocks.shape))
         v = self.verdict()
+        run = []
+        for label in ("a", "b"):
+            info = self.meta.get(f"model_{label}") or {}
+            if info.get("dtype") or info.get("max_length"):
+                run.append(f"{label.upper()}: {info.get('dtype') or '?'} weights, max_length "
+                           f"{info.get('max_length')}, {info.get('truncated') or 0} prompts truncated")
         lines = [
             f"layerknn comparison: A = {self.name_a} ({self.num_layers_a} blocks), "
             f"B = {self.name_b} ({self.num_layers_b} blocks)",
             f"data: {self.dataset or 'n/a'}; n = {self.n} prompts; k = {self.k}; "
             f"pooling = {self.pooling or 'n/a'}; chance = k/(n-1) = {self.chance:.4f}",
+        ]
+        if run:
+            lines.append("extraction: " + "; ".join(run))
+        lines += [
             f"similarity over blocks: max {blocks.max():.3f} at A block {i} / B block {j} "
             f"({blocks.max() / self.chance:.1f}x chance); mean {blocks.mean():.3f}; "
             f"embeddings (row/col 0) x embeddings {self.matrix[0, 0]:.3f}",

@@ -4,20 +4,15 @@
 the headless base model with forward hooks on its block list; each hook pools its batch
 (last token / mean / mean without BOS) straight into a preallocated ``(layers, n, d)``
 buffer, and the pass stops after the last layer needed, so no logits and no full hidden
-states are ever kept. The result, ``Activations``, matches pooling HF's per-prompt
-``output_hidden_states`` and can be saved, loaded and fingerprinted for caching.
+states are ever kept. The result (``Activations``, in activations.py) matches pooling HF's
+per-prompt ``output_hidden_states``; ``fingerprint_for`` gives its cache key up front.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
-import os
-import tempfile
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -30,358 +25,14 @@ from ._blocks import (
     input_embedding_device,
     max_positions_of,
 )
+from ._identity import _fingerprint, _model_name, _tokenizer_size
 from ._pooling import BatchPooler, check_pooling
+from .activations import Activations
 
 __all__ = ["Activations", "extract", "fingerprint_for"]
 
-_FORMAT_VERSION = 1
-_FINGERPRINT_SCHEMA = "layerknn-extract-v1"
 # Tokenizers report "no limit" as a huge model_max_length; ignore values above this.
 _HUGE_LENGTH = 10**7
-
-
-# --------------------------------------------------------------------------------------
-# The result
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Activations:
-    """Pooled hidden states of one model over ``n`` texts.
-
-    Attributes
-    ----------
-    values : torch.Tensor
-        ``(S, n, d)``: one pooled vector per (selected layer, text). With ``layers=None``
-        ``S = num_layers + 1``; index 0 is the input to the first block (embeddings after
-        any model-specific scaling) and index ``num_layers`` the last block's output after
-        the final norm, exactly as HF's ``output_hidden_states``.
-    layers : tuple of int
-        The hidden-state index (0..num_layers) of each entry of ``values``' first axis.
-    model_name : str
-        The model's ``name_or_path`` (or the layerknn alias it was loaded from).
-    num_layers, hidden_size : int
-        Number of blocks L and width d of the model.
-    pooling : str
-        ``"last"``, ``"mean"`` or ``"mean_no_bos"``.
-    token_counts : torch.Tensor
-        ``(n,)`` int64 tokens per text after truncation (special tokens included).
-    truncated : torch.Tensor
-        ``(n,)`` bool, True where a text was cut to ``max_length``.
-    fingerprint : str
-        Hex digest of (model identity, tokenizer, texts, pooling, max_length,
-        chat_template, layers); equal fingerprints mean equal extractions.
-    max_length : int or None
-        The effective token limit used (None: unlimited).
-    chat_template : bool
-        Whether texts were wrapped in the tokenizer's chat template.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from layerknn.extract import Activations
-    >>> acts = Activations(values=torch.zeros(3, 4, 8), layers=(0, 1, 2), model_name="toy",
-    ...                    num_layers=2, hidden_size=8, pooling="last",
-    ...                    token_counts=torch.ones(4, dtype=torch.int64),
-    ...                    truncated=torch.zeros(4, dtype=torch.bool), fingerprint="00")
-    >>> acts.values.shape
-    torch.Size([3, 4, 8])
-    >>> acts.layer(2).shape
-    torch.Size([4, 8])
-    """
-
-    values: torch.Tensor
-    layers: tuple
-    model_name: str
-    num_layers: int
-    hidden_size: int
-    pooling: str
-    token_counts: torch.Tensor
-    truncated: torch.Tensor
-    fingerprint: str
-    max_length: int | None = None
-    chat_template: bool = False
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.layers = tuple(int(layer) for layer in self.layers)
-
-    @property
-    def num_texts(self) -> int:
-        return int(self.values.shape[1])
-
-    def layer(self, index: int) -> torch.Tensor:
-        """The ``(n, d)`` pooled vectors of hidden-state ``index`` (0..num_layers)."""
-        if index < 0:
-            index += self.num_layers + 1
-        if index not in self.layers:
-            raise ValueError(f"layer {index} was not extracted; available layers: {list(self.layers)}")
-        return self.values[self.layers.index(index)]
-
-    def __repr__(self) -> str:
-        return (
-            f"Activations(model={self.model_name!r}, values={tuple(self.values.shape)} "
-            f"{str(self.values.dtype).replace('torch.', '')} on {self.values.device}, "
-            f"pooling={self.pooling!r}, layers={len(self.layers)}/{self.num_layers + 1}, "
-            f"truncated={int(self.truncated.sum())}, fingerprint={self.fingerprint[:12]})"
-        )
-
-    # ---- persistence -----------------------------------------------------------------
-
-    def _metadata(self) -> dict:
-        return {
-            "format_version": _FORMAT_VERSION,
-            "model_name": self.model_name,
-            "num_layers": self.num_layers,
-            "hidden_size": self.hidden_size,
-            "pooling": self.pooling,
-            "layers": list(self.layers),
-            "fingerprint": self.fingerprint,
-            "max_length": self.max_length,
-            "chat_template": bool(self.chat_template),
-            "dtype": str(self.values.dtype).replace("torch.", ""),
-            "shape": list(self.values.shape),
-            "extra": self.extra,
-        }
-
-    def save(self, path) -> Path:
-        """Write to ``path`` (``.safetensors`` or ``.npz``) atomically; returns the path.
-
-        A checksum of all arrays is stored, so ``load`` detects corrupt files.
-
-        Examples
-        --------
-        >>> import tempfile, os, torch
-        >>> from layerknn.extract import Activations
-        >>> acts = Activations(values=torch.arange(24.).reshape(2, 3, 4), layers=(0, 1),
-        ...                    model_name="toy", num_layers=1, hidden_size=4, pooling="mean",
-        ...                    token_counts=torch.tensor([1, 2, 3]),
-        ...                    truncated=torch.zeros(3, dtype=torch.bool), fingerprint="ab")
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     path = acts.save(os.path.join(tmp, "acts.npz"))
-        ...     back = Activations.load(path)
-        >>> torch.equal(back.values, acts.values), back.fingerprint
-        (True, 'ab')
-        """
-        path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix not in (".safetensors", ".npz"):
-            raise ValueError(f"path must end in .safetensors or .npz, got {str(path)!r}")
-        arrays = {
-            "values": self.values.detach().to("cpu").contiguous(),
-            "token_counts": self.token_counts.detach().to("cpu", torch.int64).contiguous(),
-            "truncated": self.truncated.detach().to("cpu", torch.bool).contiguous(),
-        }
-        metadata = self._metadata()
-        metadata["checksum"] = _checksum(arrays)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                if suffix == ".safetensors":
-                    from safetensors.torch import save
-
-                    handle.write(save(arrays, metadata={"layerknn": json.dumps(metadata)}))
-                else:
-                    numpy_arrays = {name: _to_numpy(tensor) for name, tensor in arrays.items()}
-                    numpy_arrays["metadata"] = np.array(json.dumps(metadata))
-                    np.savez(handle, **numpy_arrays)
-            os.replace(tmp_name, path)
-        except BaseException:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
-            raise
-        return path
-
-    @classmethod
-    def load(cls, path, *, device=None) -> "Activations":
-        """Read a file written by ``save``.
-
-        Raises
-        ------
-        FileNotFoundError
-            If ``path`` does not exist.
-        ValueError
-            If the file is truncated, corrupt, or not a layerknn activations file.
-        """
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no activations file at {str(path)!r}")
-        suffix = path.suffix.lower()
-        if suffix not in (".safetensors", ".npz"):
-            raise ValueError(f"path must end in .safetensors or .npz, got {str(path)!r}")
-        try:
-            if suffix == ".safetensors":
-                from safetensors import safe_open
-
-                with safe_open(str(path), framework="pt") as handle:
-                    header = handle.metadata() or {}
-                    arrays = {name: handle.get_tensor(name) for name in handle.keys()}
-                metadata = json.loads(header["layerknn"])
-            else:
-                with np.load(path, allow_pickle=False) as data:
-                    metadata = json.loads(str(data["metadata"]))
-                    arrays = {
-                        name: _from_numpy(data[name], metadata["dtype"] if name == "values" else None)
-                        for name in ("values", "token_counts", "truncated")
-                    }
-        except Exception as error:  # any reader failure means a damaged or foreign file
-            raise ValueError(f"{str(path)!r} is not a readable layerknn activations file ({error})") from error
-        try:
-            expected = metadata["checksum"]
-            shape = tuple(metadata["shape"])
-            values = arrays["values"]
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"{str(path)!r} is missing layerknn metadata ({error})") from error
-        if tuple(values.shape) != shape or _checksum(arrays) != expected:
-            raise ValueError(f"{str(path)!r} is corrupt: its arrays do not match the stored checksum/shape")
-        if device is not None:
-            values = values.to(device)
-        return cls(
-            values=values,
-            layers=tuple(metadata["layers"]),
-            model_name=metadata["model_name"],
-            num_layers=int(metadata["num_layers"]),
-            hidden_size=int(metadata["hidden_size"]),
-            pooling=metadata["pooling"],
-            token_counts=arrays["token_counts"],
-            truncated=arrays["truncated"],
-            fingerprint=metadata["fingerprint"],
-            max_length=metadata.get("max_length"),
-            chat_template=bool(metadata.get("chat_template", False)),
-            extra=metadata.get("extra", {}),
-        )
-
-
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: store the raw bits
-        return tensor.view(torch.int16).numpy()
-    return tensor.numpy()
-
-
-def _from_numpy(array: np.ndarray, dtype_name: str | None) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if dtype_name == "bfloat16":
-        tensor = tensor.view(torch.bfloat16)
-    return tensor
-
-
-def _checksum(arrays: dict) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        tensor = arrays[name]
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(_to_numpy(tensor.contiguous()).view(np.uint8).reshape(-1).data)
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------------------
-# Identity and fingerprints
-# --------------------------------------------------------------------------------------
-
-_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "quantization_config", "dtype", "torch_dtype"}
-
-
-def _model_name(model) -> str:
-    config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "")
-    return str(name) or type(model).__name__
-
-
-def _model_identity(model) -> dict:
-    """name_or_path + config hash + a cheap digest of sampled parameter values."""
-    config = getattr(model, "config", None)
-    config_dict = {}
-    if config is not None:
-        config_dict = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
-    config_hash = hashlib.sha256(json.dumps(config_dict, sort_keys=True, default=str).encode()).hexdigest()
-    weights = hashlib.sha256()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            weights.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype};".encode())
-            if parameter.device.type == "meta" or parameter.numel() == 0:
-                continue
-            flat = parameter.detach().reshape(-1)
-            step = max(1, flat.numel() // 256)
-            sample = flat[::step][:256].to("cpu", torch.float32)
-            weights.update(sample.numpy().tobytes())
-    return {"name": _model_name(model), "config": config_hash, "weights": weights.hexdigest()}
-
-
-def _tokenizer_identity(tokenizer, chat_template: bool) -> dict:
-    identity = {
-        "class": type(tokenizer).__name__,
-        "name": str(getattr(tokenizer, "name_or_path", "")),
-        "size": _tokenizer_size(tokenizer),
-        "bos": getattr(tokenizer, "bos_token_id", None),
-        "eos": getattr(tokenizer, "eos_token_id", None),
-    }
-    if chat_template:
-        identity["chat_template"] = hashlib.sha256(str(tokenizer.chat_template).encode()).hexdigest()
-    return identity
-
-
-def _texts_digest(texts: Sequence[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        encoded = text.encode("utf-8", "surrogatepass")
-        digest.update(len(encoded).to_bytes(8, "little"))
-        digest.update(encoded)
-    return digest.hexdigest()
-
-
-def fingerprint_for(
-    model,
-    texts: Sequence[str],
-    *,
-    tokenizer=None,
-    pooling: str = "last",
-    max_length: int | None = None,
-    chat_template: bool = False,
-    layers: Sequence[int] | None = None,
-) -> str:
-    """The ``Activations.fingerprint`` that ``extract`` would give, without running the model.
-
-    Parameters mirror ``extract``; the fingerprint covers the model (name, config, sampled
-    weights), the tokenizer, the texts, the pooling, ``max_length``, ``chat_template`` and
-    the layer selection (not the batch size, device or output dtype).
-
-    Examples
-    --------
-    >>> from layerknn.extract import fingerprint_for
-    >>> from transformers import GPT2Config, GPT2Model
-    >>> import torch
-    >>> torch.manual_seed(0) and None
-    >>> model = GPT2Model(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10))
-    >>> class Tok:  # any tokenizer works; only its identity is hashed
-    ...     name_or_path, bos_token_id, eos_token_id = "toy", None, None
-    ...     def __len__(self): return 10
-    >>> a = fingerprint_for(model, ["a", "b"], tokenizer=Tok())
-    >>> a == fingerprint_for(model, ["a", "b"], tokenizer=Tok()), a == fingerprint_for(model, ["a"], tokenizer=Tok())
-    (True, False)
-    """
-    texts = _check_texts(texts)
-    pooling = check_pooling(pooling)
-    max_length = _check_max_length(max_length)
-    parts = find_model_parts(model)
-    layer_list = _normalise_layers(layers, parts.num_layers)
-    tokenizer = _resolve_tokenizer(model, tokenizer)
-    return _fingerprint(model, tokenizer, texts, pooling, max_length, bool(chat_template), layer_list)
-
-
-def _fingerprint(model, tokenizer, texts, pooling, max_length, chat_template, layer_list) -> str:
-    payload = {
-        "schema": _FINGERPRINT_SCHEMA,
-        "model": _model_identity(model),
-        "tokenizer": _tokenizer_identity(tokenizer, chat_template),
-        "texts": _texts_digest(texts),
-        "n": len(texts),
-        "pooling": pooling,
-        "max_length": max_length,
-        "chat_template": chat_template,
-        "layers": list(layer_list),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------
@@ -466,6 +117,45 @@ def _resolve_tokenizer(model, tokenizer):
             f"no tokenizer given and none could be loaded for {name!r} ({error}); "
             "pass tokenizer=..., or load the model with layerknn.load_model"
         ) from error
+
+
+def fingerprint_for(
+    model,
+    texts: Sequence[str],
+    *,
+    tokenizer=None,
+    pooling: str = "last",
+    max_length: int | None = None,
+    chat_template: bool = False,
+    layers: Sequence[int] | None = None,
+) -> str:
+    """The ``Activations.fingerprint`` that ``extract`` would give, without running the model.
+
+    Parameters mirror ``extract``; the fingerprint covers the model (name, config, sampled
+    weights), the tokenizer, the texts, the pooling, ``max_length``, ``chat_template`` and
+    the layer selection (not the batch size, device or output dtype).
+
+    Examples
+    --------
+    >>> from layerknn.extract import fingerprint_for
+    >>> from transformers import GPT2Config, GPT2Model
+    >>> import torch
+    >>> torch.manual_seed(0) and None
+    >>> model = GPT2Model(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10))
+    >>> class Tok:  # any tokenizer works; only its identity is hashed
+    ...     name_or_path, bos_token_id, eos_token_id = "toy", None, None
+    ...     def __len__(self): return 10
+    >>> a = fingerprint_for(model, ["a", "b"], tokenizer=Tok())
+    >>> a == fingerprint_for(model, ["a", "b"], tokenizer=Tok()), a == fingerprint_for(model, ["a"], tokenizer=Tok())
+    (True, False)
+    """
+    texts = _check_texts(texts)
+    pooling = check_pooling(pooling)
+    max_length = _check_max_length(max_length)
+    parts = find_model_parts(model)
+    layer_list = _normalise_layers(layers, parts.num_layers)
+    tokenizer = _resolve_tokenizer(model, tokenizer)
+    return _fingerprint(model, tokenizer, texts, pooling, max_length, bool(chat_template), layer_list)
 
 
 # --------------------------------------------------------------------------------------
@@ -774,7 +464,9 @@ def extract(
 
     if batch_size == "auto":
         on_gpu = input_device.type == "cuda"
-        max_batch, token_budget = (256, 131072) if on_gpu else (32, 8192)
+        # CPU: ~1-2k tokens per batch keeps activations cache-friendly (measured on smollm2);
+        # larger batches were slower there. GPUs want big batches and back off on OOM.
+        max_batch, token_budget = (256, 131072) if on_gpu else (32, 2048)
     else:
         max_batch, token_budget = batch_size, None
 
@@ -833,13 +525,6 @@ def extract(
         max_length=max_len,
         chat_template=chat_template,
     )
-
-
-def _tokenizer_size(tokenizer) -> int | None:
-    try:
-        return int(len(tokenizer))
-    except TypeError:
-        return None
 
 
 def _pad_id(tokenizer) -> int:

@@ -219,3 +219,12 @@ def test_real_compare_with_tiny_models_and_cache(tmp_path, tiny_models):
     r2 = json.loads((tmp_path / "o2" / "report.json").read_text())
     assert r2["meta"]["model_a"]["cache"] == "neighbors" and r2["meta"]["model_b"]["cache"] == "neighbors"
     assert r2["matrix"] == r1["matrix"]
+
+
+def test_dtype_auto_resolution():
+    from layerknn.cli import _resolve_dtype
+
+    assert _resolve_dtype("float32", None) == "float32"
+    assert _resolve_dtype(None, None) is None
+    assert _resolve_dtype("auto", "cuda:0") == "float32"
+    assert _resolve_dtype("auto", None) in ("bfloat16", "float32")

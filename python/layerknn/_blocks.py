@@ -138,10 +138,11 @@ def input_embedding_device(model: nn.Module) -> torch.device:
     embeddings = get() if callable(get) else None
     if embeddings is not None:
         weight = getattr(embeddings, "weight", None)
-        if isinstance(weight, torch.Tensor):
+        if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
             return weight.device
     for parameter in model.parameters():
-        return parameter.device
+        if parameter.device.type != "meta":  # accelerate-offloaded weights live on "meta"
+            return parameter.device
     return torch.device("cpu")
 
 

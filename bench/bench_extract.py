@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    parser.add_argument("--chunks", type=int, default=8, help="interleaving chunks")
     parser.add_argument("--dry-run", action="store_true", help="print the table, do not append it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -95,16 +96,40 @@ def main() -> None:
         worst = float(((got - expected).abs() / scale).max())
         assert worst < 1e-5, f"{alias}: extract disagrees with the loop (relative error {worst:.2e})"
 
-        acts, t_extract, mem_extract = measured(
-            lambda: layerknn.extract(model, texts, pooling="mean", max_length=args.max_length, progress=False)
+        # The machine is shared: interleave the methods chunk by chunk (rotating their order)
+        # so that all three see the same background load, and sum the times.
+        chunk = args.n // args.chunks
+        methods = {
+            "extract": lambda part: layerknn.extract(model, part, pooling="mean", max_length=args.max_length,
+                                                     progress=False).values,
+            "loop": lambda part: loop_reference(model, tokenizer, part, args.max_length),
+            "full": lambda part: loop_reference(model, tokenizer, part, args.max_length, headless=False),
+        }
+        totals = {name: [0.0, 0.0] for name in methods}
+        peaks = {name: 0.0 for name in methods}
+        outputs = {"extract": [], "loop": []}
+        for c in range(args.chunks):
+            part = texts[c * chunk:(c + 1) * chunk]
+            names = list(methods)
+            for name in names[c % 3:] + names[:c % 3]:
+                out, (wall, cpu), peak = measured(lambda: methods[name](part))
+                totals[name][0] += wall
+                totals[name][1] += cpu
+                peaks[name] = max(peaks[name], peak)
+                if name in outputs:
+                    outputs[name].append(out)
+            print(f"{alias}: chunk {c + 1}/{args.chunks}: " +
+                  ", ".join(f"{k} {v[0]:.0f}s" for k, v in totals.items()), flush=True)
+        acts_values = torch.cat(outputs["extract"], dim=1)
+        loop = torch.cat(outputs["loop"], dim=1)
+        # Peak memory of one extract call over all prompts (untimed).
+        acts, _, mem_full_extract = measured(
+            lambda: layerknn.extract(model, texts[: chunk * args.chunks], pooling="mean",
+                                     max_length=args.max_length, progress=False)
         )
-        print(f"{alias}: extract {t_extract} s (wall, cpu)", flush=True)
-        loop, t_loop, mem_loop = measured(lambda: loop_reference(model, tokenizer, texts, args.max_length))
-        print(f"{alias}: base-model loop {t_loop} s", flush=True)
-        _, t_full, mem_full = measured(
-            lambda: loop_reference(model, tokenizer, texts, args.max_length, headless=False)
-        )
-        print(f"{alias}: full-model loop {t_full} s", flush=True)
+        assert torch.allclose(acts.values, acts_values, rtol=1e-4, atol=1e-3 * float(loop.abs().max()))
+        t_extract, t_loop, t_full = (tuple(totals[k]) for k in ("extract", "loop", "full"))
+        mem_extract, mem_loop, mem_full = mem_full_extract, peaks["loop"], peaks["full"]
         worst_all = float(((acts.values - loop).abs() / loop.abs().amax(dim=(1, 2), keepdim=True)).max())
         buffer_mib = acts.values.numel() * acts.values.element_size() / 2**20
         tokens = int(acts.token_counts.sum())
@@ -130,9 +155,11 @@ def main() -> None:
         ]
     )
     table += (
-        f"\n\n{args.n} prompts from builtin:stdlib-docs, mean pooling over all L+1 hidden states, "
+        f"\n\nTimes are sums over {args.chunks} interleaved chunks (methods rotate order per chunk). "
+        "Peak RSS: one extract call over all prompts; the loops' worst chunk. "
+        f"{args.n} prompts from builtin:stdlib-docs, mean pooling over all L+1 hidden states, "
         f"max_length={args.max_length}, float32 weights (dequantised GGUF), torch.set_num_threads({args.threads}); "
-        "One timed run each after a 16-prompt correctness check/warm-up; 'max rel. diff' is "
+        "A 16-prompt correctness check/warm-up runs first; 'max rel. diff' is "
         "|extract - loop| / per-layer max |loop|. CPU-s = process CPU seconds (2 threads can give up to 2 per "
         "wall second); the machine is shared, so wall ratios are noisier than CPU ratios."
     )

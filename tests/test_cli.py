@@ -228,3 +228,23 @@ def test_dtype_auto_resolution():
     assert _resolve_dtype(None, None) is None
     assert _resolve_dtype("auto", "cuda:0") == "float32"
     assert _resolve_dtype("auto", None) in ("bfloat16", "float32")
+
+
+def test_compare_reads_activations_save_format(tmp_path, capsys):
+    import torch
+
+    from layerknn.cli import main
+    from layerknn.extract import Activations
+
+    paths = []
+    for seed, layers in ((0, 4), (1, 3)):
+        values = torch.randn(layers + 1, 60, 8, generator=torch.Generator().manual_seed(seed))
+        acts = Activations(values=values, layers=tuple(range(layers + 1)), model_name=f"toy{seed}",
+                           num_layers=layers, hidden_size=8, pooling="last",
+                           token_counts=torch.ones(60, dtype=torch.long),
+                           truncated=torch.zeros(60, dtype=torch.bool), fingerprint=f"fp{seed}")
+        paths.append(str(acts.save(tmp_path / f"acts{seed}.npz")))
+    assert main(["compare", *paths, "--k", "4", "--bootstrap", "20", "--permutations", "0", "--no-progress",
+                 "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "A = toy0 (4 blocks), B = toy1 (3 blocks)" in out

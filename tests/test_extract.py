@@ -323,7 +323,7 @@ def test_auto_batch_size_backs_off_on_out_of_memory():
         hidden = args[0] if args else kwargs["hidden_states"]
         seen.append(hidden.shape[0])
         if hidden.shape[0] > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
     handle = model.model.layers[1].register_forward_pre_hook(fail_big_batches, with_kwargs=True)
     try:

@@ -166,6 +166,13 @@ struct Worker {
   std::vector<const float*> rows;
   std::vector<float> row_scales;
   std::vector<std::pair<float, int32_t>> ranked;
+  // A solo layer's surviving candidates, row after row (finish_solo_layer): ids, exact keys
+  // once scored, where each row starts, which rows are scanned exactly instead; and which
+  // pair_keys entries the row being scored still has to fill.
+  std::vector<int32_t> pair_ids;
+  std::vector<float> pair_keys;
+  std::vector<int64_t> pair_start, slots;
+  std::vector<uint8_t> scanned;
   // How the rows finished since the last reset fared: rows, re-scored candidates, overflows.
   int64_t rows_done = 0, rescored = 0, overflows = 0;
   bool bf16_trusted = false;  // this worker's last bf16 layer stayed well inside the window
@@ -246,10 +253,7 @@ class Engine {
       if (cancel_.load(std::memory_order_relaxed)) return;
       run_tile(slot, t.i, t.j, w, lists_[wid]);
     }
-    for (int64_t i = 0; i < n_; ++i) {
-      if ((i & 63) == 0 && cancel_.load(std::memory_order_relaxed)) return;
-      finish_row(slot, i, workers_state_[wid], wid, wid + 1);
-    }
+    finish_solo_layer(slot, w, wid);
     // Consecutive layers look alike: if bf16 tiles left few candidates here, the worker's next
     // layer skips the sampling check (a layer that goes badly re-enables it).
     w.bf16_trusted = slot.ks->low_precision &&
@@ -446,20 +450,33 @@ class Engine {
                               w.broadcast_panel.get());
       w.broadcast_key = broadcast_key;
     }
-    ks->gemm(w.broadcast_panel.get(), round_up(nj, ks->mr), w.vector_panel[s].get(),
-             round_up(ni, ks->nr), slot.dpad, w.tile.data(), kTileStride);
-    const bool l2 = p_.metric == Metric::SquaredL2;
     const bool diagonal = self_ && bi == bj;
+    if (!diagonal) {
+      ks->gemm(w.broadcast_panel.get(), round_up(nj, ks->mr), w.vector_panel[s].get(),
+               round_up(ni, ks->nr), slot.dpad, w.tile.data(), kTileStride);
+    } else {
+      // A diagonal tile is symmetric: compute each nr-column panel only down to its last
+      // column's row (the upper triangle, in whole micro-tiles) and scan it upper_only.
+      const auto* vector = static_cast<const unsigned char*>(w.vector_panel[s].get());
+      for (int64_t c0 = 0; c0 < ni; c0 += ks->nr) {
+        const int64_t rows = std::min(nj, c0 + ks->nr);
+        ks->gemm(w.broadcast_panel.get(), round_up(rows, ks->mr),
+                 vector + c0 * slot.dpad * ks->elem_bytes, ks->nr, slot.dpad, w.tile.data() + c0,
+                 kTileStride);
+      }
+    }
+    const bool l2 = p_.metric == Metric::SquaredL2;
     ScanTarget target;
     target.lists = &lists;
     target.window = slot.window;
     target.col_list = i0;
-    target.row_list = self_ && !diagonal ? j0 : -1;
+    target.row_list = self_ ? j0 : -1;
     target.col_id = int32_t(i0);
     target.row_id = int32_t(j0);
     target.l2_row = l2 ? sqn_y(slot) + j0 : nullptr;
     target.l2_col = l2 ? slot.sqn_x.data() + i0 : nullptr;
     target.skip_diagonal = diagonal && exclude_;
+    target.upper_only = diagonal;
     ks->scan_tile(w.tile.data(), kTileStride, int(nj), int(ni), target);
   }
 
@@ -467,6 +484,14 @@ class Engine {
   // of the k-th best approximate key, re-score them exactly, write the k best in order ----------
 
   void finish_row(const LayerSlot& slot, int64_t i, Worker& w, int first, int last) {
+    const bool exact_scan = collect_candidates(slot, i, w, first, last);
+    score_exactly(slot, i, w);
+    write_row(slot, i, w, exact_scan);
+  }
+
+  // w.ids = row i's candidates that survive the final threshold, or every database row when
+  // the row must be scanned exactly (returns true then); empties the row's lists.
+  bool collect_candidates(const LayerSlot& slot, int64_t i, Worker& w, int first, int last) {
     const int k = p_.k;
     bool exact_scan = direct_;
     w.keys.clear();
@@ -484,9 +509,7 @@ class Engine {
     }
     if (static_cast<int64_t>(w.keys.size()) < k) exact_scan = true;
     if (exact_scan) {
-      w.ids.clear();
-      for (int64_t j = 0; j < m_; ++j)
-        if (!(exclude_ && j == i)) w.ids.push_back(int32_t(j));
+      collect_all(i, w);
     } else {
       // One list saw every candidate and tracked the exact k-th best key: its threshold is
       // already (k-th best) - window. Several lists: find the k-th best of their union.
@@ -502,9 +525,14 @@ class Engine {
         if (w.keys[c] >= threshold) w.ids[kept++] = w.ids[c];
       w.ids.resize(kept);
     }
-    score_exactly(slot, i, w);
+    return exact_scan;
+  }
+
+  // Counts the row in w's statistics and writes the k best of w.ranked (exact keys) in order.
+  void write_row(const LayerSlot& slot, int64_t i, Worker& w, bool exact_scan) {
+    const int k = p_.k;
     w.rows_done += 1;
-    w.rescored += static_cast<int64_t>(w.ids.size());
+    w.rescored += static_cast<int64_t>(w.ranked.size());
     w.overflows += exact_scan && !direct_;
     const int64_t count = static_cast<int64_t>(w.ranked.size());
     auto before = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
@@ -522,14 +550,74 @@ class Engine {
     }
   }
 
-  // w.ranked = (exact key, id) for every id in w.ids.
-  void score_exactly(const LayerSlot& slot, int64_t i, Worker& w) const {
+  // A solo layer's phase 2. All candidate lists are final here, so first gather every row's
+  // surviving candidates (CSR), then score rows in order. The exact score is symmetric to the
+  // bit in the self-join (the same two fp32 operands per feature, commuted products, the same
+  // lanes and tree; (a-b)^2 = (b-a)^2), and ~70% of candidate pairs are mutual: when j < i
+  // already scored i, row i reuses that key instead of fetching row j (a cache miss) again.
+  void finish_solo_layer(const LayerSlot& slot, Worker& w, int wid) {
+    const bool reuse = self_;
+    w.pair_start.assign(n_ + 1, 0);
+    w.pair_ids.clear();
+    w.scanned.assign(n_, 0);
+    for (int64_t i = 0; i < n_; ++i) {
+      if ((i & 63) == 0 && cancel_.load(std::memory_order_relaxed)) return;
+      w.scanned[i] = collect_candidates(slot, i, w, wid, wid + 1);
+      if (!w.scanned[i]) w.pair_ids.insert(w.pair_ids.end(), w.ids.begin(), w.ids.end());
+      w.pair_start[i + 1] = static_cast<int64_t>(w.pair_ids.size());
+    }
+    w.pair_keys.assign(w.pair_ids.size(), 0.f);
+    for (int64_t i = 0; i < n_; ++i) {
+      if ((i & 63) == 0 && cancel_.load(std::memory_order_relaxed)) return;
+      if (w.scanned[i]) {
+        collect_all(i, w);
+        score_exactly(slot, i, w);
+        write_row(slot, i, w, true);
+        continue;
+      }
+      w.ranked.clear();
+      w.ids.clear();
+      w.slots.clear();
+      for (int64_t q = w.pair_start[i]; q < w.pair_start[i + 1]; ++q) {
+        const int32_t j = w.pair_ids[q];
+        int64_t found = -1;
+        if (reuse && j < i && !w.scanned[j]) {
+          for (int64_t e = w.pair_start[j]; e < w.pair_start[j + 1]; ++e)
+            if (w.pair_ids[e] == i) {
+              found = e;
+              break;
+            }
+        }
+        if (found >= 0) {
+          w.pair_keys[q] = w.pair_keys[found];
+          w.ranked.emplace_back(w.pair_keys[q], j);
+        } else {
+          w.ids.push_back(j);
+          w.slots.push_back(q);
+        }
+      }
+      const size_t reused = w.ranked.size();
+      score_exactly(slot, i, w, true);
+      for (size_t c = 0; c < w.slots.size(); ++c) w.pair_keys[w.slots[c]] = w.ranked[reused + c].first;
+      write_row(slot, i, w, false);
+    }
+  }
+
+  // w.ids = every database row but the excluded self.
+  void collect_all(int64_t i, Worker& w) const {
+    w.ids.clear();
+    for (int64_t j = 0; j < m_; ++j)
+      if (!(exclude_ && j == i)) w.ids.push_back(int32_t(j));
+  }
+
+  // w.ranked = (exact key, id) for every id in w.ids (appended when keep is set).
+  void score_exactly(const LayerSlot& slot, int64_t i, Worker& w, bool keep = false) const {
     const float* xrow = layer_x(slot) + i * d_;
     const float* yl = layer_y(slot);
     const float* sy = scale_y(slot);
     const float sx = slot.scale_x[i];
     constexpr int kBatch = 64;
-    w.ranked.clear();
+    if (!keep) w.ranked.clear();
     w.rows.resize(kBatch);
     w.row_scales.resize(kBatch);
     w.exact.resize(kBatch);

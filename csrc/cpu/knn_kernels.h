@@ -13,7 +13,10 @@ namespace layerknn::cpu {
 // Where a scanned score tile goes. Column pass: entry (r, c) is offered to list row
 // col_list + c as candidate row_id + r. Row pass (row_list >= 0): entry (r, c) is offered to
 // list row row_list + r as candidate col_id + c. With l2_row/l2_col set, each entry is first
-// rewritten as the squared-L2 key 2*tile - (l2_row[r] + l2_col[c]).
+// rewritten as the squared-L2 key 2*tile - (l2_row[r] + l2_col[c]). With upper_only (a
+// self-join diagonal tile whose GEMM skipped the panels below the diagonal, so entries c < r
+// hold stale values), only c >= r is read: the column pass takes c >= r and the row pass c > r,
+// which offers every pair of the block once in each direction.
 struct ScanTarget {
   CandidateLists* lists = nullptr;
   float window = 0.f;          // 2 x key error bound of this layer
@@ -24,6 +27,7 @@ struct ScanTarget {
   const float* l2_row = nullptr;  // [rows] fp32 squared norms, or nullptr (not squared L2)
   const float* l2_col = nullptr;  // [cols]
   bool skip_diagonal = false;  // drop r == c (self-join diagonal tile, self excluded)
+  bool upper_only = false;     // read only c >= r (see above); needs row_list == col_list
 };
 
 // What the engine needs to know about one input row (computed once per layer).

@@ -174,6 +174,9 @@ LAYERKNN_AVX2 void scan_tile(float* tile, int64_t lds, int rows, int cols, const
       if (t.skip_diagonal) {
         valid = _mm256_andnot_si256(_mm256_cmpeq_epi32(cols_idx, _mm256_set1_epi32(r)), valid);
       }
+      if (t.upper_only) {  // c >= r
+        valid = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(r), cols_idx), valid);
+      }
       __m256 v = _mm256_loadu_ps(line + c);
       if (t.l2_row) {
         const __m256 norms = _mm256_add_ps(lr, load8(t.l2_col + c, cols - c));
@@ -189,7 +192,12 @@ LAYERKNN_AVX2 void scan_tile(float* tile, int64_t lds, int rows, int cols, const
       }
       if (t.row_list >= 0) {
         const __m256 tr = _mm256_set1_ps(thr[t.row_list + r]);
-        const __m256 ge_row = _mm256_and_ps(vmask, _mm256_cmp_ps(v, tr, _CMP_GE_OQ));
+        __m256 row_mask = vmask;
+        if (t.upper_only) {  // c > r: the diagonal entry went to the column pass
+          row_mask = _mm256_andnot_ps(
+              _mm256_castsi256_ps(_mm256_cmpeq_epi32(cols_idx, _mm256_set1_epi32(r))), row_mask);
+        }
+        const __m256 ge_row = _mm256_and_ps(row_mask, _mm256_cmp_ps(v, tr, _CMP_GE_OQ));
         for (unsigned bits = unsigned(_mm256_movemask_ps(ge_row)); bits; bits &= bits - 1) {
           const int cc = c + __builtin_ctz(bits);
           lists.insert(t.row_list + r, line[cc], t.col_id + cc, t.window);

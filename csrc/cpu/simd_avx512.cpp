@@ -275,6 +275,61 @@ LAYERKNN_AVX512 inline void insert(CandidateLists& lists, int64_t row, float key
   lists.append(row, key, id);
 }
 
+// Which of columns c..c+15 of tile line r the column pass reads: inside the tile, not the
+// excluded diagonal entry, and c >= r for an upper_only tile.
+LAYERKNN_AVX512 inline __mmask16 column_pass_mask(int c, int cols, int r, const ScanTarget& t) {
+  __mmask16 valid = tail_mask(cols - c);
+  const bool diagonal_here = r >= c && r < c + 16;
+  if (t.skip_diagonal && diagonal_here) valid &= __mmask16(~(1u << (r - c)));
+  if (t.upper_only && r > c) valid &= r >= c + 16 ? __mmask16(0) : __mmask16(~((1u << (r - c)) - 1u));
+  return valid;
+}
+
+// The row pass reads the same entries, less the diagonal of an upper_only tile (its one offer
+// is the column pass's).
+LAYERKNN_AVX512 inline __mmask16 row_pass_mask(int c, int cols, int r, const ScanTarget& t) {
+  __mmask16 valid = column_pass_mask(c, cols, r, t);
+  if (t.upper_only && r >= c && r < c + 16) valid &= __mmask16(~(1u << (r - c)));
+  return valid;
+}
+
+// A lower bound on the k-th largest key of a tile line, from its 16 lane maxima m (k <= 16):
+// the largest lane value that at least k lanes reach. Lanes are distinct tile entries, so at
+// least k entries are >= the bound; -inf lanes (masked) and NaN lanes (never inserted) never
+// qualify as the bound.
+LAYERKNN_AVX512 inline float kth_lane_lower_bound(__m512 m, int k) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, m);
+  float bound = -INFINITY;
+  for (int i = 0; i < 16; ++i) {
+    const __mmask16 reach = _mm512_cmp_ps_mask(m, _mm512_set1_ps(lanes[i]), _CMP_GE_OQ);
+    if (__builtin_popcount(reach) >= k && lanes[i] > bound) bound = lanes[i];
+  }
+  return bound;
+}
+
+// Row pass into a list that does not yet hold k keys (the first tile a row meets, where most
+// inserts of a plain scan happen: every early key sets a new record): at least k entries of the
+// line are >= B = kth_lane_lower_bound, so once the line is in, the list's k-th best is >= B and
+// its threshold >= lower_difference(B, window); entries below that would be dropped anyway and
+// can never enter the k best, so they are skipped up front. The surviving candidates, the k
+// best keys and hence the final threshold are unchanged; only dead inserts are saved.
+LAYERKNN_AVX512 inline float fresh_row_floor(const float* line, int cols, int r, const __m512 lr,
+                                             const ScanTarget& t, int k) {
+  __m512 lane_max = _mm512_set1_ps(-INFINITY);
+  for (int c = t.upper_only ? r / 16 * 16 : 0; c < cols; c += 16) {
+    const __mmask16 valid = row_pass_mask(c, cols, r, t);
+    __m512 v = _mm512_loadu_ps(line + c);
+    if (t.l2_row) {  // the same key arithmetic as scan_tile
+      const __m512 norms = _mm512_add_ps(lr, _mm512_maskz_loadu_ps(valid, t.l2_col + c));
+      v = _mm512_sub_ps(_mm512_add_ps(v, v), norms);
+    }
+    lane_max = _mm512_mask_max_ps(lane_max, valid, lane_max, v);
+  }
+  const float bound = kth_lane_lower_bound(lane_max, k);
+  return bound > -INFINITY ? lower_difference(bound, t.window) : -INFINITY;
+}
+
 LAYERKNN_AVX512 void scan_tile(float* tile, int64_t lds, int rows, int cols,
                                const ScanTarget& t) {
   CandidateLists& lists = *t.lists;
@@ -283,9 +338,12 @@ LAYERKNN_AVX512 void scan_tile(float* tile, int64_t lds, int rows, int cols,
   for (int r = 0; r < rows; ++r) {
     float* line = tile + r * lds;
     const __m512 lr = _mm512_set1_ps(t.l2_row ? t.l2_row[r] : 0.f);
-    for (int c = 0; c < cols; c += 16) {
-      __mmask16 valid = tail_mask(cols - c);
-      if (t.skip_diagonal && r >= c && r < c + 16) valid &= __mmask16(~(1u << (r - c)));
+    const bool fresh_row = t.row_list >= 0 && lists.sorted_mode() &&
+                           lists.best_count(t.row_list + r) < lists.k();
+    const float row_floor = fresh_row ? fresh_row_floor(line, cols, r, lr, t, lists.k())
+                                      : -INFINITY;
+    for (int c = t.upper_only ? r / 16 * 16 : 0; c < cols; c += 16) {
+      const __mmask16 valid = column_pass_mask(c, cols, r, t);
       __m512 v = _mm512_loadu_ps(line + c);
       if (t.l2_row) {
         const __m512 norms = _mm512_add_ps(lr, _mm512_maskz_loadu_ps(valid, t.l2_col + c));
@@ -299,8 +357,10 @@ LAYERKNN_AVX512 void scan_tile(float* tile, int64_t lds, int rows, int cols,
         insert(lists, t.col_list + cc, line[cc], t.row_id + r, t.window);
       }
       if (t.row_list >= 0) {
-        const __m512 tr = _mm512_set1_ps(thr[t.row_list + r]);
-        const __mmask16 mr = _mm512_mask_cmp_ps_mask(valid, v, tr, _CMP_GE_OQ);
+        const __m512 tr = _mm512_set1_ps(std::max(thr[t.row_list + r], row_floor));
+        const __mmask16 row_valid =
+            t.upper_only ? row_pass_mask(c, cols, r, t) : valid;
+        const __mmask16 mr = _mm512_mask_cmp_ps_mask(row_valid, v, tr, _CMP_GE_OQ);
         for (unsigned bits = mr; bits; bits &= bits - 1) {
           const int cc = c + __builtin_ctz(bits);
           insert(lists, t.row_list + r, line[cc], t.col_id + cc, t.window);

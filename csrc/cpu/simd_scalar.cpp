@@ -84,7 +84,7 @@ void scan_tile(float* tile, int64_t lds, int rows, int cols, const ScanTarget& t
   const float* thr = lists.thresholds();
   for (int r = 0; r < rows; ++r) {
     float* line = tile + r * lds;
-    for (int c = 0; c < cols; ++c) {
+    for (int c = t.upper_only ? r : 0; c < cols; ++c) {
       if (t.l2_row) {
         const float twice = line[c] + line[c];
         line[c] = twice - (t.l2_row[r] + t.l2_col[c]);
@@ -92,7 +92,7 @@ void scan_tile(float* tile, int64_t lds, int rows, int cols, const ScanTarget& t
       if (t.skip_diagonal && r == c) continue;
       const float v = line[c];
       if (v >= thr[t.col_list + c]) lists.insert(t.col_list + c, v, t.row_id + r, t.window);
-      if (t.row_list >= 0 && v >= thr[t.row_list + r])
+      if (t.row_list >= 0 && !(t.upper_only && c == r) && v >= thr[t.row_list + r])
         lists.insert(t.row_list + r, v, t.col_id + c, t.window);
     }
   }

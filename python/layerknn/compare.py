@@ -10,6 +10,7 @@ bare similarity matrix (``Comparison.from_matrix``) for everything that needs no
 
 from __future__ import annotations
 
+import importlib
 import json
 import numbers
 import os
@@ -205,7 +206,8 @@ def _extract_neighbors(model: Any, texts, *, k_max, pooling, cache, progress, de
                          "pass a list of strings or a dataset spec such as 'builtin:stdlib-docs'")
     if "layers" in extract_options and extract_options["layers"] is not None:
         raise ValueError("compare needs every layer of each model; the extract option 'layers' is not supported here")
-    from . import extract as _extract_mod
+    # the module, not the same-named function that layerknn/__init__.py re-exports
+    _extract_mod = importlib.import_module(f"{__package__}.extract")
 
     name = _display_name(model)
     texts = list(texts)

@@ -301,7 +301,8 @@ class _HookSet:
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, torch.OutOfMemoryError):
+    out_of_memory = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError  # torch < 2.5
+    if isinstance(error, out_of_memory):
         return True
     message = str(error).lower()
     return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)

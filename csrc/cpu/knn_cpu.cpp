@@ -1,13 +1,15 @@
 // The CPU k-NN engine (see knn_cpu.h): exact top-k per row from blocked GEMM tiles fused with
 // per-row candidate selection; no n x n score matrix and no full copy of the input ever exists.
 // Self-join symmetry: a layer's rows are cut into 192-row blocks and only tiles (I, J) with
-// I <= J are computed; each tile feeds the rows of I (column scan) and the rows of J (row scan).
+// I <= J are computed (diagonal tiles only down to their upper triangle); each tile feeds the
+// rows of I (column scan) and the rows of J (row scan).
 // Races are avoided by ownership: a "solo" layer belongs to one worker from start to finish,
 // and in a "shared" layer every worker fills private candidate lists merged after a barrier.
 // Tile scores are approximate (fp32 in GEMM order, or bf16 products): lists keep every candidate
 // within a rigorous error window of the k-th best key, and the merge re-scores them with the
-// exact fp32 score of knn_kernels.h before the final ordered selection, so results never depend
-// on the kernel, the precision or the thread count.
+// exact fp32 score of knn_kernels.h (bitwise symmetric, so a solo layer scores a mutual candidate
+// pair once) before the final ordered selection, so results never depend on the kernel, the
+// precision or the thread count.
 #include "cpu/knn_cpu.h"
 
 #include <algorithm>

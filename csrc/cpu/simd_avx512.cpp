@@ -2,7 +2,9 @@
 // attributes so the rest of the build stays baseline x86-64. The fp32 GEMM keeps an 8 x 48 score
 // block in 24 zmm accumulators (8 broadcast rows x 3 vectors of 16 columns) over the full
 // feature dimension; the BF16 variant runs the same block on bf16 pairs with VDPBF16PS, twice the
-// arithmetic per instruction. Packing, the threshold scan and the exact score are vectorised too.
+// arithmetic per instruction. Packing (a 16 x 16 transpose for the bf16 vector side), the
+// threshold scan (with a lower bound that skips dead inserts into fresh lists) and the exact
+// score are vectorised too.
 #include "cpu/knn_kernels.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -330,8 +332,10 @@ LAYERKNN_AVX512 inline float fresh_row_floor(const float* line, int cols, int r,
   return bound > -INFINITY ? lower_difference(bound, t.window) : -INFINITY;
 }
 
-LAYERKNN_AVX512 void scan_tile(float* tile, int64_t lds, int rows, int cols,
-                               const ScanTarget& t) {
+// kUpper == t.upper_only, fixed at compile time so ordinary tiles pay nothing for it.
+template <bool kUpper>
+LAYERKNN_AVX512 void scan_tile_impl(float* tile, int64_t lds, int rows, int cols,
+                                    const ScanTarget& t) {
   CandidateLists& lists = *t.lists;
   const float* thr = lists.thresholds();
   const float* thr_col = thr + t.col_list;
@@ -342,8 +346,14 @@ LAYERKNN_AVX512 void scan_tile(float* tile, int64_t lds, int rows, int cols,
                            lists.best_count(t.row_list + r) < lists.k();
     const float row_floor = fresh_row ? fresh_row_floor(line, cols, r, lr, t, lists.k())
                                       : -INFINITY;
-    for (int c = t.upper_only ? r / 16 * 16 : 0; c < cols; c += 16) {
-      const __mmask16 valid = column_pass_mask(c, cols, r, t);
+    for (int c = kUpper ? r / 16 * 16 : 0; c < cols; c += 16) {
+      __mmask16 valid;
+      if (kUpper) {
+        valid = column_pass_mask(c, cols, r, t);
+      } else {
+        valid = tail_mask(cols - c);
+        if (t.skip_diagonal && r >= c && r < c + 16) valid &= __mmask16(~(1u << (r - c)));
+      }
       __m512 v = _mm512_loadu_ps(line + c);
       if (t.l2_row) {
         const __m512 norms = _mm512_add_ps(lr, _mm512_maskz_loadu_ps(valid, t.l2_col + c));
@@ -358,8 +368,7 @@ LAYERKNN_AVX512 void scan_tile(float* tile, int64_t lds, int rows, int cols,
       }
       if (t.row_list >= 0) {
         const __m512 tr = _mm512_set1_ps(std::max(thr[t.row_list + r], row_floor));
-        const __mmask16 row_valid =
-            t.upper_only ? row_pass_mask(c, cols, r, t) : valid;
+        const __mmask16 row_valid = kUpper ? row_pass_mask(c, cols, r, t) : valid;
         const __mmask16 mr = _mm512_mask_cmp_ps_mask(row_valid, v, tr, _CMP_GE_OQ);
         for (unsigned bits = mr; bits; bits &= bits - 1) {
           const int cc = c + __builtin_ctz(bits);
@@ -367,6 +376,15 @@ LAYERKNN_AVX512 void scan_tile(float* tile, int64_t lds, int rows, int cols,
         }
       }
     }
+  }
+}
+
+LAYERKNN_AVX512 void scan_tile(float* tile, int64_t lds, int rows, int cols,
+                               const ScanTarget& t) {
+  if (t.upper_only) {
+    scan_tile_impl<true>(tile, lds, rows, cols, t);
+  } else {
+    scan_tile_impl<false>(tile, lds, rows, cols, t);
   }
 }
 
@@ -413,30 +431,65 @@ LAYERKNN_AVX512BF16 void row_stats_bf16(const float* x, int64_t d, bool normalis
   out->packing_error = std::sqrt(reduce_lanes_pd(err0, err1));
 }
 
-// Vector side: [panel][dpad/2][48] of 32-bit bf16 pairs.
+// Transposes a 16 x 16 block of 32-bit elements in place: v[i] lane j <-> v[j] lane i.
+// Within each 128-bit lane, 32-bit then 64-bit unpacks gather column c of four rows; two
+// rounds of 128-bit lane shuffles then join the four row quarters of each column.
+LAYERKNN_AVX512 inline void transpose_16x16(__m512i v[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // u[4i + c] lane L: column 4L + c of rows 4i..4i+3
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i x0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44);   // lanes 0,1 | 0,1
+    const __m512i x1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);   // lanes 2,3 | 2,3
+    const __m512i y0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+    const __m512i y1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
+    v[c] = _mm512_shuffle_i32x4(x0, y0, 0x88);       // lane 0 of each quarter
+    v[4 + c] = _mm512_shuffle_i32x4(x0, y0, 0xDD);   // lane 1
+    v[8 + c] = _mm512_shuffle_i32x4(x1, y1, 0x88);   // lane 2
+    v[12 + c] = _mm512_shuffle_i32x4(x1, y1, 0xDD);  // lane 3
+  }
+}
+
+// Vector side: [panel][dpad/2][48] of 32-bit bf16 pairs. Sixteen rows at a time are converted
+// (16 pairs each) and transposed, so each store writes one pair of sixteen rows.
 LAYERKNN_AVX512BF16 void pack_vector_side_bf16(const float* src, int64_t count, int64_t d,
                                                const float* scale, int64_t dpad, void* dst_) {
   uint32_t* dst = static_cast<uint32_t*>(dst_);
   const int64_t pairs = dpad / 2;
   const int64_t panels = (count + kNr - 1) / kNr;
-  const __m512i offsets = _mm512_mullo_epi32(
-      _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(kNr));
   for (int64_t p = 0; p < panels; ++p) {
     uint32_t* panel = dst + p * kNr * pairs;
     const int64_t rows = count - p * kNr < kNr ? count - p * kNr : kNr;
-    if (rows < kNr) std::memset(panel, 0, sizeof(uint32_t) * kNr * pairs);
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* row = src + (p * kNr + r) * d;
-      const __m512 s = _mm512_set1_ps(scale ? scale[p * kNr + r] : 1.f);
-      // 32 features = 16 pairs per step.
-      for (int64_t t = 0; t < dpad; t += 32) {
+    for (int64_t g = 0; g < kNr; g += 16) {  // rows g..g+15 of the panel (zeros past `rows`)
+      for (int64_t t = 0; t < dpad; t += 32) {  // 32 features = 16 pairs per step
         const int64_t left = d - t;
-        const __m256i lo = to_bf16(row + t, tail_mask(left > 0 ? left : 0), s);
-        const __m256i hi = to_bf16(row + t + 16, tail_mask(left > 16 ? left - 16 : 0), s);
-        const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-        const int64_t pair_left = pairs - t / 2;
-        const __mmask16 m = tail_mask(pair_left);
-        _mm512_mask_i32scatter_epi32(panel + (t / 2) * kNr + r, m, offsets, both, 4);
+        const __mmask16 lo_mask = tail_mask(left > 0 ? left : 0);
+        const __mmask16 hi_mask = tail_mask(left > 16 ? left - 16 : 0);
+        __m512i v[16];
+        for (int i = 0; i < 16; ++i) {
+          if (g + i >= rows) {
+            v[i] = _mm512_setzero_si512();
+            continue;
+          }
+          const int64_t r = p * kNr + g + i;
+          const float* row = src + r * d + t;
+          const __m512 s = _mm512_set1_ps(scale ? scale[r] : 1.f);
+          const __m256i lo = to_bf16(row, lo_mask, s);
+          const __m256i hi = to_bf16(row + 16, hi_mask, s);
+          v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        }
+        transpose_16x16(v);
+        const int64_t here = std::min<int64_t>(16, pairs - t / 2);
+        for (int64_t j = 0; j < here; ++j)
+          _mm512_storeu_si512(panel + (t / 2 + j) * kNr + g, v[j]);
       }
     }
   }

@@ -11,7 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
+import layerknn
+
+# The directory holding the layerknn package this test process imported (the installed wheel in
+# CI, python/ for in-tree builds), so the subprocesses run the very same build.
+PYTHON_DIR = Path(layerknn.__file__).resolve().parents[1]
 
 
 def run_cli(*args, env_extra=None, cwd=None, code=None):

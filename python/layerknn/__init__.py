@@ -16,34 +16,32 @@ Examples
 
 from . import _core
 from ._backend import built_with_cuda, cuda_available
-from .knn import Neighbors, chance, knn
-from .overlap import overlap
-
-__version__ = getattr(_core, "__version__", "0.0.0")
-
-# --- helpers: add further public names below (imports + __all__ entries) -----------------------
 from .cache import Cache
 from .compare import Comparison, compare
 from .datasets import load_texts
 from .extract import Activations, extract
+from .knn import Neighbors, chance, knn
 from .models import list_aliases, load_model
+from .overlap import overlap
 from .zoo import Zoo, zoo
+
+__version__ = getattr(_core, "__version__", "0.0.0+dev")  # set by the wheel build
 
 __all__ = [
     "Activations",
     "Cache",
     "Comparison",
+    "Neighbors",
     "Zoo",
+    "built_with_cuda",
+    "chance",
     "compare",
+    "cuda_available",
     "extract",
+    "knn",
     "list_aliases",
     "load_model",
     "load_texts",
-    "zoo",
-    "Neighbors",
-    "built_with_cuda",
-    "chance",
-    "cuda_available",
-    "knn",
     "overlap",
+    "zoo",
 ]

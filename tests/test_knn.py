@@ -225,3 +225,31 @@ def test_cuda_input_without_cuda_engine_is_a_clear_error():
 
     with pytest.raises(RuntimeError, match="CUDA"):
         _backend.knn(FakeCudaTensor(), None, 1, "cosine", True)
+
+
+def test_big_endian_input_is_accepted(rng):
+    x = rng.standard_normal((30, 5)).astype(">f4")
+    expected = layerknn.knn(x.astype(np.float32), 3).indices
+    np.testing.assert_array_equal(layerknn.knn(x, 3).indices, expected)
+
+
+def test_rejects_rows_too_small_to_normalise_in_float32(rng):
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    x[2] *= np.float32(1e-40)  # subnormal: its float32 norm underflows
+    with pytest.raises(ValueError, match=r"near-zero-norm rows.*\(layer 0, row 2\)"):
+        layerknn.knn(x, 2)
+
+
+def test_rejects_float64_beyond_float32_range():
+    with pytest.raises(ValueError, match="x has values beyond the float32 range"):
+        layerknn.knn(np.full((4, 3), 1e39), 1)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "2", 2**40, True])
+def test_rejects_bad_num_threads(bad):
+    x = np.random.rand(6, 3)
+    with pytest.raises(ValueError, match="num_threads must be None or an integer"):
+        layerknn.knn(x, 1, num_threads=bad)
+    idx = layerknn.knn(x, 1).indices
+    with pytest.raises(ValueError, match="num_threads must be None or an integer"):
+        layerknn.overlap(idx, idx, num_threads=bad)

@@ -105,3 +105,27 @@ def test_rejects_bad_input():
         layerknn.overlap(np.zeros(3, dtype=np.int32), a)
     with pytest.raises(ValueError, match="must not be empty"):
         layerknn.overlap(np.zeros((2, 0, 3), dtype=np.int32), a)
+
+
+def test_big_endian_and_unsigned_indices():
+    a = np.array([[1, 2], [0, 2], [0, 1]])
+    expected = layerknn.overlap(a, a[:, ::-1])
+    assert layerknn.overlap(a.astype(">i4"), a[:, ::-1]) == expected
+    t = torch.from_numpy(a)
+    assert float(layerknn.overlap(t.to(torch.uint16), t.flip(1).to(torch.uint8))) == float(expected)
+
+
+def test_two_dimensional_torch_inputs_give_a_zero_dim_tensor():
+    t = torch.tensor([[1, 2], [0, 2], [0, 1]])
+    mean, counts = layerknn.overlap(t, t, per_prompt=True)
+    assert mean.shape == () and counts.shape == (3,)
+
+
+def test_huge_ids_are_relabelled_not_tabulated(rng):
+    a = random_neighbours(rng, 2, 30, 4, 60)
+    b = random_neighbours(rng, 3, 30, 4, 60)
+    shift = 2_000_000_000  # a direct id table this large would need gigabytes
+    ref_mean, ref_counts = set_reference(a, b, 4)
+    mean, counts = layerknn.overlap(a + shift, b + shift, per_prompt=True)
+    np.testing.assert_allclose(mean, ref_mean)
+    np.testing.assert_array_equal(counts, ref_counts)

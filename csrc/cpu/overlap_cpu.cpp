@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "cpu/parallel.h"
@@ -115,11 +116,13 @@ void overlap(const OverlapProblem& p, double* mean, uint16_t* counts, int num_th
   const int threads = static_cast<int>(std::min<int64_t>(num_threads, num_blocks));
 
   std::vector<std::vector<uint64_t>> totals(threads);  // per thread [La, row_stride]
+  std::vector<std::unique_ptr<PromptScratch>> scratches(threads);
   parallel_for(num_blocks, threads, cancel, [&](int64_t blk, int worker) {
     thread_local std::vector<uint16_t> stage;
     std::vector<uint64_t>& total = totals[worker];
     if (total.empty()) total.assign(p.La * row_stride, 0);
-    PromptScratch scratch(id_limit, max_slots, words);
+    if (!scratches[worker]) scratches[worker] = std::make_unique<PromptScratch>(id_limit, max_slots, words);
+    PromptScratch& scratch = *scratches[worker];
     const int64_t i0 = blk * block, i1 = std::min(p.n, i0 + block);
     if (counts) {
       stage.assign((i1 - i0) * p.La * row_stride, 0);

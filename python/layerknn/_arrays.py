@@ -45,6 +45,8 @@ def _is_torch(x: Any) -> bool:
 
 
 def _dtype_name(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return x.dtype.name  # byte-order neutral: '>f4' is 'float32'
     return str(x.dtype).replace("torch.", "")
 
 
@@ -61,7 +63,10 @@ def to_backend_array(x: Any, name: str) -> tuple[Any, Origin]:
     if hasattr(x, "__cuda_array_interface__") or hasattr(x, "__dlpack__"):
         if torch is None:
             raise TypeError(f"{name}: converting a {type(x).__name__} needs torch installed")
-        tensor = torch.from_dlpack(x)
+        if hasattr(x, "__dlpack__"):
+            tensor = torch.from_dlpack(x)
+        else:  # __cuda_array_interface__ only (e.g. Numba device arrays)
+            tensor = torch.as_tensor(x, device="cuda")
         return tensor, Origin("dlpack", str(tensor.device), type(x).__module__.split(".")[0])
     if isinstance(x, (list, tuple)):
         return np.asarray(x), Origin("numpy")
@@ -79,6 +84,13 @@ def as_float32(x: Any, name: str) -> Any:
     dtype = _dtype_name(x)
     if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must have a floating dtype ({', '.join(_FLOAT_DTYPES)}), got {dtype}")
+    if dtype == "float64":
+        biggest = float(np.abs(x).max() if isinstance(x, np.ndarray) else x.abs().max())
+        if biggest > float(np.finfo(np.float32).max):
+            raise ValueError(
+                f"{name} has values beyond the float32 range (largest |value| {biggest:.3g}); "
+                "layerknn computes in float32: rescale the input"
+            )
     if isinstance(x, np.ndarray):
         return np.ascontiguousarray(x, dtype=np.float32)
     return x.to(torch.float32).contiguous()
@@ -91,7 +103,8 @@ def as_int32(x: Any, name: str) -> Any:
         raise TypeError(f"{name} must have an integer dtype, got {dtype}")
     if x.size == 0 if isinstance(x, np.ndarray) else x.numel() == 0:
         return np.ascontiguousarray(x, dtype=np.int32) if isinstance(x, np.ndarray) else x.to(torch.int32)
-    low, high = (int(x.min()), int(x.max()))
+    wide = x if isinstance(x, np.ndarray) else x.to(torch.int64)  # torch lacks min/max for uint16/32
+    low, high = (int(wide.min()), int(wide.max()))
     if low < 0:
         raise ValueError(f"{name} holds neighbour indices, which must be >= 0, got {low}")
     if high > np.iinfo(np.int32).max:
@@ -114,7 +127,7 @@ def restore(result: Any, origin: Origin) -> Any:
         return None
     if origin.kind == "numpy":
         return to_host_numpy(result)
-    tensor = result if _is_torch(result) else torch.from_numpy(np.ascontiguousarray(result))
+    tensor = result if _is_torch(result) else torch.as_tensor(np.asarray(result))  # keeps 0-d
     if str(tensor.device) != origin.device:
         tensor = tensor.to(origin.device)
     if origin.kind == "dlpack" and origin.module:

@@ -9,6 +9,7 @@ raises the "built without CUDA support" error here and nowhere else.
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Any
 
 import numpy as np
@@ -67,8 +68,18 @@ def require_cuda_engine() -> None:
         raise RuntimeError(f"layerknn's CUDA engine found no usable GPU: {why}")
 
 
-def _threads(num_threads: int | None) -> int:
-    return 0 if num_threads is None else int(num_threads)
+def check_num_threads(num_threads: Any) -> int:
+    """The engines' thread count for a public ``num_threads`` argument (0 = all cores)."""
+    if num_threads is None:
+        return 0
+    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral) or not (
+        1 <= num_threads <= 4096
+    ):
+        raise ValueError(f"num_threads must be None or an integer in [1, 4096], got {num_threads!r}")
+    return int(num_threads)
+
+
+_threads = check_num_threads
 
 
 def _stream_of(tensor: Any) -> int:

@@ -67,13 +67,15 @@ def _check_finite_and_norms(x: Any, name: str, metric: str, num_threads: int | N
             f"({int(bad.sum())} bad row(s) in total)"
         )
     if metric == "cosine":
-        zero = sq_norms == 0
-        if zero.any():
-            where = np.argwhere(zero)
+        # Rows are normalised in float32: a norm below ~1e-15 underflows there (squares < 1e-30).
+        tiny = sq_norms < 1e-30
+        if tiny.any():
+            where = np.argwhere(tiny)
             shown = ", ".join(f"(layer {l}, row {r})" for l, r in where[:5])
             more = f" and {len(where) - 5} more" if len(where) > 5 else ""
+            what = "zero-norm rows" if (sq_norms[tiny] == 0).all() else "zero or near-zero-norm rows (norm < 1e-15)"
             raise ValueError(
-                f"{name} has zero-norm rows, which have no cosine similarity: {shown}{more}"
+                f"{name} has {what}, which have no cosine similarity in float32: {shown}{more}"
             )
 
 
@@ -128,8 +130,7 @@ def knn(x: Any, k: int = 10, *, metric: str = "cosine", exclude_self: bool = Tru
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral) or num_threads < 1):
-        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+    _backend.check_num_threads(num_threads)
     x_arr, origin = to_backend_array(x, "x")
     x_layers, single = _as_layers(x_arr, "x")
     x32 = as_float32(x_layers, "x")

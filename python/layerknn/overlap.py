@@ -12,6 +12,8 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import numpy as np
+
 from . import _backend
 from ._arrays import as_int32, restore, to_backend_array
 from .knn import Neighbors
@@ -26,6 +28,23 @@ def _indices_of(x: Any, name: str) -> tuple[Any, Any, bool]:
         raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
     single = arr.ndim == 2
     return as_int32(arr[None] if single else arr, name), origin, single
+
+
+def _compact_ids(a: Any, b: Any, k: int) -> tuple[Any, Any]:
+    """Relabel neighbour ids densely when they are far larger than the prompt count.
+
+    The CPU engine indexes a table by id, so ids from a huge database (or arbitrary labels) are
+    first mapped to 0..u-1 over the ids actually used; intersections are unchanged.
+    """
+    n = a.shape[1]
+    if max(int(a.max()), int(b.max())) < 64 * n + 4096 or _backend.is_cuda(a):
+        return a, b
+    used_a = np.asarray(a)[..., :k]
+    used_b = np.asarray(b)[..., :k]
+    _, inverse = np.unique(np.concatenate([used_a.ravel(), used_b.ravel()]), return_inverse=True)
+    inverse = inverse.astype(np.int32)
+    return (inverse[: used_a.size].reshape(used_a.shape).copy(),
+            inverse[used_a.size:].reshape(used_b.shape).copy())
 
 
 def overlap(a: Any, b: Any, k: int | None = None, *, per_prompt: bool = False,
@@ -80,6 +99,8 @@ def overlap(a: Any, b: Any, k: int | None = None, *, per_prompt: bool = False,
         raise TypeError(f"k must be an integer or None, got {type(k).__name__}")
     if not 1 <= k <= limit:
         raise ValueError(f"k must be in [1, {limit}] (the columns of a and b), got {k}")
+    _backend.check_num_threads(num_threads)
+    a32, b32 = _compact_ids(a32, b32, int(k))
     mean, counts = _backend.overlap(a32, b32, int(k), bool(per_prompt), num_threads)
     index = (0 if a_single else slice(None), 0 if b_single else slice(None))
     mean = restore(mean[index], origin)

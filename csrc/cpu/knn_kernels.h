@@ -4,6 +4,7 @@
 // tile against per-row thresholds, and computes the one exact score function that defines the
 // engine's results (identical bits on every table, so the SIMD level never changes an answer).
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "cpu/topk_candidates.h"
@@ -38,6 +39,20 @@ struct RowStats {
   double packed_norm = 0.;    // |packed operand| (the bf16 rounding of x * scale, or the same)
   double packing_error = 0.;  // |packed operand - x * scale|: 0 for fp32 packing
 };
+
+// RowStats of an fp32-packed row, given one instruction set's float64 sum of (scale*x)^2.
+// Shared by every kernel set so they all derive scale and norms by the same formula.
+template <class SumSquares>
+inline void fp32_row_stats(SumSquares sum_squares, const float* x, int64_t d, bool normalise,
+                           RowStats* out) {
+  const double sq = sum_squares(x, d, 1.f);
+  const float scale = normalise ? (sq > 0 ? float(1.0 / std::sqrt(sq)) : 0.f) : 1.f;
+  out->scale = scale;
+  out->sq_norm = float(sq);
+  out->norm = normalise ? std::sqrt(sum_squares(x, d, scale)) : std::sqrt(sq);
+  out->packed_norm = out->norm;
+  out->packing_error = 0;
+}
 
 // One instruction set's kernels. "Broadcast side" rows are packed row-major; "vector side" rows
 // are packed column-interleaved into panels of `nr` rows. Packed operands hold `group` features

@@ -88,13 +88,8 @@ LAYERKNN_AVX2 double sum_squares(const float* x, int64_t d, float scale) {
 }
 
 LAYERKNN_AVX2 void row_stats(const float* x, int64_t d, bool normalise, RowStats* out) {
-  const double sq = sum_squares(x, d, 1.f);
-  const float scale = normalise ? (sq > 0 ? float(1.0 / std::sqrt(sq)) : 0.f) : 1.f;
-  out->scale = scale;
-  out->sq_norm = float(sq);
-  out->norm = normalise ? std::sqrt(sum_squares(x, d, scale)) : std::sqrt(sq);
-  out->packed_norm = out->norm;
-  out->packing_error = 0;
+  fp32_row_stats([](const float* v, int64_t n, float s) { return sum_squares(v, n, s); }, x, d,
+                 normalise, out);
 }
 
 LAYERKNN_AVX2 void pack_vector_side(const float* src, int64_t count, int64_t d,

@@ -4,6 +4,7 @@
 // interrupt.h) and dispatches to the CPU engine or, in CUDA builds, the CUDA engine.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <stdexcept>
@@ -197,6 +198,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("cuda_max_k", &cuda_max_k, "largest k the CUDA k-NN kernels support (0 without CUDA)");
   m.def("simd_level", [] { return std::string(cpu::simd_level()); },
         "SIMD kernel family the CPU engine selected for this processor");
+  m.def("tile_precisions", &cpu::tile_precisions,
+        "tile precisions the CPU engine may use on this processor (see LAYERKNN_CPU_KERNEL)");
   m.def("default_num_threads", &cpu::default_num_threads);
   m.def("row_sq_norms", &row_sq_norms, py::arg("x"), py::arg("num_threads") = 0,
         "float64 squared L2 norm of each row of x [L, n, d] -> [L, n]");

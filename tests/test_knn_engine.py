@@ -3,8 +3,9 @@
 Targets the engine's internals through its inputs: sizes straddling the tile (192 rows), panel
 (48/24/8 rows) and feature-chunk (256) boundaries, n=2, k=1, k=n-1 (the exact-scan mode), d=1,
 duplicate rows, exact ties, all metrics, the cross form. It also checks that every kernel table
-(LAYERKNN_CPU_SIMD = scalar/avx2/avx512) and tile precision (LAYERKNN_CPU_KERNEL = fp32/bf16)
-and every thread count return bit-identical results, as the engine's exact re-scoring promises.
+(LAYERKNN_CPU_SIMD = scalar/avx2/avx512) and tile precision (LAYERKNN_CPU_KERNEL =
+fp32/bf16/int8) and every thread count return bit-identical results, as the engine's exact
+re-scoring promises.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from reference import assert_neighbors_exact, reference_knn
 
 METRIC_CODES = {"ip": 0, "cosine": 1, "l2": 2}
 LEVELS = ["scalar", "avx2", "avx512"]
-HAS_BF16 = _core.simd_level() == "avx512-bf16"
+LOW_PRECISIONS = [p for p in _core.tile_precisions() if p != "fp32"]
 
 
 @pytest.fixture
@@ -122,7 +123,7 @@ def test_every_kernel_table_gives_identical_bits(rng, monkeypatch, metric):
     x = clustered(rng, 2, 230, 37)
     y = clustered(rng, 2, 97, 37)
     results = []
-    kernels = ["fp32", "bf16", "auto"] if HAS_BF16 else ["fp32", "auto"]
+    kernels = ["fp32", *LOW_PRECISIONS, "auto"]
     for level in LEVELS:
         for kernel in kernels:
             monkeypatch.setenv("LAYERKNN_CPU_SIMD", level)
@@ -135,18 +136,56 @@ def test_every_kernel_table_gives_identical_bits(rng, monkeypatch, metric):
             assert (a == b).all()
 
 
-@pytest.mark.skipif(not HAS_BF16, reason="CPU lacks AVX512-BF16")
+def forced(monkeypatch, precision, *args, **kwargs):
+    monkeypatch.setenv("LAYERKNN_CPU_KERNEL", precision)
+    return engine(*args, **kwargs)
+
+
+@pytest.mark.skipif(not LOW_PRECISIONS, reason="CPU has neither AVX512-BF16 nor AVX512-VNNI")
+@pytest.mark.parametrize("precision", LOW_PRECISIONS)
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
-def test_bf16_tiles_stay_exact_on_near_ties(rng, monkeypatch, metric):
-    # Many candidates closer together than bf16 can tell apart: re-scoring must sort them out.
+def test_low_precision_tiles_stay_exact_on_near_ties(rng, monkeypatch, precision, metric):
+    # Many candidates closer together than bf16/int8 can tell apart: re-scoring must sort them out.
     centre = rng.standard_normal(300).astype(np.float32)
     x = (centre + 1e-3 * rng.standard_normal((1, 400, 300))).astype(np.float32)
-    monkeypatch.setenv("LAYERKNN_CPU_KERNEL", "bf16")
-    bf16 = engine(x, 10, metric)
-    monkeypatch.setenv("LAYERKNN_CPU_KERNEL", "fp32")
-    fp32 = engine(x, 10, metric)
-    assert (bf16[0] == fp32[0]).all() and (bf16[1] == fp32[1]).all()
-    assert_neighbors_exact(bf16[0], bf16[1], x, 10, metric, tol=1e-6)
+    low = forced(monkeypatch, precision, x, 10, metric)
+    fp32 = forced(monkeypatch, "fp32", x, 10, metric)
+    assert (low[0] == fp32[0]).all() and (low[1] == fp32[1]).all()
+    assert_neighbors_exact(low[0], low[1], x, 10, metric, tol=1e-6)
+
+
+@pytest.mark.skipif(not LOW_PRECISIONS, reason="CPU has neither AVX512-BF16 nor AVX512-VNNI")
+@pytest.mark.parametrize("precision", LOW_PRECISIONS)
+@pytest.mark.parametrize("L,n,d,k", [(2, 9, 3, 8), (1, 193, 257, 5), (1, 385, 65, 17), (2, 260, 130, 1)])
+def test_low_precision_tiles_match_float64_at_awkward_sizes(rng, monkeypatch, precision, L, n, d, k):
+    # Feature counts off the bf16 pair / int8 quad / 64-feature packing steps, rows off the
+    # 8-row, 48-column and 192-row tiling, both tails of the candidate window.
+    x = clustered(rng, L, n, d)
+    for metric in ("cosine", "ip", "l2"):
+        indices, scores = forced(monkeypatch, precision, x, k, metric)
+        assert_neighbors_exact(indices, scores, x, k, metric)
+        fp32 = forced(monkeypatch, "fp32", x, k, metric)
+        assert (indices == fp32[0]).all() and (scores == fp32[1]).all()
+
+
+@pytest.mark.skipif("int8" not in LOW_PRECISIONS, reason="CPU lacks AVX512-VNNI")
+def test_int8_tiles_stay_exact_with_an_outlying_feature(rng, monkeypatch):
+    # One huge feature per row makes every int8 step coarse: the window swallows most rows, so
+    # lists overflow into exact scans; answers must not change. Auto mode must see the cost
+    # and may pick any precision, with the same answer.
+    x = clustered(rng, 2, 300, 64)
+    x[..., 7] = 60.0 + rng.standard_normal((2, 300)).astype(np.float32)
+    int8 = forced(monkeypatch, "int8", x, 10)
+    fp32 = forced(monkeypatch, "fp32", x, 10)
+    auto = forced(monkeypatch, "auto", x, 10)
+    assert (int8[0] == fp32[0]).all() and (int8[1] == fp32[1]).all()
+    assert (auto[0] == fp32[0]).all() and (auto[1] == fp32[1]).all()
+    assert_neighbors_exact(int8[0], int8[1], x, 10, "cosine")
+
+
+def test_tile_precisions_always_offer_fp32():
+    precisions = _core.tile_precisions()
+    assert precisions[0] == "fp32" and set(precisions) <= {"fp32", "bf16", "int8"}
 
 
 def test_simd_level_names_a_kernel_family():

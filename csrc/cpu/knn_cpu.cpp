@@ -36,6 +36,8 @@ constexpr int64_t kStatsChunk = 64;    // rows per statistics task
 constexpr int64_t kMergeChunk = 32;    // rows per merge task
 constexpr double kUnit = 1.0 / 16777216.0;  // fp32 unit roundoff 2^-24
 
+int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
 // ---- kernel choice -----------------------------------------------------------------------------
 
 enum class Level { Scalar = 0, Avx2 = 1, Avx512 = 2 };
@@ -60,6 +62,14 @@ bool cpu_has_bf16() {
 #endif
 }
 
+bool cpu_has_vnni() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  return cpu_level() == Level::Avx512 && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
 std::string env_value(const char* name) {
   const char* v = std::getenv(name);
   std::string s = v ? v : "";
@@ -67,18 +77,20 @@ std::string env_value(const char* name) {
   return s.empty() ? "auto" : s;
 }
 
-// The kernel tables one call may use: exact-tile fp32 always, bf16 tiles where allowed.
+// The kernel tables one call may use: fp32 tiles always, low-precision tiles where allowed.
 struct KernelChoice {
   const KernelSet* fp32 = nullptr;
-  const KernelSet* bf16 = nullptr;  // nullptr: not available or not wanted
-  bool bf16_forced = false;         // LAYERKNN_CPU_KERNEL=bf16: skip the per-layer check
+  const KernelSet* bf16 = nullptr;    // nullptr: not available or not wanted
+  const KernelSet* int8 = nullptr;    // likewise
+  const KernelSet* forced = nullptr;  // LAYERKNN_CPU_KERNEL=bf16|int8: skip the per-layer choice
 };
 
 // LAYERKNN_CPU_SIMD=auto|avx512|avx2|scalar caps the instruction set (for testing);
-// LAYERKNN_CPU_KERNEL=auto|fp32|bf16 picks the tile precision: auto tries bf16 tiles for cosine
-// where AVX512-BF16 exists and a per-layer sample says they pay off; bf16 forces them for every
-// metric; fp32 never uses them. Results are identical either way (exact re-scoring).
-KernelChoice choose_kernels(Metric metric) {
+// LAYERKNN_CPU_KERNEL=auto|fp32|bf16|int8 picks the tile precision: auto considers bf16 tiles
+// (AVX512-BF16) and int8 tiles (AVX512-VNNI) for cosine and lets a per-layer sample pick the
+// cheapest; bf16 or int8 forces that precision for every metric where the CPU has it; fp32 never
+// uses low precision. Results are identical either way (exact re-scoring).
+KernelChoice choose_kernels(Metric metric, int64_t d) {
   Level level = cpu_level();
   const std::string simd = env_value("LAYERKNN_CPU_SIMD");
   if (simd == "scalar") {
@@ -90,9 +102,9 @@ KernelChoice choose_kernels(Metric metric) {
                                 simd + "'");
   }
   const std::string kernel = env_value("LAYERKNN_CPU_KERNEL");
-  if (kernel != "auto" && kernel != "fp32" && kernel != "bf16") {
-    throw std::invalid_argument("LAYERKNN_CPU_KERNEL must be auto, fp32 or bf16, got '" + kernel +
-                                "'");
+  if (kernel != "auto" && kernel != "fp32" && kernel != "bf16" && kernel != "int8") {
+    throw std::invalid_argument("LAYERKNN_CPU_KERNEL must be auto, fp32, bf16 or int8, got '" +
+                                kernel + "'");
   }
   KernelChoice choice;
   if (level == Level::Avx512 && avx512_kernels()) {
@@ -102,17 +114,21 @@ KernelChoice choose_kernels(Metric metric) {
   } else {
     choice.fp32 = scalar_kernels();
   }
-  const bool want_bf16 = kernel == "bf16" || (kernel == "auto" && metric == Metric::Cosine);
-  if (level == Level::Avx512 && want_bf16 && cpu_has_bf16() && avx512_bf16_kernels()) {
+  const bool automatic = kernel == "auto" && metric == Metric::Cosine;
+  if (level == Level::Avx512 && (automatic || kernel == "bf16") && cpu_has_bf16() &&
+      avx512_bf16_kernels()) {
     choice.bf16 = avx512_bf16_kernels();
-    choice.bf16_forced = kernel == "bf16";
+    if (kernel == "bf16") choice.forced = choice.bf16;
+  }
+  if (level == Level::Avx512 && (automatic || kernel == "int8") && cpu_has_vnni() &&
+      avx512_int8_kernels() && round_up(d, 4) <= kMaxInt8Features) {
+    choice.int8 = avx512_int8_kernels();
+    if (kernel == "int8") choice.forced = choice.int8;
   }
   return choice;
 }
 
 // ---- small helpers -----------------------------------------------------------------------------
-
-int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
@@ -144,6 +160,10 @@ struct LayerSlot {
   std::vector<RowStats> stats_x, stats_y;    // [n], [m] (stats_y unused in the self-join)
   std::vector<float> scale_x, scale_y;       // cosine scales (1 otherwise)
   std::vector<float> sqn_x, sqn_y;           // fp32 squared norms (squared-L2 keys)
+  // int8 tiles: each row's quant_step and 128 x quant_sum, padded by a block so a tile's
+  // padding rows and columns read defined memory.
+  std::vector<float> qstep_x, qstep_y;
+  std::vector<int32_t> qoffset_x, qoffset_y;
   const KernelSet* ks = nullptr;             // tile kernels chosen for this layer
   int64_t dpad = 0;                          // feature dimension padded for ks
   float window = 0.f;                        // 2 x bound on the tile key error
@@ -177,7 +197,9 @@ struct Worker {
   std::vector<uint8_t> scanned;
   // How the rows finished since the last reset fared: rows, re-scored candidates, overflows.
   int64_t rows_done = 0, rescored = 0, overflows = 0;
-  bool bf16_trusted = false;  // this worker's last bf16 layer stayed well inside the window
+  // This worker's last layer's low-precision tiles, if they stayed well inside their window
+  // (the next layer then uses them without sampling); nullptr otherwise.
+  const KernelSet* trusted = nullptr;
 };
 
 // Schedule: with W tile workers, the first L - (L mod W) layers are "solo" layers, handed out
@@ -190,7 +212,7 @@ class Engine {
   Engine(const KnnProblem& p, int32_t* indices, float* scores, int num_threads,
          const std::atomic<bool>& cancel)
       : p_(p), indices_(indices), scores_(scores), cancel_(cancel) {
-    choice_ = choose_kernels(p.metric);
+    choice_ = choose_kernels(p.metric, p.d);
     self_ = p.y == nullptr;
     x_ = p.x;
     y_ = self_ ? p.x : p.y;
@@ -218,10 +240,18 @@ class Engine {
       slot.stats_x.resize(n_);
       slot.scale_x.resize(n_);
       slot.sqn_x.resize(n_);
+      if (choice_.int8) {
+        slot.qstep_x.assign(round_up(n_, kBlock) + kBlock, 0.f);
+        slot.qoffset_x.assign(round_up(n_, kBlock) + kBlock, 0);
+      }
       if (!self_) {
         slot.stats_y.resize(m_);
         slot.scale_y.resize(m_);
         slot.sqn_y.resize(m_);
+        if (choice_.int8) {
+          slot.qstep_y.assign(round_up(m_, kBlock) + kBlock, 0.f);
+          slot.qoffset_y.assign(round_up(m_, kBlock) + kBlock, 0);
+        }
       }
     }
     workers_state_.resize(workers_);
@@ -248,7 +278,7 @@ class Engine {
     LayerSlot& slot = slots_[wid];
     Worker& w = workers_state_[wid];
     for (int64_t r = 0; r < n_ + (self_ ? 0 : m_); ++r) row_stats(slot, l, r);
-    prepare(slot, l, w.bf16_trusted);
+    prepare(slot, l, w.trusted);
     w.rows_done = w.rescored = w.overflows = 0;
     w.forget();
     for (const TileTask& t : tile_order()) {
@@ -256,11 +286,11 @@ class Engine {
       run_tile(slot, t.i, t.j, w, lists_[wid]);
     }
     finish_solo_layer(slot, w, wid);
-    // Consecutive layers look alike: if bf16 tiles left few candidates here, the worker's next
-    // layer skips the sampling check (a layer that goes badly re-enables it).
-    w.bf16_trusted = slot.ks->low_precision &&
-                     w.rescored <= w.rows_done * (p_.k + 0.25 * (capacity_ - p_.k)) &&
-                     w.overflows * 200 <= w.rows_done;
+    // Consecutive layers look alike: if low-precision tiles left few candidates here, the
+    // worker's next layer uses them without sampling (a layer that goes badly re-enables it).
+    const bool went_well = w.rescored <= w.rows_done * list_budget() &&
+                           w.overflows * 200 <= w.rows_done;
+    w.trusted = slot.ks->precision != kFp32 && went_well ? slot.ks : nullptr;
   }
 
   void run_shared(int64_t l) {
@@ -271,7 +301,7 @@ class Engine {
         row_stats(slot, l, r);
     });
     if (cancel_.load()) return;
-    prepare(slot, l, false);
+    prepare(slot, l, nullptr);
     if (!direct_) {
       const std::vector<TileTask> tasks = tile_order();
       for (auto& w : workers_state_) w.forget();
@@ -313,44 +343,82 @@ class Engine {
 
   // Row r of layer l: x rows first (r < n), then y rows (cross form).
   void row_stats(LayerSlot& slot, int64_t l, int64_t r) {
-    const bool normalise = p_.metric == Metric::Cosine;
-    const KernelSet* ks = choice_.bf16 ? choice_.bf16 : choice_.fp32;  // bf16 adds packing error
-    if (r < n_) {
-      ks->row_stats(x_ + (l * n_ + r) * d_, d_, normalise, &slot.stats_x[r]);
-      slot.scale_x[r] = slot.stats_x[r].scale;
-      slot.sqn_x[r] = slot.stats_x[r].sq_norm;
-    } else {
-      const int64_t j = r - n_;
-      ks->row_stats(y_ + (l * m_ + j) * d_, d_, normalise, &slot.stats_y[j]);
-      slot.scale_y[j] = slot.stats_y[j].scale;
-      slot.sqn_y[j] = slot.stats_y[j].sq_norm;
+    const bool x_row = r < n_;
+    const int64_t i = x_row ? r : r - n_;
+    const float* row = x_row ? x_ + (l * n_ + i) * d_ : y_ + (l * m_ + i) * d_;
+    RowStats& stats = x_row ? slot.stats_x[i] : slot.stats_y[i];
+    choice_.fp32->row_stats(row, d_, p_.metric == Metric::Cosine, &stats);
+    for (const KernelSet* low : {choice_.bf16, choice_.int8})
+      if (low) low->packing_stats(row, d_, &stats);
+    (x_row ? slot.scale_x : slot.scale_y)[i] = stats.scale;
+    (x_row ? slot.sqn_x : slot.sqn_y)[i] = stats.sq_norm;
+    if (choice_.int8) {
+      (x_row ? slot.qstep_x : slot.qstep_y)[i] = stats.quant_step;
+      (x_row ? slot.qoffset_x : slot.qoffset_y)[i] = 128 * stats.quant_sum;
     }
   }
 
-  // Picks the layer's tile kernels (bf16 when allowed and, unless trusted, when a sample says
-  // they pay) and its key error window.
-  void prepare(LayerSlot& slot, int64_t l, bool bf16_trusted) {
+  // Picks the layer's tile kernels and its key error window: fp32 for exact scans, else the
+  // forced precision, else the worker's trusted tiles, else the cheapest by cheapest_tiles.
+  void prepare(LayerSlot& slot, int64_t l, const KernelSet* trusted) {
     slot.layer = l;
-    const bool low = choice_.bf16 && !direct_ &&
-                     (choice_.bf16_forced || bf16_trusted || bf16_pays(slot));
-    slot.ks = low ? choice_.bf16 : choice_.fp32;
+    if (direct_) {
+      slot.ks = choice_.fp32;
+    } else if (choice_.forced) {
+      slot.ks = choice_.forced;
+    } else {
+      slot.ks = trusted ? trusted : cheapest_tiles(slot);
+    }
     slot.dpad = round_up(d_, slot.ks->group);
-    slot.window = key_window(slot, slot.ks->low_precision);
+    slot.window = key_window(slot, *slot.ks);
   }
 
   const float* scale_y(const LayerSlot& s) const { return self_ ? s.scale_x.data() : s.scale_y.data(); }
   const float* sqn_y(const LayerSlot& s) const { return self_ ? s.sqn_x.data() : s.sqn_y.data(); }
+  const float* qstep_y(const LayerSlot& s) const { return self_ ? s.qstep_x.data() : s.qstep_y.data(); }
   const float* layer_x(const LayerSlot& s) const { return x_ + s.layer * n_ * d_; }
   const float* layer_y(const LayerSlot& s) const { return y_ + s.layer * m_ * d_; }
 
-  // bf16 tiles halve the GEMM time but widen the candidate window (~2^-7 |x||y|); on very
-  // anisotropic layers (all cosines near 1) so many candidates fall inside it that rows overflow
-  // into slow exact scans. Decide per layer from a few sampled rows: count how many database
-  // rows score within the bf16 window of each sample's k-th best (exact scores, one streaming
-  // pass over the layer) and use bf16 only if that stays well inside the list capacity.
-  bool bf16_pays(const LayerSlot& slot) const {
+  // Mean candidates per row that a precision may leave and still be worth its tiles: half-way
+  // from k to the list capacity (full lists overflow into slow exact scans).
+  double list_budget() const { return p_.k + 0.5 * (capacity_ - p_.k); }
+
+  // Low-precision tiles halve (bf16) or quarter (int8) the GEMM time but widen the candidate
+  // window (roughly 2^-7 |x||y| for bf16, 2^-5 for int8 on well-spread rows); on anisotropic
+  // layers (all cosines near 1) or rows with outlying features, so many candidates fall inside
+  // it that re-scoring or overflowing lists cost more than the GEMM saves. Estimate per row:
+  // GEMM work (database rows per pass over the speed-up) + kRescoreCost per exactly re-scored
+  // candidate, both in fp32 multiply-adds per feature, with each precision's candidate count
+  // sampled; the cheapest precision within list_budget wins.
+  const KernelSet* cheapest_tiles(const LayerSlot& slot) const {
+    constexpr double kRescoreCost = 4;  // a gathered exact score vs one GEMM row, measured
+    std::vector<const KernelSet*> low;
+    for (const KernelSet* ks : {choice_.int8, choice_.bf16})
+      if (ks) low.push_back(ks);
+    if (low.empty()) return choice_.fp32;
+    std::vector<float> windows;
+    for (const KernelSet* ks : low) windows.push_back(key_window(slot, *ks));
+    const std::vector<double> candidates = sampled_candidates(slot, windows);
+    const double pass_rows = self_ ? 0.5 * double(m_) : double(m_);
+    auto cost = [&](const KernelSet& ks, double count) {
+      return pass_rows / double(1 << ks.precision) + kRescoreCost * count;
+    };
+    const KernelSet* best = choice_.fp32;
+    double best_cost = cost(*choice_.fp32, p_.k);
+    for (size_t i = 0; i < low.size(); ++i) {
+      if (candidates[i] <= list_budget() && cost(*low[i], candidates[i]) < best_cost) {
+        best = low[i];
+        best_cost = cost(*low[i], candidates[i]);
+      }
+    }
+    return best;
+  }
+
+  // For each window, the mean over a few sampled rows of how many database rows score within
+  // it of the sample's k-th best (exact scores, one streaming pass over the layer).
+  std::vector<double> sampled_candidates(const LayerSlot& slot,
+                                         const std::vector<float>& windows) const {
     constexpr int kSamples = 8;
-    const float window = key_window(slot, true);
     const float* xl = layer_x(slot);
     const float* yl = layer_y(slot);
     const float* sy = scale_y(slot);
@@ -375,15 +443,18 @@ class Engine {
         keys[s * m_ + j] = self ? -INFINITY : rank_key(out[s], p_.metric);
       }
     }
-    double total = 0;
+    std::vector<double> totals(windows.size(), 0.);
     for (int s = 0; s < samples; ++s) {
       float* row = keys.data() + s * m_;
       std::nth_element(row, row + (p_.k - 1), row + m_, std::greater<float>());
-      const float threshold = lower_difference(row[p_.k - 1], window);
-      total += static_cast<double>(
-          std::count_if(row, row + m_, [&](float v) { return v >= threshold; }));
+      for (size_t w = 0; w < windows.size(); ++w) {
+        const float threshold = lower_difference(row[p_.k - 1], windows[w]);
+        totals[w] += static_cast<double>(
+            std::count_if(row, row + m_, [&](float v) { return v >= threshold; }));
+      }
     }
-    return total / samples <= p_.k + 0.5 * (capacity_ - p_.k);
+    for (double& total : totals) total /= samples;
+    return totals;
   }
 
   // Twice a bound B on |approximate tile key - exact key| over all pairs of the layer. With B,
@@ -397,18 +468,21 @@ class Engine {
   //  * bf16 tile: <x~, y~> - <x, y> = <x~ - x, y> + <x~, y~ - y>, bounded by e_x a_y + p_x e_y;
   //    the bf16 products are exact in fp32 and VDPBF16PS rounds at most twice per pair of
   //    features, so accumulation adds gamma_{dpad+2} p_x p_y; flushed denormals add < 1e-30.
+  //  * int8 tile: the same e_x a_y + p_x e_y for x~ = step * codes; the code products sum
+  //    exactly in int32, then one conversion and two scalings add gamma_3 p_x p_y.
   //  * exact score: 16 fused lanes + a halving tree round at most d + 2 times on non-negative
   //    magnitudes: |exact - <x, y>| <= gamma_{d+2} a_x a_y; for squared L2 the rounded
   //    differences add one more rounding: <= gamma_{d+3} (a_x + a_y)^2.
   //  * squared-L2 keys 2 tile - (|x|^2 + |y|^2) add fp32-rounded norms and two roundings:
   //    <= 4 u (2 a_x a_y + a_x^2 + a_y^2), with the tile error counted twice.
-  float key_window(const LayerSlot& slot, bool low_precision) const {
-    auto maxima = [](const std::vector<RowStats>& st, double* norm, double* packed, double* err) {
+  float key_window(const LayerSlot& slot, const KernelSet& ks) const {
+    const Precision precision = ks.precision;
+    auto maxima = [&](const std::vector<RowStats>& st, double* norm, double* packed, double* err) {
       *norm = *packed = *err = 0;
       for (const RowStats& r : st) {
         *norm = std::max(*norm, r.norm);
-        *packed = std::max(*packed, r.packed_norm);
-        *err = std::max(*err, r.packing_error);
+        *packed = std::max(*packed, r.packed[precision].norm);
+        *err = std::max(*err, r.packed[precision].error);
       }
     };
     double ax, px, ex, ay, py, ey;
@@ -418,10 +492,14 @@ class Engine {
     } else {
       maxima(slot.stats_y, &ay, &py, &ey);
     }
-    const double dp = static_cast<double>(round_up(d_, low_precision ? 2 : 1));
-    const double product = low_precision
-                               ? ex * ay + px * ey + gamma(dp + 2) * px * py + 1e-30
-                               : gamma(dp + 2) * ax * ay;
+    const double dp = static_cast<double>(round_up(d_, ks.group));
+    double product;
+    if (precision == kFp32) {
+      product = gamma(dp + 2) * ax * ay;
+    } else {
+      const double accumulation = precision == kInt8 ? gamma(3) : gamma(dp + 2);
+      product = ex * ay + px * ey + accumulation * px * py + 1e-30;
+    }
     double error;
     if (p_.metric == Metric::SquaredL2) {
       const double norms = ax * ax + ay * ay;
@@ -453,18 +531,26 @@ class Engine {
       w.broadcast_key = broadcast_key;
     }
     const bool diagonal = self_ && bi == bj;
+    const bool int8 = ks->precision == kInt8;
+    auto scales_from = [&](int64_t column) {  // int8 dequantisation from tile column `column`
+      return TileScales{int8 ? qstep_y(slot) + j0 : nullptr,
+                        int8 ? slot.qstep_x.data() + i0 + column : nullptr,
+                        int8 ? slot.qoffset_x.data() + i0 + column : nullptr};
+    };
     if (!diagonal) {
+      const TileScales scales = scales_from(0);
       ks->gemm(w.broadcast_panel.get(), round_up(nj, ks->mr), w.vector_panel[s].get(),
-               round_up(ni, ks->nr), slot.dpad, w.tile.data(), kTileStride);
+               round_up(ni, ks->nr), slot.dpad, w.tile.data(), kTileStride, &scales);
     } else {
       // A diagonal tile is symmetric: compute each nr-column panel only down to its last
       // column's row (the upper triangle, in whole micro-tiles) and scan it upper_only.
       const auto* vector = static_cast<const unsigned char*>(w.vector_panel[s].get());
       for (int64_t c0 = 0; c0 < ni; c0 += ks->nr) {
         const int64_t rows = std::min(nj, c0 + ks->nr);
+        const TileScales scales = scales_from(c0);
         ks->gemm(w.broadcast_panel.get(), round_up(rows, ks->mr),
                  vector + c0 * slot.dpad * ks->elem_bytes, ks->nr, slot.dpad, w.tile.data() + c0,
-                 kTileStride);
+                 kTileStride, &scales);
       }
     }
     const bool l2 = p_.metric == Metric::SquaredL2;
@@ -667,6 +753,13 @@ const char* simd_level() {
     default:
       return "scalar";
   }
+}
+
+std::vector<std::string> tile_precisions() {
+  std::vector<std::string> out = {"fp32"};
+  if (cpu_has_bf16() && avx512_bf16_kernels()) out.push_back("bf16");
+  if (cpu_has_vnni() && avx512_int8_kernels()) out.push_back("int8");
+  return out;
 }
 
 void knn(const KnnProblem& problem, int32_t* indices, float* scores, int num_threads,

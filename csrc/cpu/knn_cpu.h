@@ -4,6 +4,8 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "common/problems.h"
 
@@ -19,5 +21,9 @@ void knn(const KnnProblem& problem, int32_t* indices, float* scores, int num_thr
 // Name of the SIMD kernel family chosen at run time on this CPU ("avx512-bf16", "avx512",
 // "avx2", "scalar"), for diagnostics and benchmarks.
 const char* simd_level();
+
+// The tile precisions the engine may use on this CPU, among "fp32", "bf16" (AVX512-BF16) and
+// "int8" (AVX512-VNNI); see LAYERKNN_CPU_KERNEL.
+std::vector<std::string> tile_precisions();
 
 }  // namespace layerknn::cpu

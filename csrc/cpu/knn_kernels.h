@@ -1,5 +1,6 @@
 // The SIMD kernels behind the CPU k-NN engine, as one table of function pointers per instruction
-// set (scalar, AVX2, AVX-512, AVX-512 with BF16), chosen once per call at run time. Each table
+// set (scalar, AVX2, AVX-512, and AVX-512 with BF16 or VNNI int8 tiles), chosen once per call at
+// run time. Each table
 // packs row blocks into GEMM panels, multiplies them into an approximate score tile, scans the
 // tile against per-row thresholds, and computes the one exact score function that defines the
 // engine's results (identical bits on every table, so the SIMD level never changes an answer).
@@ -31,13 +32,24 @@ struct ScanTarget {
   bool upper_only = false;     // read only c >= r (see above); needs row_list == col_list
 };
 
+// The precisions a tile can be computed in; each doubles the GEMM arithmetic per instruction of
+// the one before (fp32 FMA, bf16 pairs by VDPBF16PS, int8 quads by VPDPBUSD).
+enum Precision : int { kFp32 = 0, kBf16 = 1, kInt8 = 2, kPrecisions = 3 };
+
+// One row as a packed GEMM operand of some precision (float64 norms).
+struct PackedRow {
+  double norm = 0.;   // |packed operand|
+  double error = 0.;  // |packed operand - x * scale| (0 for fp32 packing)
+};
+
 // What the engine needs to know about one input row (computed once per layer).
 struct RowStats {
   float scale = 1.f;          // 1/|x| in fp32 for cosine (the row is used as x * scale), else 1
   float sq_norm = 0.f;        // fp32 rounding of the float64 |x|^2 (squared L2 keys)
   double norm = 0.;           // |x * scale|, the fp32 operand the exact score sees
-  double packed_norm = 0.;    // |packed operand| (the bf16 rounding of x * scale, or the same)
-  double packing_error = 0.;  // |packed operand - x * scale|: 0 for fp32 packing
+  PackedRow packed[kPrecisions];  // per precision; filled by row_stats (fp32) + packing_stats
+  float quant_step = 0.f;     // int8 packing: the row is stored as quant_step * q, |q| <= 127
+  int32_t quant_sum = 0;      // int8 packing: sum of the row's codes q
 };
 
 // RowStats of an fp32-packed row, given one instruction set's float64 sum of (scale*x)^2.
@@ -50,23 +62,37 @@ inline void fp32_row_stats(SumSquares sum_squares, const float* x, int64_t d, bo
   out->scale = scale;
   out->sq_norm = float(sq);
   out->norm = normalise ? std::sqrt(sum_squares(x, d, scale)) : std::sqrt(sq);
-  out->packed_norm = out->norm;
-  out->packing_error = 0;
+  out->packed[kFp32] = {out->norm, 0.};
 }
+
+// Int8 tiles sum up to 4 * dpad/4 products of at most 255 * 127 in int32: exact up to here.
+constexpr int64_t kMaxInt8Features = 65536;
+
+// Integer tiles (int8 kernels) hold exact sums of code products; the GEMM turns them into
+// scores as tile[r][c] = float(acc[r][c] - col_offset[c]) * col_scale[c] * row_scale[r].
+struct TileScales {
+  const float* row_scale;     // [rows_pad] broadcast-side quant_step per tile row
+  const float* col_scale;     // [cols_pad] vector-side quant_step per tile column
+  const int32_t* col_offset;  // [cols_pad] 128 x quant_sum of each vector-side row
+};
 
 // One instruction set's kernels. "Broadcast side" rows are packed row-major; "vector side" rows
 // are packed column-interleaved into panels of `nr` rows. Packed operands hold `group` features
 // per element (1 for fp32, 2 for bf16 pairs) and every feature dimension is padded to `dpad`.
 struct KernelSet {
-  const char* name;  // "scalar", "avx2", "avx512", "avx512-bf16"
+  const char* name;  // "scalar", "avx2", "avx512", "avx512-bf16", "avx512-int8"
   int mr;            // broadcast rows per micro-tile
   int nr;            // vector-side rows per micro-tile (panel width)
-  int group;         // features per packed element: 1 (fp32) or 2 (bf16 pairs)
-  int elem_bytes;    // bytes per packed feature: 4 or 2
-  bool low_precision;
+  int group;         // features per packed element: 1 (fp32), 2 (bf16 pairs), 4 (int8 quads)
+  int elem_bytes;    // bytes per packed feature: 4, 2 or 1
+  Precision precision;
 
-  // Fills stats for one row x [d]; normalise selects cosine scaling.
+  // Fills the fp32 stats (scale, norms, packed[kFp32]) of one row x [d]; normalise selects
+  // cosine scaling. Every table computes the same values.
   void (*row_stats)(const float* x, int64_t d, bool normalise, RowStats* out);
+  // Low-precision tables: adds packed[precision] (and the int8 quant fields) to stats that
+  // row_stats filled for the same row. nullptr for fp32 tables.
+  void (*packing_stats)(const float* x, int64_t d, RowStats* stats);
 
   // src [count, d] rows, each times scale[r] -> dst [ceil(count/nr)][dpad/group][nr][group],
   // zero padded to whole panels.
@@ -76,9 +102,10 @@ struct KernelSet {
   void (*pack_broadcast_side)(const float* src, int64_t count, int64_t d, const float* scale,
                               int64_t dpad, void* dst);
   // tile [rows_pad, lds] = broadcast [rows_pad, dpad] . vector^T [cols_pad, dpad] (packed
-  // operands; rows_pad a multiple of mr, cols_pad of nr, lds >= cols_pad).
+  // operands; rows_pad a multiple of mr, cols_pad of nr, lds >= cols_pad). scales: the int8
+  // dequantisation of this tile's rows and columns (ignored by float tables).
   void (*gemm)(const void* broadcast, int64_t rows_pad, const void* vector, int64_t cols_pad,
-               int64_t dpad, float* tile, int64_t lds);
+               int64_t dpad, float* tile, int64_t lds, const TileScales* scales);
 
   // Scans tile [rows, lds] (valid part rows x cols) into candidate lists, inserting as it
   // goes so thresholds rise within the tile. See ScanTarget for what goes where.
@@ -98,5 +125,6 @@ const KernelSet* scalar_kernels();
 const KernelSet* avx2_kernels();
 const KernelSet* avx512_kernels();
 const KernelSet* avx512_bf16_kernels();
+const KernelSet* avx512_int8_kernels();
 
 }  // namespace layerknn::cpu

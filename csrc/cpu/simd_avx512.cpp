@@ -2,7 +2,8 @@
 // attributes so the rest of the build stays baseline x86-64. The fp32 GEMM keeps an 8 x 48 score
 // block in 24 zmm accumulators (8 broadcast rows x 3 vectors of 16 columns) over the full
 // feature dimension; the BF16 variant runs the same block on bf16 pairs with VDPBF16PS, twice the
-// arithmetic per instruction. Packing (a 16 x 16 transpose for the bf16 vector side), the
+// arithmetic per instruction, and the int8 variant on quads of per-row quantised codes with
+// VPDPBUSD, four times. Packing (a 16 x 16 transpose for the bf16 and int8 vector sides), the
 // threshold scan (with a lower bound that skips dead inserts into fresh lists) and the exact
 // score are vectorised too.
 #include "cpu/knn_kernels.h"
@@ -22,6 +23,8 @@
 #define LAYERKNN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 #define LAYERKNN_AVX512BF16 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
+#define LAYERKNN_AVX512VNNI \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")))
 
 namespace layerknn::cpu {
 namespace {
@@ -197,7 +200,8 @@ inline int64_t chunk_steps(int64_t steps) {
 }
 
 LAYERKNN_AVX512 void gemm(const void* broadcast_, int64_t rows_pad, const void* vector_,
-                          int64_t cols_pad, int64_t dpad, float* tile, int64_t lds) {
+                          int64_t cols_pad, int64_t dpad, float* tile, int64_t lds,
+                          const TileScales*) {
   const float* broadcast = static_cast<const float*>(broadcast_);
   const float* vector = static_cast<const float*>(vector_);
   const int64_t chunk = chunk_steps(dpad);
@@ -395,13 +399,10 @@ LAYERKNN_AVX512BF16 inline __m512 from_bf16(__m256i h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-LAYERKNN_AVX512BF16 void row_stats_bf16(const float* x, int64_t d, bool normalise,
-                                        RowStats* out) {
-  const double sq = sum_squares(x, d, 1.f);
-  const float scale = normalise ? (sq > 0 ? float(1.0 / std::sqrt(sq)) : 0.f) : 1.f;
-  const __m512 s = _mm512_set1_ps(scale);
-  __m512d exact0 = _mm512_setzero_pd(), exact1 = exact0, packed0 = exact0, packed1 = exact0;
-  __m512d err0 = exact0, err1 = exact0;
+// Adds packed[kBf16]: the norm of the bf16 operand and its distance from x * scale.
+LAYERKNN_AVX512BF16 void packing_stats_bf16(const float* x, int64_t d, RowStats* stats) {
+  const __m512 s = _mm512_set1_ps(stats->scale);
+  __m512d packed0 = _mm512_setzero_pd(), packed1 = packed0, err0 = packed0, err1 = packed0;
   for (int64_t t = 0; t < d; t += 16) {
     const __mmask16 m = tail_mask(d - t);
     const __m512 exact = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + t), s);
@@ -412,18 +413,13 @@ LAYERKNN_AVX512BF16 void row_stats_bf16(const float* x, int64_t d, bool normalis
     const __m512d p_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(packed, 1));
     const __m512d e_lo = _mm512_sub_pd(p_lo, x_lo);
     const __m512d e_hi = _mm512_sub_pd(p_hi, x_hi);
-    exact0 = _mm512_fmadd_pd(x_lo, x_lo, exact0);
-    exact1 = _mm512_fmadd_pd(x_hi, x_hi, exact1);
     packed0 = _mm512_fmadd_pd(p_lo, p_lo, packed0);
     packed1 = _mm512_fmadd_pd(p_hi, p_hi, packed1);
     err0 = _mm512_fmadd_pd(e_lo, e_lo, err0);
     err1 = _mm512_fmadd_pd(e_hi, e_hi, err1);
   }
-  out->scale = scale;
-  out->sq_norm = float(sq);
-  out->norm = std::sqrt(reduce_lanes_pd(exact0, exact1));
-  out->packed_norm = std::sqrt(reduce_lanes_pd(packed0, packed1));
-  out->packing_error = std::sqrt(reduce_lanes_pd(err0, err1));
+  stats->packed[kBf16] = {std::sqrt(reduce_lanes_pd(packed0, packed1)),
+                          std::sqrt(reduce_lanes_pd(err0, err1))};
 }
 
 // Transposes a 16 x 16 block of 32-bit elements in place: v[i] lane j <-> v[j] lane i.
@@ -511,7 +507,8 @@ LAYERKNN_AVX512BF16 void pack_broadcast_side_bf16(const float* src, int64_t coun
 }
 
 LAYERKNN_AVX512BF16 void gemm_bf16(const void* broadcast_, int64_t rows_pad, const void* vector_,
-                                   int64_t cols_pad, int64_t dpad, float* tile, int64_t lds) {
+                                   int64_t cols_pad, int64_t dpad, float* tile, int64_t lds,
+                                   const TileScales*) {
   const uint32_t* broadcast = static_cast<const uint32_t*>(broadcast_);  // [rows][dpad/2] pairs
   const uint32_t* vector = static_cast<const uint32_t*>(vector_);
   const int64_t pairs = dpad / 2;
@@ -559,28 +556,238 @@ LAYERKNN_AVX512BF16 void gemm_bf16(const void* broadcast_, int64_t rows_pad, con
   }
 }
 
-const KernelSet kAvx512 = {"avx512",          kMr,          kNr,       1,         4,
-                           false,             row_stats,    pack_vector_side,
-                           pack_broadcast_side, gemm,       scan_tile, dot_batch, sqdist_batch};
+// ---- int8 packing and GEMM -------------------------------------------------------------------
 
-const KernelSet kAvx512Bf16 = {"avx512-bf16",
-                               kMr,
-                               kNr,
-                               2,
-                               2,
-                               true,
-                               row_stats_bf16,
-                               pack_vector_side_bf16,
-                               pack_broadcast_side_bf16,
-                               gemm_bf16,
-                               scan_tile,
-                               dot_batch,
-                               sqdist_batch};
+// A row x * scale is stored as step * q: integer codes q = round(x * scale / step) in [-127, 127]
+// with step = max |x * scale| / 127, one step per row. VPDPBUSD multiplies unsigned by signed
+// bytes, so the broadcast side stores q + 128 (1..255) and the GEMM subtracts the 128 * sum(q)
+// this adds to every product with a vector-side row. Sums of code products are exact in int32
+// (for dpad <= kMaxInt8Features), so a tile entry's only roundings are the conversion to float
+// and the two scalings by the rows' steps.
+
+// The quantiser of one row, shared by the statistics and both packings so they agree on every
+// code the GEMM sees.
+struct Quantiser {
+  float step;     // quant_step of the row
+  float inverse;  // 127 / max |x * scale|, or 0 for an all-zero row
+};
+
+LAYERKNN_AVX512 inline Quantiser row_quantiser(const float* x, int64_t d, float scale) {
+  const __m512 s = _mm512_set1_ps(scale);
+  __m512 peak = _mm512_setzero_ps();
+  for (int64_t t = 0; t < d; t += 16) {
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(d - t), x + t), s);
+    peak = _mm512_max_ps(peak, _mm512_abs_ps(v));
+  }
+  const float max_abs = _mm512_reduce_max_ps(peak);
+  return {max_abs / 127.f, max_abs > 0.f ? 127.f / max_abs : 0.f};
+}
+
+// Codes of 16 features x[0..15] (lanes outside m are 0), as int32 in [-127, 127].
+LAYERKNN_AVX512 inline __m512i quantise(const float* x, __mmask16 m, __m512 scale,
+                                        __m512 inverse) {
+  const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x), scale), inverse);
+  const __m512i q = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+}
+
+// Mask of the features of x[t..t+15] inside a row of d (none past its end).
+LAYERKNN_AVX512 inline __mmask16 feature_mask(int64_t d, int64_t t) {
+  return tail_mask(d - t > 0 ? d - t : 0);
+}
+
+// Adds packed[kInt8] (norm of step * q and its distance from x * scale), quant_step and
+// quant_sum to stats that row_stats filled for the same row.
+LAYERKNN_AVX512 void packing_stats_int8(const float* x, int64_t d, RowStats* stats) {
+  const Quantiser quantiser = row_quantiser(x, d, stats->scale);
+  const __m512 s = _mm512_set1_ps(stats->scale);
+  const __m512 inverse = _mm512_set1_ps(quantiser.inverse);
+  const __m512d step = _mm512_set1_pd(quantiser.step);  // step * q is exact in float64
+  __m512d packed0 = _mm512_setzero_pd(), packed1 = packed0, err0 = packed0, err1 = packed0;
+  __m512i sum = _mm512_setzero_si512();
+  for (int64_t t = 0; t < d; t += 16) {
+    const __mmask16 m = tail_mask(d - t);
+    const __m512 exact = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + t), s);
+    const __m512i q = quantise(x + t, m, s, inverse);
+    sum = _mm512_add_epi32(sum, q);
+    const __m512d p_lo = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(q)), step);
+    const __m512d p_hi = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(q, 1)), step);
+    const __m512d e_lo = _mm512_sub_pd(p_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(exact)));
+    const __m512d e_hi = _mm512_sub_pd(p_hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(exact, 1)));
+    packed0 = _mm512_fmadd_pd(p_lo, p_lo, packed0);
+    packed1 = _mm512_fmadd_pd(p_hi, p_hi, packed1);
+    err0 = _mm512_fmadd_pd(e_lo, e_lo, err0);
+    err1 = _mm512_fmadd_pd(e_hi, e_hi, err1);
+  }
+  stats->packed[kInt8] = {std::sqrt(reduce_lanes_pd(packed0, packed1)),
+                          std::sqrt(reduce_lanes_pd(err0, err1))};
+  stats->quant_step = quantiser.step;
+  stats->quant_sum = _mm512_reduce_add_epi32(sum);
+}
+
+// Vector side: [panel][dpad/4][48] of 32-bit quads of signed codes. Sixteen rows at a time are
+// quantised (64 features = 16 quads each) and transposed, so each store writes one quad of
+// sixteen rows.
+LAYERKNN_AVX512 void pack_vector_side_int8(const float* src, int64_t count, int64_t d,
+                                           const float* scale, int64_t dpad, void* dst_) {
+  uint32_t* dst = static_cast<uint32_t*>(dst_);
+  const int64_t quads = dpad / 4;
+  const int64_t panels = (count + kNr - 1) / kNr;
+  for (int64_t p = 0; p < panels; ++p) {
+    uint32_t* panel = dst + p * kNr * quads;
+    const int64_t rows = count - p * kNr < kNr ? count - p * kNr : kNr;
+    for (int64_t g = 0; g < kNr; g += 16) {  // rows g..g+15 of the panel (zeros past `rows`)
+      __m512 scales[16], inverses[16];
+      for (int i = 0; i < 16 && g + i < rows; ++i) {
+        const int64_t r = p * kNr + g + i;
+        const float s = scale ? scale[r] : 1.f;
+        scales[i] = _mm512_set1_ps(s);
+        inverses[i] = _mm512_set1_ps(row_quantiser(src + r * d, d, s).inverse);
+      }
+      for (int64_t t = 0; t < dpad; t += 64) {  // 64 features = 16 quads per step
+        __m512i v[16];
+        for (int i = 0; i < 16; ++i) {
+          if (g + i >= rows) {
+            v[i] = _mm512_setzero_si512();
+            continue;
+          }
+          const float* row = src + (p * kNr + g + i) * d;
+          __m128i bytes[4];
+          for (int j = 0; j < 4; ++j) {
+            const int64_t at = t + 16 * j;
+            bytes[j] = _mm512_cvtepi32_epi8(
+                quantise(row + at, feature_mask(d, at), scales[i], inverses[i]));
+          }
+          v[i] = _mm512_inserti32x4(_mm512_castsi128_si512(bytes[0]), bytes[1], 1);
+          v[i] = _mm512_inserti32x4(v[i], bytes[2], 2);
+          v[i] = _mm512_inserti32x4(v[i], bytes[3], 3);
+        }
+        transpose_16x16(v);
+        const int64_t here = std::min<int64_t>(16, quads - t / 4);
+        for (int64_t j = 0; j < here; ++j)
+          _mm512_storeu_si512(panel + (t / 4 + j) * kNr + g, v[j]);
+      }
+    }
+  }
+}
+
+// Broadcast side: [round_up(count, 8)][dpad] unsigned bytes q + 128, row-major (padding
+// features and rows hold 128, the code 0).
+LAYERKNN_AVX512 void pack_broadcast_side_int8(const float* src, int64_t count, int64_t d,
+                                              const float* scale, int64_t dpad, void* dst_) {
+  uint8_t* dst = static_cast<uint8_t*>(dst_);
+  const int64_t rows = (count + kMr - 1) / kMr * kMr;
+  const __m512i bias = _mm512_set1_epi32(128);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* out = dst + r * dpad;
+    if (r >= count) {
+      std::memset(out, 128, dpad);
+      continue;
+    }
+    const float* row = src + r * d;
+    const float s = scale ? scale[r] : 1.f;
+    const __m512 vs = _mm512_set1_ps(s);
+    const __m512 inverse = _mm512_set1_ps(row_quantiser(row, d, s).inverse);
+    for (int64_t t = 0; t < dpad; t += 16) {
+      const __m512i u = _mm512_add_epi32(quantise(row + t, feature_mask(d, t), vs, inverse), bias);
+      _mm_mask_storeu_epi8(out + t, tail_mask(dpad - t), _mm512_cvtepi32_epi8(u));
+    }
+  }
+}
+
+// Like gemm_bf16 with quads of bytes and VPDPBUSD; between feature chunks the tile holds int32
+// partial sums, and the last chunk converts them to scores with `scales`.
+LAYERKNN_AVX512VNNI void gemm_int8(const void* broadcast_, int64_t rows_pad, const void* vector_,
+                                   int64_t cols_pad, int64_t dpad, float* tile, int64_t lds,
+                                   const TileScales* scales) {
+  const uint32_t* broadcast = static_cast<const uint32_t*>(broadcast_);  // [rows][dpad/4] quads
+  const uint32_t* vector = static_cast<const uint32_t*>(vector_);
+  int32_t* partial = reinterpret_cast<int32_t*>(tile);
+  const int64_t quads = dpad / 4;
+  const int64_t chunk = chunk_steps(quads);
+  for (int64_t k0 = 0; k0 < quads; k0 += chunk) {
+    const int64_t k1 = std::min(quads, k0 + chunk);
+    const bool last = k1 == quads;
+    for (int64_t c0 = 0; c0 < cols_pad; c0 += kNr) {
+      const uint32_t* panel = vector + c0 * quads;  // [quads][48]
+      for (int64_t r0 = 0; r0 < rows_pad; r0 += kMr) {
+        const uint32_t* a = broadcast + r0 * quads;
+        __m512i acc[kMr][3];
+#pragma GCC unroll 8
+        for (int r = 0; r < kMr; ++r) {
+          const int32_t* in = partial + (r0 + r) * lds + c0;
+          if (k0 == 0) {
+            acc[r][0] = acc[r][1] = acc[r][2] = _mm512_setzero_si512();
+          } else {
+            acc[r][0] = _mm512_loadu_si512(in);
+            acc[r][1] = _mm512_loadu_si512(in + 16);
+            acc[r][2] = _mm512_loadu_si512(in + 32);
+          }
+        }
+        const uint32_t* b = panel + k0 * kNr;
+        for (int64_t t = k0; t < k1; ++t, b += kNr) {
+          const __m512i b0 = _mm512_loadu_si512(b);
+          const __m512i b1 = _mm512_loadu_si512(b + 16);
+          const __m512i b2 = _mm512_loadu_si512(b + 32);
+#pragma GCC unroll 8
+          for (int r = 0; r < kMr; ++r) {
+            const __m512i av = _mm512_set1_epi32(int(a[r * quads + t]));
+            acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], av, b0);
+            acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], av, b1);
+            acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], av, b2);
+          }
+        }
+        if (!last) {
+#pragma GCC unroll 8
+          for (int r = 0; r < kMr; ++r) {
+            int32_t* out = partial + (r0 + r) * lds + c0;
+            _mm512_storeu_si512(out, acc[r][0]);
+            _mm512_storeu_si512(out + 16, acc[r][1]);
+            _mm512_storeu_si512(out + 32, acc[r][2]);
+          }
+          continue;
+        }
+        __m512i offset[3];
+        __m512 col_scale[3];
+#pragma GCC unroll 3
+        for (int v = 0; v < 3; ++v) {
+          offset[v] = _mm512_loadu_si512(scales->col_offset + c0 + 16 * v);
+          col_scale[v] = _mm512_loadu_ps(scales->col_scale + c0 + 16 * v);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < kMr; ++r) {
+          const __m512 row_scale = _mm512_set1_ps(scales->row_scale[r0 + r]);
+#pragma GCC unroll 3
+          for (int v = 0; v < 3; ++v) {
+            const __m512 exact_sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][v], offset[v]));
+            _mm512_storeu_ps(tile + (r0 + r) * lds + c0 + 16 * v,
+                             _mm512_mul_ps(_mm512_mul_ps(exact_sum, col_scale[v]), row_scale));
+          }
+        }
+      }
+    }
+  }
+}
+
+const KernelSet kAvx512 = {"avx512",  kMr,       kNr,       1,         4,
+                           kFp32,     row_stats, nullptr,   pack_vector_side,
+                           pack_broadcast_side,  gemm,      scan_tile, dot_batch, sqdist_batch};
+
+const KernelSet kAvx512Bf16 = {"avx512-bf16",         kMr,       kNr,       2,
+                               2,                     kBf16,     row_stats, packing_stats_bf16,
+                               pack_vector_side_bf16, pack_broadcast_side_bf16,
+                               gemm_bf16,             scan_tile, dot_batch, sqdist_batch};
+
+const KernelSet kAvx512Int8 = {"avx512-int8",         kMr,       kNr,       4,
+                               1,                     kInt8,     row_stats, packing_stats_int8,
+                               pack_vector_side_int8, pack_broadcast_side_int8,
+                               gemm_int8,             scan_tile, dot_batch, sqdist_batch};
 
 }  // namespace
 
 const KernelSet* avx512_kernels() { return &kAvx512; }
 const KernelSet* avx512_bf16_kernels() { return &kAvx512Bf16; }
+const KernelSet* avx512_int8_kernels() { return &kAvx512Int8; }
 
 }  // namespace layerknn::cpu
 
@@ -589,6 +796,7 @@ const KernelSet* avx512_bf16_kernels() { return &kAvx512Bf16; }
 namespace layerknn::cpu {
 const KernelSet* avx512_kernels() { return nullptr; }
 const KernelSet* avx512_bf16_kernels() { return nullptr; }
+const KernelSet* avx512_int8_kernels() { return nullptr; }
 }  // namespace layerknn::cpu
 
 #endif

@@ -55,7 +55,7 @@ void pack_broadcast_side(const float* src, int64_t count, int64_t d, const float
 }
 
 void gemm(const void* broadcast_, int64_t rows_pad, const void* vector_, int64_t cols_pad,
-          int64_t dpad, float* tile, int64_t lds) {
+          int64_t dpad, float* tile, int64_t lds, const TileScales*) {
   const float* broadcast = static_cast<const float*>(broadcast_);
   const float* vector = static_cast<const float*>(vector_);
   for (int64_t c0 = 0; c0 < cols_pad; c0 += kNr) {
@@ -125,7 +125,7 @@ void sqdist_batch(const float* a, const float* const* b, int count, int64_t d, f
 }
 
 const KernelSet kScalar = {"scalar",          kMr,          kNr,       1,         4,
-                           false,             row_stats,    pack_vector_side,
+                           kFp32,             row_stats,    nullptr,    pack_vector_side,
                            pack_broadcast_side, gemm,       scan_tile, dot_batch, sqdist_batch};
 
 }  // namespace

@@ -197,3 +197,26 @@ def test_bad_kernel_override_is_a_clear_error(monkeypatch, var):
     monkeypatch.setenv(var, "sse9")
     with pytest.raises(ValueError, match=var):
         engine(np.ones((1, 4, 2), dtype=np.float32), 1)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_engine_rejects_nan_rows_itself(rng, metric):
+    # The CPU engine validates rows in its statistics pass (the Python layer adds no extra pass).
+    x = clustered(rng, 3, 250, 20)
+    x[2, 117, 5] = np.nan
+    with pytest.raises(ValueError, match=r"x contains NaN or Inf: layer 2, row 117"):
+        engine(x, 5, metric)
+    y = clustered(rng, 3, 40, 20)
+    y[1, 3, 0] = np.inf
+    with pytest.raises(ValueError, match=r"y contains NaN or Inf: layer 1, row 3"):
+        engine(clustered(rng, 3, 30, 20), 5, metric, False, y)
+
+
+def test_engine_rejects_zero_rows_only_under_cosine(rng):
+    x = clustered(rng, 2, 300, 16)
+    x[1, 42] = 0.0
+    with pytest.raises(ValueError, match=r"zero or near-zero-norm row .* layer 1, row 42"):
+        engine(x, 4, "cosine")
+    for metric in ("ip", "l2"):
+        indices, scores = engine(x, 4, metric)
+        assert_neighbors_exact(indices, scores, x, 4, metric)

@@ -275,14 +275,17 @@ class Engine {
   // ---- the two schedules ---------------------------------------------------------------------
 
   void run_solo(int64_t l, int wid) {
+    if (bad_input_.load()) return;
     LayerSlot& slot = slots_[wid];
     Worker& w = workers_state_[wid];
-    for (int64_t r = 0; r < n_ + (self_ ? 0 : m_); ++r) row_stats(slot, l, r);
+    const KernelSet* known = choice_.forced ? choice_.forced : w.trusted;
+    for (int64_t r = 0; r < n_ + (self_ ? 0 : m_); ++r) row_stats(slot, l, r, known);
     prepare(slot, l, w.trusted);
     w.rows_done = w.rescored = w.overflows = 0;
     w.forget();
     for (const TileTask& t : tile_order()) {
-      if (cancel_.load(std::memory_order_relaxed)) return;
+      if (cancel_.load(std::memory_order_relaxed) || bad_input_.load(std::memory_order_relaxed))
+        return;
       run_tile(slot, t.i, t.j, w, lists_[wid]);
     }
     finish_solo_layer(slot, w, wid);
@@ -298,7 +301,7 @@ class Engine {
     const int64_t rows = n_ + (self_ ? 0 : m_);
     parallel_for((rows + kStatsChunk - 1) / kStatsChunk, workers_, cancel_, [&](int64_t t, int) {
       for (int64_t r = t * kStatsChunk; r < std::min(rows, (t + 1) * kStatsChunk); ++r)
-        row_stats(slot, l, r);
+        row_stats(slot, l, r, choice_.forced);
     });
     if (cancel_.load()) return;
     prepare(slot, l, nullptr);
@@ -341,18 +344,31 @@ class Engine {
 
   // ---- phase 0: statistics and the choice of tile precision -----------------------------------
 
-  // Row r of layer l: x rows first (r < n), then y rows (cross form).
-  void row_stats(LayerSlot& slot, int64_t l, int64_t r) {
+  // Row r of layer l: x rows first (r < n), then y rows (cross form). With the layer's tiles
+  // already known (forced or trusted), only their packing statistics are needed.
+  void row_stats(LayerSlot& slot, int64_t l, int64_t r, const KernelSet* known) {
     const bool x_row = r < n_;
     const int64_t i = x_row ? r : r - n_;
     const float* row = x_row ? x_ + (l * n_ + i) * d_ : y_ + (l * m_ + i) * d_;
     RowStats& stats = x_row ? slot.stats_x[i] : slot.stats_y[i];
     choice_.fp32->row_stats(row, d_, p_.metric == Metric::Cosine, &stats);
     for (const KernelSet* low : {choice_.bf16, choice_.int8})
-      if (low) low->packing_stats(row, d_, &stats);
+      if (low && (!known || known == low)) low->packing_stats(row, d_, &stats);
+    // The statistics pass is where the engine first reads each row, so it validates here: a
+    // NaN/Inf row has a non-finite norm, and cosine needs a norm that survives float32.
+    const bool cosine = p_.metric == Metric::Cosine;
+    if (!std::isfinite(stats.norm) || (cosine && !(stats.sq_norm >= 1e-30f))) {
+      bad_input_ = true;
+      const std::string where = "layer " + std::to_string(l) + ", row " + std::to_string(i);
+      throw std::invalid_argument(
+          std::string(x_row ? "x" : "y") +
+          (std::isfinite(stats.norm) ? " has a zero or near-zero-norm row (norm < 1e-15), which "
+                                       "has no cosine similarity in float32: " + where
+                                     : " contains NaN or Inf: " + where));
+    }
     (x_row ? slot.scale_x : slot.scale_y)[i] = stats.scale;
     (x_row ? slot.sqn_x : slot.sqn_y)[i] = stats.sq_norm;
-    if (choice_.int8) {
+    if (choice_.int8 && (!known || known == choice_.int8)) {
       (x_row ? slot.qstep_x : slot.qstep_y)[i] = stats.quant_step;
       (x_row ? slot.qoffset_x : slot.qoffset_y)[i] = 128 * stats.quant_sum;
     }
@@ -731,6 +747,7 @@ class Engine {
   int32_t* indices_;
   float* scores_;
   const std::atomic<bool>& cancel_;
+  std::atomic<bool> bad_input_{false};  // a row failed validation: stop, the error propagates
   KernelChoice choice_;
   bool self_ = true, exclude_ = true, direct_ = false;
   const float* x_ = nullptr;

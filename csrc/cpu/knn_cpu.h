@@ -15,6 +15,8 @@ namespace layerknn::cpu {
 //   indices [L, n, k] int32, scores [L, n, k] float32 (similarity, or squared distance for L2).
 // For Metric::Cosine the rows are L2-normalised in fp32 internally (the input is not modified).
 // Stops early (outputs unspecified) once `cancel` becomes true. num_threads <= 0: all cores.
+// Throws std::invalid_argument naming the layer and row of the first row it meets that holds
+// NaN/Inf, or (cosine) whose squared norm is below 1e-30.
 void knn(const KnnProblem& problem, int32_t* indices, float* scores, int num_threads,
          const std::atomic<bool>& cancel);
 

@@ -261,18 +261,18 @@ LAYERKNN_AVX512 inline void insert(CandidateLists& lists, int64_t row, float key
   const __m512 old = _mm512_loadu_ps(best);
   const __m512 vkey = _mm512_set1_ps(key);
   const __mmask16 first_k = __mmask16((1u << k) - 1u);
+  // pos = how many of the k best beat the key; pos == k (a key inside the window but not among
+  // the k best) leaves every mask below empty. No branch on it: it is unpredictable.
   const int pos = __builtin_popcount(_mm512_mask_cmp_ps_mask(first_k, old, vkey, _CMP_GT_OQ));
-  if (pos < k) {
-    const __m512i down = _mm512_set_epi32(14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0);
-    const __m512 shifted = _mm512_permutexvar_ps(down, old);
-    const __mmask16 below = __mmask16(~((2u << pos) - 1u));
-    __m512 updated = _mm512_mask_mov_ps(old, below, shifted);
-    updated = _mm512_mask_mov_ps(updated, __mmask16(1u << pos), vkey);
-    _mm512_storeu_ps(best, updated);
-    int32_t& size = lists.best_count(row);
-    if (size < k) ++size;
-    if (size == k) lists.raise_threshold(row, best[k - 1], window);
-  }
+  const __m512i down = _mm512_set_epi32(14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0);
+  const __m512 shifted = _mm512_permutexvar_ps(down, old);
+  const __mmask16 below = first_k & __mmask16(~((2u << pos) - 1u));
+  __m512 updated = _mm512_mask_mov_ps(old, below, shifted);
+  updated = _mm512_mask_mov_ps(updated, first_k & __mmask16(1u << pos), vkey);
+  _mm512_storeu_ps(best, updated);
+  int32_t& size = lists.best_count(row);
+  size += int(size < k) & int(pos < k);
+  lists.raise_threshold(row, best[k - 1], window);  // best[k - 1] is -inf until k keys: no-op
   lists.append(row, key, id);
 }
 
@@ -341,7 +341,8 @@ LAYERKNN_AVX512 void scan_tile_impl(float* tile, int64_t lds, int rows, int cols
   for (int r = 0; r < rows; ++r) {
     float* line = tile + r * lds;
     const __m512 lr = _mm512_set1_ps(t.l2_row ? t.l2_row[r] : 0.f);
-    const bool fresh_row = t.row_list >= 0 && lists.sorted_mode() &&
+    const bool row_pass = t.row_list >= 0;
+    const bool fresh_row = row_pass && lists.sorted_mode() &&
                            lists.best_count(t.row_list + r) < lists.k();
     const float row_floor = fresh_row ? fresh_row_floor(line, cols, r, lr, t, lists.k())
                                       : -INFINITY;
@@ -365,7 +366,7 @@ LAYERKNN_AVX512 void scan_tile_impl(float* tile, int64_t lds, int rows, int cols
         const int cc = c + __builtin_ctz(bits);
         insert(lists, t.col_list + cc, line[cc], t.row_id + r, t.window);
       }
-      if (t.row_list >= 0) {
+      if (row_pass) {
         const __m512 tr = _mm512_set1_ps(std::max(thr[t.row_list + r], row_floor));
         const __mmask16 row_valid = kUpper ? row_pass_mask(c, cols, r, t) : valid;
         const __mmask16 mr = _mm512_mask_cmp_ps_mask(row_valid, v, tr, _CMP_GE_OQ);

@@ -157,10 +157,21 @@ def knn(x: Any, k: int = 10, *, metric: str = "cosine", exclude_self: bool = Tru
         k = _check_k(k, n - 1, "n - 1: each row excludes itself")
     else:
         k = _check_k(k, n, "n, the number of rows")
-    _check_finite_and_norms(x32, "x", metric, num_threads)
-    if y32 is not None:
-        _check_finite_and_norms(y32, "y", metric, num_threads)
-    indices, scores = _backend.knn(x32, y32, k, metric, bool(exclude_self), num_threads)
+    # The CPU engine validates rows in its own first pass over them (no extra pass here); the
+    # GPU path checks up front.
+    on_cpu = not _backend.is_cuda(x32)
+    if not on_cpu:
+        _check_finite_and_norms(x32, "x", metric, num_threads)
+        if y32 is not None:
+            _check_finite_and_norms(y32, "y", metric, num_threads)
+    try:
+        indices, scores = _backend.knn(x32, y32, k, metric, bool(exclude_self), num_threads)
+    except ValueError:
+        if on_cpu:  # the engine met a bad row: report all of them, as the GPU path does
+            _check_finite_and_norms(x32, "x", metric, num_threads)
+            if y32 is not None:
+                _check_finite_and_norms(y32, "y", metric, num_threads)
+        raise
     if single:
         indices, scores = indices[0], scores[0]
     return Neighbors(restore(indices, origin), restore(scores, origin), metric)

@@ -208,7 +208,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     title = (
         f"CPU k-NN, cosine, k={K}, float32{' (quick sizes)' if args.quick else ''}: layerknn "
-        f"[{_core.simd_level()}, LAYERKNN_CPU_KERNEL={kernel}] vs FAISS IndexFlatIP vs torch "
+        f"[{_core.simd_level()}, tiles {'/'.join(_core.tile_precisions())}, "
+        f"LAYERKNN_CPU_KERNEL={kernel}] vs FAISS IndexFlatIP vs torch "
         f"bmm+topk (1-min load average at the end: {load:.1f})"
     )
     table = "\n".join(rows)

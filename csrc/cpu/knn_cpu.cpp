@@ -407,7 +407,7 @@ class Engine {
   // candidate, both in fp32 multiply-adds per feature, with each precision's candidate count
   // sampled; the cheapest precision within list_budget wins.
   const KernelSet* cheapest_tiles(const LayerSlot& slot) const {
-    constexpr double kRescoreCost = 4;  // a gathered exact score vs one GEMM row, measured
+    constexpr double kRescoreCost = 4;  // a gathered exact score vs one fp32 GEMM row (estimate)
     std::vector<const KernelSet*> low;
     for (const KernelSet* ks : {choice_.int8, choice_.bf16})
       if (ks) low.push_back(ks);

@@ -5,7 +5,8 @@
 // rows of I (column scan) and the rows of J (row scan).
 // Races are avoided by ownership: a "solo" layer belongs to one worker from start to finish,
 // and in a "shared" layer every worker fills private candidate lists merged after a barrier.
-// Tile scores are approximate (fp32 in GEMM order, or bf16 products): lists keep every candidate
+// Tile scores are approximate (fp32 in GEMM order, bf16 products, or exact sums of int8 codes of
+// per-row quantised rows; a per-layer sample picks the cheapest): lists keep every candidate
 // within a rigorous error window of the k-th best key, and the merge re-scores them with the
 // exact fp32 score of knn_kernels.h (bitwise symmetric, so a solo layer scores a mutual candidate
 // pair once) before the final ordered selection, so results never depend on the kernel, the

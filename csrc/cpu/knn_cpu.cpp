@@ -167,7 +167,7 @@ struct LayerSlot {
   std::vector<int32_t> qoffset_x, qoffset_y;
   const KernelSet* ks = nullptr;             // tile kernels chosen for this layer
   int64_t dpad = 0;                          // feature dimension padded for ks
-  float window = 0.f;                        // 2 x bound on the tile key error
+  std::vector<float> windows;                // [n] 2 x bound on row i's tile key errors
 };
 
 // Per-thread scratch: packed panels, the score tile and the merge buffers.
@@ -387,7 +387,7 @@ class Engine {
       slot.ks = trusted ? trusted : cheapest_tiles(slot);
     }
     slot.dpad = round_up(d_, slot.ks->group);
-    slot.window = key_window(slot, *slot.ks);
+    slot.windows = key_windows(slot, *slot.ks);
   }
 
   const float* scale_y(const LayerSlot& s) const { return self_ ? s.scale_x.data() : s.scale_y.data(); }
@@ -413,8 +413,8 @@ class Engine {
     for (const KernelSet* ks : {choice_.int8, choice_.bf16})
       if (ks) low.push_back(ks);
     if (low.empty()) return choice_.fp32;
-    std::vector<float> windows;
-    for (const KernelSet* ks : low) windows.push_back(key_window(slot, *ks));
+    std::vector<std::vector<float>> windows;
+    for (const KernelSet* ks : low) windows.push_back(key_windows(slot, *ks));
     const std::vector<double> candidates = sampled_candidates(slot, windows);
     const double pass_rows = self_ ? 0.5 * double(m_) : double(m_);
     auto cost = [&](const KernelSet& ks, double count) {
@@ -431,10 +431,10 @@ class Engine {
     return best;
   }
 
-  // For each window, the mean over a few sampled rows of how many database rows score within
-  // it of the sample's k-th best (exact scores, one streaming pass over the layer).
+  // For each set of per-row windows, the mean over a few sampled rows of how many database rows
+  // score within the row's window of its k-th best (exact scores, one streaming pass).
   std::vector<double> sampled_candidates(const LayerSlot& slot,
-                                         const std::vector<float>& windows) const {
+                                         const std::vector<std::vector<float>>& windows) const {
     constexpr int kSamples = 8;
     const float* xl = layer_x(slot);
     const float* yl = layer_y(slot);
@@ -465,7 +465,7 @@ class Engine {
       float* row = keys.data() + s * m_;
       std::nth_element(row, row + (p_.k - 1), row + m_, std::greater<float>());
       for (size_t w = 0; w < windows.size(); ++w) {
-        const float threshold = lower_difference(row[p_.k - 1], windows[w]);
+        const float threshold = lower_difference(row[p_.k - 1], windows[w][which[s]]);
         totals[w] += static_cast<double>(
             std::count_if(row, row + m_, [&](float v) { return v >= threshold; }));
       }
@@ -474,11 +474,12 @@ class Engine {
     return totals;
   }
 
-  // Twice a bound B on |approximate tile key - exact key| over all pairs of the layer. With B,
-  // a list that keeps every candidate whose approximate key is >= (k-th best approximate key)
-  // - 2B provably holds the exact top k: each of the k best approximate candidates has an exact
-  // key >= kth - B, so every exact top-k member has exact key >= kth - B and approximate key
-  // >= kth - 2B. Notation (u = 2^-24, gamma_n = n u / (1 - n u), maxima over the layer's rows):
+  // For each query row i, twice a bound B_i on |approximate tile key - exact key| over the
+  // pairs (i, j). With it, row i's list, which keeps every candidate whose approximate key is
+  // >= (k-th best approximate key) - 2 B_i, provably holds the exact top k: each of the k best
+  // approximate candidates has an exact key >= kth - B_i, so every exact top-k member has exact
+  // key >= kth - B_i and approximate key >= kth - 2 B_i. Notation (u = 2^-24,
+  // gamma_n = n u / (1 - n u); x is row i, y any database row, bounded by the layer's maxima):
   // a = |x * scale| (the fp32 operand), p = |packed operand|, e = |packed - fp32 operand|.
   //  * fp32 tile: each lane sums dpad exact-or-rounded products in order, so
   //    |tile - <x, y>| <= gamma_{dpad+2} sum |x_t y_t| <= gamma_{dpad+2} a_x a_y (Cauchy-Schwarz).
@@ -492,40 +493,39 @@ class Engine {
   //    differences add one more rounding: <= gamma_{d+3} (a_x + a_y)^2.
   //  * squared-L2 keys 2 tile - (|x|^2 + |y|^2) add fp32-rounded norms and two roundings:
   //    <= 4 u (2 a_x a_y + a_x^2 + a_y^2), with the tile error counted twice.
-  float key_window(const LayerSlot& slot, const KernelSet& ks) const {
+  // The bound is taken per query row i (a_x, p_x, e_x of row i itself, maxima over the
+  // database rows for the y side): row i's list only ever holds pairs (i, j).
+  std::vector<float> key_windows(const LayerSlot& slot, const KernelSet& ks) const {
     const Precision precision = ks.precision;
-    auto maxima = [&](const std::vector<RowStats>& st, double* norm, double* packed, double* err) {
-      *norm = *packed = *err = 0;
-      for (const RowStats& r : st) {
-        *norm = std::max(*norm, r.norm);
-        *packed = std::max(*packed, r.packed[precision].norm);
-        *err = std::max(*err, r.packed[precision].error);
-      }
-    };
-    double ax, px, ex, ay, py, ey;
-    maxima(slot.stats_x, &ax, &px, &ex);
-    if (self_) {
-      ay = ax, py = px, ey = ex;
-    } else {
-      maxima(slot.stats_y, &ay, &py, &ey);
+    const std::vector<RowStats>& database = self_ ? slot.stats_x : slot.stats_y;
+    double ay = 0, py = 0, ey = 0;
+    for (const RowStats& r : database) {
+      ay = std::max(ay, r.norm);
+      py = std::max(py, r.packed[precision].norm);
+      ey = std::max(ey, r.packed[precision].error);
     }
     const double dp = static_cast<double>(round_up(d_, ks.group));
-    double product;
-    if (precision == kFp32) {
-      product = gamma(dp + 2) * ax * ay;
-    } else {
-      const double accumulation = precision == kInt8 ? gamma(3) : gamma(dp + 2);
-      product = ex * ay + px * ey + accumulation * px * py + 1e-30;
+    const double accumulation = precision == kInt8 ? gamma(3) : gamma(dp + 2);
+    const double exact_roundings = gamma(static_cast<double>(d_) + 2);
+    const double l2_roundings = gamma(static_cast<double>(d_) + 3);
+    std::vector<float> windows(n_);
+    for (int64_t i = 0; i < n_; ++i) {
+      const RowStats& row = slot.stats_x[i];
+      const double ax = row.norm, px = row.packed[precision].norm;
+      const double ex = row.packed[precision].error;
+      const double product = precision == kFp32
+                                 ? accumulation * ax * ay
+                                 : ex * ay + px * ey + accumulation * px * py + 1e-30;
+      double error;
+      if (p_.metric == Metric::SquaredL2) {
+        error = 2 * product + 4 * kUnit * (2 * ax * ay + ax * ax + ay * ay) +
+                l2_roundings * (ax + ay) * (ax + ay);
+      } else {
+        error = product + exact_roundings * ax * ay;
+      }
+      windows[i] = round_up_to_float(2 * error * (1 + 1e-6) + 1e-30);
     }
-    double error;
-    if (p_.metric == Metric::SquaredL2) {
-      const double norms = ax * ax + ay * ay;
-      error = 2 * product + 4 * kUnit * (2 * ax * ay + norms) +
-              gamma(static_cast<double>(d_) + 3) * (ax + ay) * (ax + ay);
-    } else {
-      error = product + gamma(static_cast<double>(d_) + 2) * ax * ay;
-    }
-    return round_up_to_float(2 * error * (1 + 1e-6) + 1e-30);
+    return windows;
   }
 
   // ---- phase 1: one tile, feeding both of its row blocks ---------------------------------------
@@ -573,7 +573,7 @@ class Engine {
     const bool l2 = p_.metric == Metric::SquaredL2;
     ScanTarget target;
     target.lists = &lists;
-    target.window = slot.window;
+    target.windows = slot.windows.data();
     target.col_list = i0;
     target.row_list = self_ ? j0 : -1;
     target.col_id = int32_t(i0);
@@ -623,7 +623,7 @@ class Engine {
         w.sorted_keys = w.keys;
         std::nth_element(w.sorted_keys.begin(), w.sorted_keys.begin() + (k - 1),
                          w.sorted_keys.end(), std::greater<float>());
-        threshold = lower_difference(w.sorted_keys[k - 1], slot.window);
+        threshold = lower_difference(w.sorted_keys[k - 1], slot.windows[i]);
       }
       size_t kept = 0;
       for (size_t c = 0; c < w.keys.size(); ++c)

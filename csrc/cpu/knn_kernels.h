@@ -21,7 +21,7 @@ namespace layerknn::cpu {
 // which offers every pair of the block once in each direction.
 struct ScanTarget {
   CandidateLists* lists = nullptr;
-  float window = 0.f;          // 2 x key error bound of this layer
+  const float* windows = nullptr;  // [list rows] 2 x key error bound of each list row's pairs
   int64_t col_list = 0;        // list row of tile column 0
   int64_t row_list = -1;       // list row of tile row 0, or -1 for no row pass
   int32_t col_id = 0;          // candidate id of tile column 0

@@ -183,7 +183,7 @@ LAYERKNN_AVX2 void scan_tile(float* tile, int64_t lds, int rows, int cols, const
           _mm256_and_ps(vmask, _mm256_cmp_ps(v, load8(thr_col + c, cols - c), _CMP_GE_OQ));
       for (unsigned bits = unsigned(_mm256_movemask_ps(ge_col)); bits; bits &= bits - 1) {
         const int cc = c + __builtin_ctz(bits);
-        lists.insert(t.col_list + cc, line[cc], t.row_id + r, t.window);
+        lists.insert(t.col_list + cc, line[cc], t.row_id + r, t.windows[t.col_list + cc]);
       }
       if (t.row_list >= 0) {
         const __m256 tr = _mm256_set1_ps(thr[t.row_list + r]);
@@ -195,7 +195,7 @@ LAYERKNN_AVX2 void scan_tile(float* tile, int64_t lds, int rows, int cols, const
         const __m256 ge_row = _mm256_and_ps(row_mask, _mm256_cmp_ps(v, tr, _CMP_GE_OQ));
         for (unsigned bits = unsigned(_mm256_movemask_ps(ge_row)); bits; bits &= bits - 1) {
           const int cc = c + __builtin_ctz(bits);
-          lists.insert(t.row_list + r, line[cc], t.col_id + cc, t.window);
+          lists.insert(t.row_list + r, line[cc], t.col_id + cc, t.windows[t.row_list + r]);
         }
       }
     }

@@ -328,7 +328,7 @@ LAYERKNN_AVX512 inline float fresh_row_floor(const float* line, int cols, int r,
     lane_max = _mm512_mask_max_ps(lane_max, valid, lane_max, v);
   }
   const float bound = kth_lane_lower_bound(lane_max, k);
-  return bound > -INFINITY ? lower_difference(bound, t.window) : -INFINITY;
+  return bound > -INFINITY ? lower_difference(bound, t.windows[t.row_list + r]) : -INFINITY;
 }
 
 // kUpper == t.upper_only, fixed at compile time so ordinary tiles pay nothing for it.
@@ -364,7 +364,7 @@ LAYERKNN_AVX512 void scan_tile_impl(float* tile, int64_t lds, int rows, int cols
           _mm512_mask_cmp_ps_mask(valid, v, _mm512_maskz_loadu_ps(valid, thr_col + c), _CMP_GE_OQ);
       for (unsigned bits = mc; bits; bits &= bits - 1) {
         const int cc = c + __builtin_ctz(bits);
-        insert(lists, t.col_list + cc, line[cc], t.row_id + r, t.window);
+        insert(lists, t.col_list + cc, line[cc], t.row_id + r, t.windows[t.col_list + cc]);
       }
       if (row_pass) {
         const __m512 tr = _mm512_set1_ps(std::max(thr[t.row_list + r], row_floor));
@@ -372,7 +372,7 @@ LAYERKNN_AVX512 void scan_tile_impl(float* tile, int64_t lds, int rows, int cols
         const __mmask16 mr = _mm512_mask_cmp_ps_mask(row_valid, v, tr, _CMP_GE_OQ);
         for (unsigned bits = mr; bits; bits &= bits - 1) {
           const int cc = c + __builtin_ctz(bits);
-          insert(lists, t.row_list + r, line[cc], t.col_id + cc, t.window);
+          insert(lists, t.row_list + r, line[cc], t.col_id + cc, t.windows[t.row_list + r]);
         }
       }
     }

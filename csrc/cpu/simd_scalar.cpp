@@ -86,9 +86,9 @@ void scan_tile(float* tile, int64_t lds, int rows, int cols, const ScanTarget& t
       }
       if (t.skip_diagonal && r == c) continue;
       const float v = line[c];
-      if (v >= thr[t.col_list + c]) lists.insert(t.col_list + c, v, t.row_id + r, t.window);
+      if (v >= thr[t.col_list + c]) lists.insert(t.col_list + c, v, t.row_id + r, t.windows[t.col_list + c]);
       if (t.row_list >= 0 && !(t.upper_only && c == r) && v >= thr[t.row_list + r])
-        lists.insert(t.row_list + r, v, t.col_id + c, t.window);
+        lists.insert(t.row_list + r, v, t.col_id + c, t.windows[t.row_list + r]);
     }
   }
 }

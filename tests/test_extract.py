@@ -537,3 +537,47 @@ def test_real_models_match_output_hidden_states(real_model):
         scale = expected.abs().amax(dim=(1, 2), keepdim=True)
         assert ((acts.values - expected).abs() <= 1e-4 * expected.abs() + 1e-6 * scale + 1e-5).all()
     assert acts.truncated.tolist() == [False, False, True, False]
+
+
+def _plan_cost(widths, ends, overhead):
+    starts = [0] + ends[:-1]
+    return sum(overhead + (e - s) * widths[s] for s, e in zip(starts, ends))
+
+
+def _plan_is_allowed(widths, ends, max_batch, budget, equal_only):
+    starts = [0] + ends[:-1]
+    for s, e in zip(starts, ends):
+        size = e - s
+        if size < 1 or size > max_batch:
+            return False
+        if budget is not None and size > 1 and size * widths[s] > budget:
+            return False
+        if equal_only and len(set(widths[s:e])) > 1:
+            return False
+    return ends[-1] == len(widths)
+
+
+def test_auto_batch_plan_is_optimal_and_within_limits():
+    # _plan_batches (batch_size="auto") against brute force over every split of short sequences.
+    import itertools
+    import random
+
+    from layerknn.extract import _plan_batches
+
+    rng = random.Random(5)
+    for _ in range(300):
+        n = rng.randint(1, 8)
+        widths = sorted((rng.randint(1, 40) for _ in range(n)), reverse=True)
+        max_batch = rng.randint(1, 5)
+        budget = rng.choice([None, rng.randint(10, 120)])
+        overhead = rng.choice([0.0, 3.0, 32.0])
+        equal_only = rng.random() < 0.3
+        ends = _plan_batches(widths, max_batch, budget, overhead, equal_only)
+        assert _plan_is_allowed(widths, ends, max_batch, budget, equal_only)
+        best = min(
+            _plan_cost(widths, list(cuts) + [n], overhead)
+            for r in range(n)
+            for cuts in itertools.combinations(range(1, n), r)
+            if _plan_is_allowed(widths, list(cuts) + [n], max_batch, budget, equal_only)
+        )
+        assert _plan_cost(widths, ends, overhead) == pytest.approx(best)

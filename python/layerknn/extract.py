@@ -308,16 +308,49 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
-def _batches(order, lengths, max_batch: int, token_budget: int | None, start: int):
-    """Next batch: consecutive prompts from ``order[start:]`` within the size limits."""
-    end = start
-    longest = 0
-    while end < len(order) and end - start < max_batch:
-        longest = max(longest, lengths[order[end]])
-        if token_budget is not None and end > start and longest * (end - start + 1) > token_budget:
-            break
-        end += 1
-    return end
+def _plan_batches(widths, max_batch: int, token_budget: int | None, overhead_tokens: float,
+                  equal_widths_only: bool = False) -> list:
+    """End index of each batch that splits prompts sorted longest-first with the least work.
+
+    ``widths`` are the prompts' token counts in batch order (non-increasing). A batch of
+    rows ``[i, j)`` is padded to ``widths[i]``, so it costs ``(j - i) * widths[i]`` tokens
+    plus a fixed ``overhead_tokens`` per forward pass (Python, reading every weight once).
+    Dynamic programming over the split points minimises the total; a batch holds at most
+    ``max_batch`` rows and ``token_budget`` padded tokens (a lone prompt always fits).
+    """
+    widths = np.asarray(widths, dtype=np.float64)
+    n = len(widths)
+    best = np.zeros(n + 1)  # best[j]: least cost of the first j prompts
+    first = np.zeros(n + 1, dtype=np.int64)  # first row of the last batch in that plan
+    for j in range(1, n + 1):
+        lo = max(0, j - max_batch)
+        rows = np.arange(j - lo, 0, -1)  # batch sizes j - i for i = lo .. j-1
+        padded = rows * widths[lo:j]
+        cost = best[lo:j] + overhead_tokens + padded
+        if token_budget is not None:
+            cost[(padded > token_budget) & (rows > 1)] = np.inf
+        if equal_widths_only:
+            cost[widths[lo:j] != widths[j - 1]] = np.inf
+        k = int(np.argmin(cost))
+        best[j], first[j] = cost[k], lo + k
+    ends = []
+    j = n
+    while j > 0:
+        ends.append(j)
+        j = int(first[j])
+    return ends[::-1]
+
+
+def _fixed_batches(widths, batch_size: int, equal_widths_only: bool = False) -> list:
+    """End index of each batch of ``batch_size`` consecutive prompts (cut where widths change if asked)."""
+    ends, start = [], 0
+    while start < len(widths):
+        end = min(start + batch_size, len(widths))
+        while equal_widths_only and widths[end - 1] != widths[start]:
+            end -= 1
+        ends.append(end)
+        start = end
+    return ends
 
 
 def extract(
@@ -355,8 +388,9 @@ def extract(
         Hidden-state indices in ``0..L`` (negative counts from the end); default all
         ``L + 1``. The forward pass stops after the last one needed.
     batch_size : int or "auto"
-        Prompts per forward pass. "auto" packs batches up to a token budget and halves
-        it on out-of-memory instead of failing.
+        Prompts per forward pass. "auto" splits the length-sorted prompts into batches
+        that trade padding against the number of forward passes, within a token budget,
+        and halves that budget on out-of-memory instead of failing.
     max_length : int, optional
         Truncate texts to this many tokens (never more than the model's context). Texts
         that are cut are flagged in ``.truncated`` and one warning gives the count.
@@ -461,15 +495,18 @@ def extract(
         p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(parts.base.forward).parameters.values()
     )
     pass_mask = "attention_mask" in accepts
+    equal_widths_only = not pass_mask  # without a mask only equal-length prompts may share a batch
     call_kwargs = {"use_cache": False} if ("use_cache" in accepts or takes_kwargs) else {}
 
     if batch_size == "auto":
         on_gpu = input_device.type == "cuda"
-        # CPU: ~1-2k tokens per batch keeps activations cache-friendly (measured on smollm2);
-        # larger batches were slower there. GPUs want big batches and back off on OOM.
+        # CPU: up to ~2k tokens per batch keeps activations cache-friendly (measured on
+        # smollm2), and each forward pass costs about as much as ~32 more tokens, which the
+        # plan trades against padding. GPUs want big batches and back off on OOM.
         max_batch, token_budget = (256, 131072) if on_gpu else (32, 2048)
+        overhead_tokens = 4096.0 if on_gpu else 32.0
     else:
-        max_batch, token_budget = batch_size, None
+        max_batch, token_budget, overhead_tokens = batch_size, None, None
 
     hooks = _HookSet(parts, layer_list)
     was_training = model.training
@@ -480,12 +517,19 @@ def extract(
         from tqdm.auto import tqdm
 
         with tqdm(total=n, unit="prompt", desc="extract", disable=not progress) as bar, torch.inference_mode():
+            widths = [lengths[i] for i in order]
+
+            def plan(start):
+                if overhead_tokens is None:
+                    ends = _fixed_batches(widths[start:], max_batch, equal_widths_only)
+                else:
+                    ends = _plan_batches(widths[start:], max_batch, token_budget, overhead_tokens, equal_widths_only)
+                return iter([start + end for end in ends])
+
             start = 0
+            ends = plan(start)
             while start < n:
-                end = _batches(order, lengths, max_batch, token_budget, start)
-                if not pass_mask:  # without a mask only equal-length prompts may share a batch
-                    while end > start + 1 and lengths[order[end - 1]] != lengths[order[start]]:
-                        end -= 1
+                end = next(ends)
                 batch_rows = order[start:end]
                 try:
                     _run_batch(parts, hooks, encoded, batch_rows, values, pooling, pad_id, input_device,
@@ -504,6 +548,7 @@ def extract(
                     token_budget = max(1, token_budget // 2) if token_budget else None
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
+                    ends = plan(start)
                     continue
                 hooks.check_batch(name)
                 bar.update(len(batch_rows))

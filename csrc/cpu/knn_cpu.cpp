@@ -131,6 +131,29 @@ KernelChoice choose_kernels(Metric metric, int64_t d) {
 
 // ---- small helpers -----------------------------------------------------------------------------
 
+// Most rows end with a few dozen exactly scored candidates at most; selecting the k best of
+// so few by sorting is dominated by mispredicted compares.
+constexpr int kPlaceLimit = 64;
+
+// Writes the k best of `count` <= kPlaceLimit candidates (keys [count], distinct ids [count]),
+// best first by ranks_before, to out_keys/out_ids [k]: each candidate's place is the number
+// of candidates that rank before it, counted with branch-free compares that vectorise.
+__attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+void place_best(const float* keys, const int32_t* ids, int count, int k, float* out_keys,
+                int32_t* out_ids) {
+  for (int i = 0; i < count; ++i) {
+    const float key = keys[i];
+    const int32_t id = ids[i];
+    int place = 0;
+    for (int j = 0; j < count; ++j)
+      place += int(keys[j] > key) | (int(keys[j] == key) & int(ids[j] < id));
+    if (place < k) {
+      out_keys[place] = key;
+      out_ids[place] = id;
+    }
+  }
+}
+
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
 };
@@ -161,9 +184,9 @@ struct LayerSlot {
   std::vector<RowStats> stats_x, stats_y;    // [n], [m] (stats_y unused in the self-join)
   std::vector<float> scale_x, scale_y;       // cosine scales (1 otherwise)
   std::vector<float> sqn_x, sqn_y;           // fp32 squared norms (squared-L2 keys)
-  // int8 tiles: each row's quant_step and 128 x quant_sum, padded by a block so a tile's
-  // padding rows and columns read defined memory.
-  std::vector<float> qstep_x, qstep_y;
+  // int8 tiles: each row's quant_step, quant_scale and 128 x quant_sum, padded by a block so
+  // a tile's padding rows and columns read defined memory.
+  std::vector<float> qstep_x, qstep_y, qscale_x, qscale_y;
   std::vector<int32_t> qoffset_x, qoffset_y;
   const KernelSet* ks = nullptr;             // tile kernels chosen for this layer
   int64_t dpad = 0;                          // feature dimension padded for ks
@@ -189,6 +212,8 @@ struct Worker {
   std::vector<const float*> rows;
   std::vector<float> row_scales;
   std::vector<std::pair<float, int32_t>> ranked;
+  std::vector<float> place_keys;  // write_row's scratch: ranked split for place_best
+  std::vector<int32_t> place_ids;
   // A solo layer's surviving candidates, row after row (finish_solo_layer): ids, exact keys
   // once scored, where each row starts, which rows are scanned exactly instead; and which
   // pair_keys entries the row being scored still has to fill.
@@ -243,6 +268,7 @@ class Engine {
       slot.sqn_x.resize(n_);
       if (choice_.int8) {
         slot.qstep_x.assign(round_up(n_, kBlock) + kBlock, 0.f);
+        slot.qscale_x.assign(n_, 0.f);
         slot.qoffset_x.assign(round_up(n_, kBlock) + kBlock, 0);
       }
       if (!self_) {
@@ -251,6 +277,7 @@ class Engine {
         slot.sqn_y.resize(m_);
         if (choice_.int8) {
           slot.qstep_y.assign(round_up(m_, kBlock) + kBlock, 0.f);
+          slot.qscale_y.assign(m_, 0.f);
           slot.qoffset_y.assign(round_up(m_, kBlock) + kBlock, 0);
         }
       }
@@ -371,6 +398,7 @@ class Engine {
     (x_row ? slot.sqn_x : slot.sqn_y)[i] = stats.sq_norm;
     if (choice_.int8 && (!known || known == choice_.int8)) {
       (x_row ? slot.qstep_x : slot.qstep_y)[i] = stats.quant_step;
+      (x_row ? slot.qscale_x : slot.qscale_y)[i] = stats.quant_scale;
       (x_row ? slot.qoffset_x : slot.qoffset_y)[i] = 128 * stats.quant_sum;
     }
   }
@@ -393,6 +421,14 @@ class Engine {
   const float* scale_y(const LayerSlot& s) const { return self_ ? s.scale_x.data() : s.scale_y.data(); }
   const float* sqn_y(const LayerSlot& s) const { return self_ ? s.sqn_x.data() : s.sqn_y.data(); }
   const float* qstep_y(const LayerSlot& s) const { return self_ ? s.qstep_x.data() : s.qstep_y.data(); }
+  // What packing multiplies rows by: the cosine scale, or for int8 tiles the quant_scale.
+  const float* pack_scale_x(const LayerSlot& s) const {
+    return s.ks->precision == kInt8 ? s.qscale_x.data() : s.scale_x.data();
+  }
+  const float* pack_scale_y(const LayerSlot& s) const {
+    if (self_) return pack_scale_x(s);
+    return s.ks->precision == kInt8 ? s.qscale_y.data() : s.scale_y.data();
+  }
   const float* layer_x(const LayerSlot& s) const { return x_ + s.layer * n_ * d_; }
   const float* layer_y(const LayerSlot& s) const { return y_ + s.layer * m_ * d_; }
 
@@ -537,13 +573,13 @@ class Engine {
     const int s = static_cast<int>(bi % kVectorBlocks);
     const int64_t vector_key = slot.layer * blocks(n_) + bi;
     if (w.vector_key[s] != vector_key) {
-      ks->pack_vector_side(layer_x(slot) + i0 * d_, ni, d_, slot.scale_x.data() + i0, slot.dpad,
+      ks->pack_vector_side(layer_x(slot) + i0 * d_, ni, d_, pack_scale_x(slot) + i0, slot.dpad,
                            w.vector_panel[s].get());
       w.vector_key[s] = vector_key;
     }
     const int64_t broadcast_key = slot.layer * blocks(m_) + bj;
     if (w.broadcast_key != broadcast_key) {
-      ks->pack_broadcast_side(layer_y(slot) + j0 * d_, nj, d_, scale_y(slot) + j0, slot.dpad,
+      ks->pack_broadcast_side(layer_y(slot) + j0 * d_, nj, d_, pack_scale_y(slot) + j0, slot.dpad,
                               w.broadcast_panel.get());
       w.broadcast_key = broadcast_key;
     }
@@ -640,15 +676,25 @@ class Engine {
     w.rescored += static_cast<int64_t>(w.ranked.size());
     w.overflows += exact_scan && !direct_;
     const int64_t count = static_cast<int64_t>(w.ranked.size());
+    int32_t* out_i = indices_ + (slot.layer * n_ + i) * k;
+    float* out_s = scores_ + (slot.layer * n_ + i) * k;
+    if (count <= kPlaceLimit) {
+      w.place_keys.resize(count + k);
+      w.place_ids.resize(count);
+      for (int64_t c = 0; c < count; ++c) {
+        w.place_keys[c] = w.ranked[c].first;
+        w.place_ids[c] = w.ranked[c].second;
+      }
+      float* best_keys = w.place_keys.data() + count;
+      place_best(w.place_keys.data(), w.place_ids.data(), int(count), k, best_keys, out_i);
+      for (int c = 0; c < k; ++c) out_s[c] = rank_key(best_keys[c], p_.metric);
+      return;
+    }
     auto before = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
       return ranks_before(a.first, a.second, b.first, b.second);
     };
-    if (count > k) {
-      std::nth_element(w.ranked.begin(), w.ranked.begin() + (k - 1), w.ranked.end(), before);
-    }
-    std::sort(w.ranked.begin(), w.ranked.begin() + std::min<int64_t>(k, count), before);
-    int32_t* out_i = indices_ + (slot.layer * n_ + i) * k;
-    float* out_s = scores_ + (slot.layer * n_ + i) * k;
+    std::nth_element(w.ranked.begin(), w.ranked.begin() + (k - 1), w.ranked.end(), before);
+    std::sort(w.ranked.begin(), w.ranked.begin() + k, before);
     for (int c = 0; c < k; ++c) {
       out_i[c] = w.ranked[c].second;
       out_s[c] = rank_key(w.ranked[c].first, p_.metric);

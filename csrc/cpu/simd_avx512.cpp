@@ -559,35 +559,18 @@ LAYERKNN_AVX512BF16 void gemm_bf16(const void* broadcast_, int64_t rows_pad, con
 
 // ---- int8 packing and GEMM -------------------------------------------------------------------
 
-// A row x * scale is stored as step * q: integer codes q = round(x * scale / step) in [-127, 127]
-// with step = max |x * scale| / 127, one step per row. VPDPBUSD multiplies unsigned by signed
-// bytes, so the broadcast side stores q + 128 (1..255) and the GEMM subtracts the 128 * sum(q)
-// this adds to every product with a vector-side row. Sums of code products are exact in int32
-// (for dpad <= kMaxInt8Features), so a tile entry's only roundings are the conversion to float
-// and the two scalings by the rows' steps.
-
-// The quantiser of one row, shared by the statistics and both packings so they agree on every
-// code the GEMM sees.
-struct Quantiser {
-  float step;     // quant_step of the row
-  float inverse;  // 127 / max |x * scale|, or 0 for an all-zero row
-};
-
-LAYERKNN_AVX512 inline Quantiser row_quantiser(const float* x, int64_t d, float scale) {
-  const __m512 s = _mm512_set1_ps(scale);
-  __m512 peak = _mm512_setzero_ps();
-  for (int64_t t = 0; t < d; t += 16) {
-    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(d - t), x + t), s);
-    peak = _mm512_max_ps(peak, _mm512_abs_ps(v));
-  }
-  const float max_abs = _mm512_reduce_max_ps(peak);
-  return {max_abs / 127.f, max_abs > 0.f ? 127.f / max_abs : 0.f};
-}
+// A row x * scale is stored as step * q: integer codes q = round(x * quant_scale) in
+// [-127, 127], with quant_scale = scale * 127 / max |x * scale| and step = max |x * scale| / 127,
+// one of each per row. Packing is handed quant_scale in place of the row scale, so statistics
+// and packing agree on every code without a second look at the row's maximum. VPDPBUSD
+// multiplies unsigned by signed bytes, so the broadcast side stores q + 128 (1..255) and the
+// GEMM subtracts the 128 * sum(q) this adds to every product with a vector-side row. Sums of
+// code products are exact in int32 (for dpad <= kMaxInt8Features), so a tile entry's only
+// roundings are the conversion to float and the two scalings by the rows' steps.
 
 // Codes of 16 features x[0..15] (lanes outside m are 0), as int32 in [-127, 127].
-LAYERKNN_AVX512 inline __m512i quantise(const float* x, __mmask16 m, __m512 scale,
-                                        __m512 inverse) {
-  const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x), scale), inverse);
+LAYERKNN_AVX512 inline __m512i quantise(const float* x, __mmask16 m, __m512 quant_scale) {
+  const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x), quant_scale);
   const __m512i q = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   return _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
 }
@@ -597,19 +580,26 @@ LAYERKNN_AVX512 inline __mmask16 feature_mask(int64_t d, int64_t t) {
   return tail_mask(d - t > 0 ? d - t : 0);
 }
 
-// Adds packed[kInt8] (norm of step * q and its distance from x * scale), quant_step and
-// quant_sum to stats that row_stats filled for the same row.
+// Adds packed[kInt8] (norm of step * q and its distance from x * scale), quant_step,
+// quant_scale and quant_sum to stats that row_stats filled for the same row.
 LAYERKNN_AVX512 void packing_stats_int8(const float* x, int64_t d, RowStats* stats) {
-  const Quantiser quantiser = row_quantiser(x, d, stats->scale);
   const __m512 s = _mm512_set1_ps(stats->scale);
-  const __m512 inverse = _mm512_set1_ps(quantiser.inverse);
-  const __m512d step = _mm512_set1_pd(quantiser.step);  // step * q is exact in float64
+  __m512 peak = _mm512_setzero_ps();
+  for (int64_t t = 0; t < d; t += 16) {
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(d - t), x + t), s);
+    peak = _mm512_max_ps(peak, _mm512_abs_ps(v));
+  }
+  const float max_abs = _mm512_reduce_max_ps(peak);
+  stats->quant_step = max_abs / 127.f;
+  stats->quant_scale = max_abs > 0.f ? stats->scale * (127.f / max_abs) : 0.f;
+  const __m512 quant_scale = _mm512_set1_ps(stats->quant_scale);
+  const __m512d step = _mm512_set1_pd(stats->quant_step);  // step * q is exact in float64
   __m512d packed0 = _mm512_setzero_pd(), packed1 = packed0, err0 = packed0, err1 = packed0;
   __m512i sum = _mm512_setzero_si512();
   for (int64_t t = 0; t < d; t += 16) {
     const __mmask16 m = tail_mask(d - t);
     const __m512 exact = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + t), s);
-    const __m512i q = quantise(x + t, m, s, inverse);
+    const __m512i q = quantise(x + t, m, quant_scale);
     sum = _mm512_add_epi32(sum, q);
     const __m512d p_lo = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(q)), step);
     const __m512d p_hi = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(q, 1)), step);
@@ -622,15 +612,14 @@ LAYERKNN_AVX512 void packing_stats_int8(const float* x, int64_t d, RowStats* sta
   }
   stats->packed[kInt8] = {std::sqrt(reduce_lanes_pd(packed0, packed1)),
                           std::sqrt(reduce_lanes_pd(err0, err1))};
-  stats->quant_step = quantiser.step;
   stats->quant_sum = _mm512_reduce_add_epi32(sum);
 }
 
 // Vector side: [panel][dpad/4][48] of 32-bit quads of signed codes. Sixteen rows at a time are
 // quantised (64 features = 16 quads each) and transposed, so each store writes one quad of
-// sixteen rows.
+// sixteen rows. quant_scale [count]: each row's quant_scale.
 LAYERKNN_AVX512 void pack_vector_side_int8(const float* src, int64_t count, int64_t d,
-                                           const float* scale, int64_t dpad, void* dst_) {
+                                           const float* quant_scale, int64_t dpad, void* dst_) {
   uint32_t* dst = static_cast<uint32_t*>(dst_);
   const int64_t quads = dpad / 4;
   const int64_t panels = (count + kNr - 1) / kNr;
@@ -638,13 +627,8 @@ LAYERKNN_AVX512 void pack_vector_side_int8(const float* src, int64_t count, int6
     uint32_t* panel = dst + p * kNr * quads;
     const int64_t rows = count - p * kNr < kNr ? count - p * kNr : kNr;
     for (int64_t g = 0; g < kNr; g += 16) {  // rows g..g+15 of the panel (zeros past `rows`)
-      __m512 scales[16], inverses[16];
-      for (int i = 0; i < 16 && g + i < rows; ++i) {
-        const int64_t r = p * kNr + g + i;
-        const float s = scale ? scale[r] : 1.f;
-        scales[i] = _mm512_set1_ps(s);
-        inverses[i] = _mm512_set1_ps(row_quantiser(src + r * d, d, s).inverse);
-      }
+      __m512 scales[16];
+      for (int i = 0; i < 16 && g + i < rows; ++i) scales[i] = _mm512_set1_ps(quant_scale[p * kNr + g + i]);
       for (int64_t t = 0; t < dpad; t += 64) {  // 64 features = 16 quads per step
         __m512i v[16];
         for (int i = 0; i < 16; ++i) {
@@ -656,8 +640,7 @@ LAYERKNN_AVX512 void pack_vector_side_int8(const float* src, int64_t count, int6
           __m128i bytes[4];
           for (int j = 0; j < 4; ++j) {
             const int64_t at = t + 16 * j;
-            bytes[j] = _mm512_cvtepi32_epi8(
-                quantise(row + at, feature_mask(d, at), scales[i], inverses[i]));
+            bytes[j] = _mm512_cvtepi32_epi8(quantise(row + at, feature_mask(d, at), scales[i]));
           }
           v[i] = _mm512_inserti32x4(_mm512_castsi128_si512(bytes[0]), bytes[1], 1);
           v[i] = _mm512_inserti32x4(v[i], bytes[2], 2);
@@ -673,9 +656,9 @@ LAYERKNN_AVX512 void pack_vector_side_int8(const float* src, int64_t count, int6
 }
 
 // Broadcast side: [round_up(count, 8)][dpad] unsigned bytes q + 128, row-major (padding
-// features and rows hold 128, the code 0).
+// features and rows hold 128, the code 0). quant_scale [count]: each row's quant_scale.
 LAYERKNN_AVX512 void pack_broadcast_side_int8(const float* src, int64_t count, int64_t d,
-                                              const float* scale, int64_t dpad, void* dst_) {
+                                              const float* quant_scale, int64_t dpad, void* dst_) {
   uint8_t* dst = static_cast<uint8_t*>(dst_);
   const int64_t rows = (count + kMr - 1) / kMr * kMr;
   const __m512i bias = _mm512_set1_epi32(128);
@@ -686,11 +669,9 @@ LAYERKNN_AVX512 void pack_broadcast_side_int8(const float* src, int64_t count, i
       continue;
     }
     const float* row = src + r * d;
-    const float s = scale ? scale[r] : 1.f;
-    const __m512 vs = _mm512_set1_ps(s);
-    const __m512 inverse = _mm512_set1_ps(row_quantiser(row, d, s).inverse);
+    const __m512 scale = _mm512_set1_ps(quant_scale[r]);
     for (int64_t t = 0; t < dpad; t += 16) {
-      const __m512i u = _mm512_add_epi32(quantise(row + t, feature_mask(d, t), vs, inverse), bias);
+      const __m512i u = _mm512_add_epi32(quantise(row + t, feature_mask(d, t), scale), bias);
       _mm_mask_storeu_epi8(out + t, tail_mask(dpad - t), _mm512_cvtepi32_epi8(u));
     }
   }

@@ -178,16 +178,43 @@ float round_up_to_float(double v) {
 
 // ---- the engine ----------------------------------------------------------------------------------
 
+// What the engine keeps per row of one side (queries x or database y) of one layer, as
+// contiguous arrays the kernels can index by row.
+struct RowArrays {
+  std::vector<RowStats> stats;  // [rows]
+  std::vector<float> scale;     // [rows] cosine scales (1 otherwise)
+  std::vector<float> sqn;       // [rows] fp32 squared norms (squared-L2 keys)
+  // int8 tiles: each row's quant_step, quant_scale and 128 x quant_sum; steps and offsets are
+  // padded by a block so a tile's padding rows and columns read defined memory.
+  std::vector<float> qstep, qscale;
+  std::vector<int32_t> qoffset;
+
+  void allocate(int64_t rows, bool int8) {
+    stats.resize(rows);
+    scale.resize(rows);
+    sqn.resize(rows);
+    if (int8) {
+      qstep.assign(round_up(rows, kBlock) + kBlock, 0.f);
+      qscale.assign(rows, 0.f);
+      qoffset.assign(round_up(rows, kBlock) + kBlock, 0);
+    }
+  }
+  // Row i's statistics, and the int8 fields when with_int8.
+  void store(int64_t i, const RowStats& row, bool with_int8) {
+    scale[i] = row.scale;
+    sqn[i] = row.sq_norm;
+    if (with_int8) {
+      qstep[i] = row.quant_step;
+      qscale[i] = row.quant_scale;
+      qoffset[i] = 128 * row.quant_sum;
+    }
+  }
+};
+
 // Everything the engine knows about one layer while it computes it.
 struct LayerSlot {
   int64_t layer = -1;
-  std::vector<RowStats> stats_x, stats_y;    // [n], [m] (stats_y unused in the self-join)
-  std::vector<float> scale_x, scale_y;       // cosine scales (1 otherwise)
-  std::vector<float> sqn_x, sqn_y;           // fp32 squared norms (squared-L2 keys)
-  // int8 tiles: each row's quant_step, quant_scale and 128 x quant_sum, padded by a block so
-  // a tile's padding rows and columns read defined memory.
-  std::vector<float> qstep_x, qstep_y, qscale_x, qscale_y;
-  std::vector<int32_t> qoffset_x, qoffset_y;
+  RowArrays x, y;                            // y unused in the self-join (see side_y)
   const KernelSet* ks = nullptr;             // tile kernels chosen for this layer
   int64_t dpad = 0;                          // feature dimension padded for ks
   std::vector<float> windows;                // [n] 2 x bound on row i's tile key errors
@@ -263,24 +290,8 @@ class Engine {
     const int64_t slots = direct_ ? 1 : tile_workers_;
     slots_.resize(slots);
     for (auto& slot : slots_) {
-      slot.stats_x.resize(n_);
-      slot.scale_x.resize(n_);
-      slot.sqn_x.resize(n_);
-      if (choice_.int8) {
-        slot.qstep_x.assign(round_up(n_, kBlock) + kBlock, 0.f);
-        slot.qscale_x.assign(n_, 0.f);
-        slot.qoffset_x.assign(round_up(n_, kBlock) + kBlock, 0);
-      }
-      if (!self_) {
-        slot.stats_y.resize(m_);
-        slot.scale_y.resize(m_);
-        slot.sqn_y.resize(m_);
-        if (choice_.int8) {
-          slot.qstep_y.assign(round_up(m_, kBlock) + kBlock, 0.f);
-          slot.qscale_y.assign(m_, 0.f);
-          slot.qoffset_y.assign(round_up(m_, kBlock) + kBlock, 0);
-        }
-      }
+      slot.x.allocate(n_, choice_.int8 != nullptr);
+      if (!self_) slot.y.allocate(m_, choice_.int8 != nullptr);
     }
     workers_state_.resize(workers_);
     const int64_t panel_bytes = round_up(d_, 2) * 4;  // per packed row, either precision
@@ -378,7 +389,8 @@ class Engine {
     const bool x_row = r < n_;
     const int64_t i = x_row ? r : r - n_;
     const float* row = x_row ? x_ + (l * n_ + i) * d_ : y_ + (l * m_ + i) * d_;
-    RowStats& stats = x_row ? slot.stats_x[i] : slot.stats_y[i];
+    RowArrays& side = x_row ? slot.x : slot.y;
+    RowStats& stats = side.stats[i];
     choice_.fp32->row_stats(row, d_, p_.metric == Metric::Cosine, &stats);
     for (const KernelSet* low : {choice_.bf16, choice_.int8})
       if (low && (!known || known == low)) low->packing_stats(row, d_, &stats);
@@ -394,13 +406,7 @@ class Engine {
                                        "has no cosine similarity in float32: " + where
                                      : " contains NaN or Inf: " + where));
     }
-    (x_row ? slot.scale_x : slot.scale_y)[i] = stats.scale;
-    (x_row ? slot.sqn_x : slot.sqn_y)[i] = stats.sq_norm;
-    if (choice_.int8 && (!known || known == choice_.int8)) {
-      (x_row ? slot.qstep_x : slot.qstep_y)[i] = stats.quant_step;
-      (x_row ? slot.qscale_x : slot.qscale_y)[i] = stats.quant_scale;
-      (x_row ? slot.qoffset_x : slot.qoffset_y)[i] = 128 * stats.quant_sum;
-    }
+    side.store(i, stats, choice_.int8 && (!known || known == choice_.int8));
   }
 
   // Picks the layer's tile kernels and its key error window: fp32 for exact scans, else the
@@ -418,16 +424,11 @@ class Engine {
     slot.windows = key_windows(slot, *slot.ks);
   }
 
-  const float* scale_y(const LayerSlot& s) const { return self_ ? s.scale_x.data() : s.scale_y.data(); }
-  const float* sqn_y(const LayerSlot& s) const { return self_ ? s.sqn_x.data() : s.sqn_y.data(); }
-  const float* qstep_y(const LayerSlot& s) const { return self_ ? s.qstep_x.data() : s.qstep_y.data(); }
-  // What packing multiplies rows by: the cosine scale, or for int8 tiles the quant_scale.
-  const float* pack_scale_x(const LayerSlot& s) const {
-    return s.ks->precision == kInt8 ? s.qscale_x.data() : s.scale_x.data();
-  }
-  const float* pack_scale_y(const LayerSlot& s) const {
-    if (self_) return pack_scale_x(s);
-    return s.ks->precision == kInt8 ? s.qscale_y.data() : s.scale_y.data();
+  // The database side: the query rows themselves in the self-join.
+  const RowArrays& side_y(const LayerSlot& s) const { return self_ ? s.x : s.y; }
+  // What packing multiplies a side's rows by: the cosine scale, or for int8 the quant_scale.
+  static const float* pack_scale(const LayerSlot& s, const RowArrays& side) {
+    return s.ks->precision == kInt8 ? side.qscale.data() : side.scale.data();
   }
   const float* layer_x(const LayerSlot& s) const { return x_ + s.layer * n_ * d_; }
   const float* layer_y(const LayerSlot& s) const { return y_ + s.layer * m_ * d_; }
@@ -474,7 +475,7 @@ class Engine {
     constexpr int kSamples = 8;
     const float* xl = layer_x(slot);
     const float* yl = layer_y(slot);
-    const float* sy = scale_y(slot);
+    const float* sy = side_y(slot).scale.data();
     const int samples = static_cast<int>(std::min<int64_t>(kSamples, n_));
     std::vector<const float*> rows(samples);
     std::vector<float> scales(samples), keys(size_t(samples) * m_), out(samples);
@@ -482,7 +483,7 @@ class Engine {
     for (int s = 0; s < samples; ++s) {
       which[s] = (2 * s + 1) * n_ / (2 * samples);
       rows[s] = xl + which[s] * d_;
-      scales[s] = slot.scale_x[which[s]];
+      scales[s] = slot.x.scale[which[s]];
     }
     for (int64_t j = 0; j < m_; ++j) {  // the database row stays in cache for all samples
       if (p_.metric == Metric::SquaredL2) {
@@ -533,7 +534,7 @@ class Engine {
   // database rows for the y side): row i's list only ever holds pairs (i, j).
   std::vector<float> key_windows(const LayerSlot& slot, const KernelSet& ks) const {
     const Precision precision = ks.precision;
-    const std::vector<RowStats>& database = self_ ? slot.stats_x : slot.stats_y;
+    const std::vector<RowStats>& database = side_y(slot).stats;
     double ay = 0, py = 0, ey = 0;
     for (const RowStats& r : database) {
       ay = std::max(ay, r.norm);
@@ -546,7 +547,7 @@ class Engine {
     const double l2_roundings = gamma(static_cast<double>(d_) + 3);
     std::vector<float> windows(n_);
     for (int64_t i = 0; i < n_; ++i) {
-      const RowStats& row = slot.stats_x[i];
+      const RowStats& row = slot.x.stats[i];
       const double ax = row.norm, px = row.packed[precision].norm;
       const double ex = row.packed[precision].error;
       const double product = precision == kFp32
@@ -573,22 +574,22 @@ class Engine {
     const int s = static_cast<int>(bi % kVectorBlocks);
     const int64_t vector_key = slot.layer * blocks(n_) + bi;
     if (w.vector_key[s] != vector_key) {
-      ks->pack_vector_side(layer_x(slot) + i0 * d_, ni, d_, pack_scale_x(slot) + i0, slot.dpad,
+      ks->pack_vector_side(layer_x(slot) + i0 * d_, ni, d_, pack_scale(slot, slot.x) + i0, slot.dpad,
                            w.vector_panel[s].get());
       w.vector_key[s] = vector_key;
     }
     const int64_t broadcast_key = slot.layer * blocks(m_) + bj;
     if (w.broadcast_key != broadcast_key) {
-      ks->pack_broadcast_side(layer_y(slot) + j0 * d_, nj, d_, pack_scale_y(slot) + j0, slot.dpad,
+      ks->pack_broadcast_side(layer_y(slot) + j0 * d_, nj, d_, pack_scale(slot, side_y(slot)) + j0, slot.dpad,
                               w.broadcast_panel.get());
       w.broadcast_key = broadcast_key;
     }
     const bool diagonal = self_ && bi == bj;
     const bool int8 = ks->precision == kInt8;
     auto scales_from = [&](int64_t column) {  // int8 dequantisation from tile column `column`
-      return TileScales{int8 ? qstep_y(slot) + j0 : nullptr,
-                        int8 ? slot.qstep_x.data() + i0 + column : nullptr,
-                        int8 ? slot.qoffset_x.data() + i0 + column : nullptr};
+      return TileScales{int8 ? side_y(slot).qstep.data() + j0 : nullptr,
+                        int8 ? slot.x.qstep.data() + i0 + column : nullptr,
+                        int8 ? slot.x.qoffset.data() + i0 + column : nullptr};
     };
     if (!diagonal) {
       const TileScales scales = scales_from(0);
@@ -614,8 +615,8 @@ class Engine {
     target.row_list = self_ ? j0 : -1;
     target.col_id = int32_t(i0);
     target.row_id = int32_t(j0);
-    target.l2_row = l2 ? sqn_y(slot) + j0 : nullptr;
-    target.l2_col = l2 ? slot.sqn_x.data() + i0 : nullptr;
+    target.l2_row = l2 ? side_y(slot).sqn.data() + j0 : nullptr;
+    target.l2_col = l2 ? slot.x.sqn.data() + i0 : nullptr;
     target.skip_diagonal = diagonal && exclude_;
     target.upper_only = diagonal;
     ks->scan_tile(w.tile.data(), kTileStride, int(nj), int(ni), target);
@@ -765,8 +766,8 @@ class Engine {
   void score_exactly(const LayerSlot& slot, int64_t i, Worker& w, bool keep = false) const {
     const float* xrow = layer_x(slot) + i * d_;
     const float* yl = layer_y(slot);
-    const float* sy = scale_y(slot);
-    const float sx = slot.scale_x[i];
+    const float* sy = side_y(slot).scale.data();
+    const float sx = slot.x.scale[i];
     constexpr int kBatch = 64;
     if (!keep) w.ranked.clear();
     w.rows.resize(kBatch);

@@ -4,6 +4,16 @@ Exact k-nearest-neighbour search over pooled layer activations (C++ and CUDA eng
 neighbour-overlap similarity between every pair of layers, HuggingFace activation extraction,
 and the comparison reports built on them.
 
+Architecture (one path from models to results; nothing imports upward)::
+
+    cli             thin: parse -> compare()/zoo() -> write one output folder
+    compare, zoo    compare(a, b) is zoo([a, b]); defaults in options
+    sources         model / path / Activations / array / Neighbors -> neighbour lists (cache)
+      models, extract, datasets, knn -> _backend -> _core (CPU engine | CUDA engine)
+    overlap         neighbour lists -> (La, Lb) matrices + per-prompt counts
+    Comparison, Zoo data objects; stats / bootstrap (pure NumPy), report, plot
+    store, persist  the one on-disk format (atomic, tagged, checksummed) and value checks
+
 Examples
 --------
 >>> import numpy as np, layerknn
@@ -16,13 +26,17 @@ Examples
 
 from . import _core
 from ._backend import built_with_cuda, cuda_available
+from .activations import Activations
 from .cache import Cache
-from .compare import Comparison, compare
+from .compare import compare
+from .comparison import Comparison
 from .datasets import load_texts
-from .extract import Activations, extract
+from .extract import extract
 from .knn import Neighbors, chance, knn
 from .models import list_aliases, load_model
+from .options import DEFAULTS
 from .overlap import overlap
+from .store import FormatError
 from .zoo import Zoo, zoo
 
 __version__ = getattr(_core, "__version__", "0.0.0+dev")  # set by the wheel build
@@ -31,6 +45,8 @@ __all__ = [
     "Activations",
     "Cache",
     "Comparison",
+    "DEFAULTS",
+    "FormatError",
     "Neighbors",
     "Zoo",
     "built_with_cuda",

@@ -1,26 +1,25 @@
 """The result of ``layerknn.extract``: pooled per-layer activations with provenance.
 
 ``Activations`` holds the ``(layers, n, d)`` tensor plus what produced it (model name, layer
-indices, pooling, token counts, truncation flags, a fingerprint for caching) and persists to
-``.safetensors`` or ``.npz`` with JSON metadata and a checksum, written atomically, so a
-cache can trust what it loads: damaged or foreign files raise ValueError.
+indices, pooling, token counts, truncation flags, a fingerprint for caching).  It persists
+through :mod:`layerknn.store` (``.npz`` or ``.safetensors``, checksummed, written
+atomically), so damaged or foreign files raise ValueError naming the file.
+``Activations.from_array`` wraps a bare array.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import store
+
 __all__ = ["Activations"]
 
-_FORMAT_VERSION = 1
+_KIND = "activations"
 
 
 @dataclass
@@ -104,11 +103,42 @@ class Activations:
             f"truncated={int(self.truncated.sum())}, fingerprint={self.fingerprint[:12]})"
         )
 
-    # ---- persistence -----------------------------------------------------------------
+    # ---- construction and persistence -------------------------------------------------
+
+    @classmethod
+    def from_array(cls, values, *, model_name: str = "array", pooling: str | None = None) -> "Activations":
+        """Wrap a bare ``(L + 1, n, d)`` array (NumPy or torch) as activations of all layers.
+
+        The fingerprint is a digest of the array's bytes, so equal arrays share cache entries.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> acts = Activations.from_array(np.zeros((3, 5, 4), np.float32), model_name="toy")
+        >>> acts.num_layers, acts.hidden_size, acts.num_texts
+        (2, 4, 5)
+        """
+        if isinstance(values, np.ma.MaskedArray):
+            raise TypeError(f"activations of {model_name!r} must be a plain array, got a NumPy masked array "
+                            "(its mask would be ignored); pass arr.filled(...) or drop masked prompts")
+        tensor = values.detach() if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
+        if tensor.ndim != 3:
+            raise ValueError(f"activations of {model_name!r} must have shape (layers, n, d), "
+                             f"got shape {tuple(tensor.shape)}")
+        if tensor.shape[0] < 2:
+            raise ValueError(f"activations of {model_name!r} need the embeddings and at least one block "
+                             f"(layers >= 2), got shape {tuple(tensor.shape)}")
+        if not (tensor.is_floating_point()):
+            raise TypeError(f"activations of {model_name!r} must be floating point, got {tensor.dtype}")
+        n = int(tensor.shape[1])
+        return cls(values=tensor, layers=tuple(range(tensor.shape[0])), model_name=str(model_name),
+                   num_layers=int(tensor.shape[0]) - 1, hidden_size=int(tensor.shape[2]),
+                   pooling=pooling or "unknown", token_counts=torch.zeros(n, dtype=torch.int64),
+                   truncated=torch.zeros(n, dtype=torch.bool),
+                   fingerprint="array-" + store.checksum({"values": _to_numpy(tensor.cpu().contiguous())}))
 
     def _metadata(self) -> dict:
         return {
-            "format_version": _FORMAT_VERSION,
             "model_name": self.model_name,
             "num_layers": self.num_layers,
             "hidden_size": self.hidden_size,
@@ -118,14 +148,11 @@ class Activations:
             "max_length": self.max_length,
             "chat_template": bool(self.chat_template),
             "dtype": str(self.values.dtype).replace("torch.", ""),
-            "shape": list(self.values.shape),
             "extra": self.extra,
         }
 
     def save(self, path) -> Path:
-        """Write to ``path`` (``.safetensors`` or ``.npz``) atomically; returns the path.
-
-        A checksum of all arrays is stored, so ``load`` detects corrupt files.
+        """Write to ``path`` (``.npz`` or ``.safetensors``) in layerknn's checked format; returns the path.
 
         Examples
         --------
@@ -141,94 +168,43 @@ class Activations:
         >>> torch.equal(back.values, acts.values), back.fingerprint
         (True, 'ab')
         """
-        path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix not in (".safetensors", ".npz"):
-            raise ValueError(f"path must end in .safetensors or .npz, got {str(path)!r}")
         arrays = {
-            "values": self.values.detach().to("cpu").contiguous(),
-            "token_counts": self.token_counts.detach().to("cpu", torch.int64).contiguous(),
-            "truncated": self.truncated.detach().to("cpu", torch.bool).contiguous(),
+            "values": _to_numpy(self.values.detach().to("cpu").contiguous()),
+            "token_counts": self.token_counts.detach().to("cpu", torch.int64).numpy(),
+            "truncated": self.truncated.detach().to("cpu", torch.bool).numpy(),
         }
-        metadata = self._metadata()
-        metadata["checksum"] = _checksum(arrays)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                if suffix == ".safetensors":
-                    from safetensors.torch import save
-
-                    handle.write(save(arrays, metadata={"layerknn": json.dumps(metadata)}))
-                else:
-                    numpy_arrays = {name: _to_numpy(tensor) for name, tensor in arrays.items()}
-                    numpy_arrays["metadata"] = np.array(json.dumps(metadata))
-                    np.savez(handle, **numpy_arrays)
-            os.replace(tmp_name, path)
-        except BaseException:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
-            raise
-        return path
+        return store.write(path, arrays, self._metadata(), kind=_KIND)
 
     @classmethod
     def load(cls, path, *, device=None) -> "Activations":
-        """Read a file written by ``save``.
+        """Read a file written by :meth:`save`.
 
         Raises
         ------
         FileNotFoundError
             If ``path`` does not exist.
         ValueError
-            If the file is truncated, corrupt, or not a layerknn activations file.
+            If the file is truncated, corrupt, or not a layerknn activations file (names the file).
         """
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no activations file at {str(path)!r}")
-        suffix = path.suffix.lower()
-        if suffix not in (".safetensors", ".npz"):
-            raise ValueError(f"path must end in .safetensors or .npz, got {str(path)!r}")
+        arrays, meta = store.read(path, kind=_KIND)
         try:
-            if suffix == ".safetensors":
-                from safetensors import safe_open
-
-                with safe_open(str(path), framework="pt") as handle:
-                    header = handle.metadata() or {}
-                    arrays = {name: handle.get_tensor(name) for name in handle.keys()}
-                metadata = json.loads(header["layerknn"])
-            else:
-                with np.load(path, allow_pickle=False) as data:
-                    metadata = json.loads(str(data["metadata"]))
-                    arrays = {
-                        name: _from_numpy(data[name], metadata["dtype"] if name == "values" else None)
-                        for name in ("values", "token_counts", "truncated")
-                    }
-        except Exception as error:  # any reader failure means a damaged or foreign file
-            raise ValueError(f"{str(path)!r} is not a readable layerknn activations file ({error})") from error
-        try:
-            expected = metadata["checksum"]
-            shape = tuple(metadata["shape"])
-            values = arrays["values"]
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"{str(path)!r} is missing layerknn metadata ({error})") from error
-        if tuple(values.shape) != shape or _checksum(arrays) != expected:
-            raise ValueError(f"{str(path)!r} is corrupt: its arrays do not match the stored checksum/shape")
+            values = _from_numpy(arrays["values"], meta["dtype"])
+            layers = tuple(int(x) for x in meta["layers"])
+            acts = cls(values=values, layers=layers, model_name=str(meta["model_name"]),
+                       num_layers=int(meta["num_layers"]), hidden_size=int(meta["hidden_size"]),
+                       pooling=str(meta["pooling"]), token_counts=torch.from_numpy(arrays["token_counts"]),
+                       truncated=torch.from_numpy(arrays["truncated"]), fingerprint=str(meta["fingerprint"]),
+                       max_length=meta.get("max_length"), chat_template=bool(meta.get("chat_template", False)),
+                       extra=meta.get("extra") or {})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise store.FormatError(f"{str(path)!r} is missing layerknn activations metadata ({exc})") from None
+        if values.ndim != 3 or len(layers) != values.shape[0] or values.shape[2] != acts.hidden_size \
+                or acts.token_counts.shape != (values.shape[1],) or acts.truncated.shape != (values.shape[1],):
+            raise store.FormatError(f"{str(path)!r} is inconsistent: values {tuple(values.shape)}, "
+                                    f"{len(layers)} layers, hidden size {acts.hidden_size}")
         if device is not None:
-            values = values.to(device)
-        return cls(
-            values=values,
-            layers=tuple(metadata["layers"]),
-            model_name=metadata["model_name"],
-            num_layers=int(metadata["num_layers"]),
-            hidden_size=int(metadata["hidden_size"]),
-            pooling=metadata["pooling"],
-            token_counts=arrays["token_counts"],
-            truncated=arrays["truncated"],
-            fingerprint=metadata["fingerprint"],
-            max_length=metadata.get("max_length"),
-            chat_template=bool(metadata.get("chat_template", False)),
-            extra=metadata.get("extra", {}),
-        )
+            acts.values = values.to(device)
+        return acts
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -242,12 +218,3 @@ def _from_numpy(array: np.ndarray, dtype_name: str | None) -> torch.Tensor:
     if dtype_name == "bfloat16":
         tensor = tensor.view(torch.bfloat16)
     return tensor
-
-
-def _checksum(arrays: dict) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        tensor = arrays[name]
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(_to_numpy(tensor.contiguous()).view(np.uint8).reshape(-1).data)
-    return digest.hexdigest()

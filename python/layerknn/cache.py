@@ -1,35 +1,44 @@
-"""On-disk cache of activations and neighbour sets, keyed by the extraction fingerprint.
+"""The on-disk cache: activations and neighbour lists keyed by the extraction fingerprint.
 
-Each entry is one ``.npz`` file (no pickles) holding its arrays plus a ``meta`` JSON
-string with a SHA-256 of every array's bytes.  Files are written to a temporary name and
-moved into place with :func:`os.replace`, so an interrupted run leaves either the old
-entry or none.  A file that fails to load or whose checksum disagrees is reported with a
-warning, deleted and treated as a miss, so it gets recomputed rather than trusted.
+One root (the ``path`` argument, else ``$LAYERKNN_CACHE_DIR``, else ``~/.cache/layerknn``)
+with one subfolder per kind of entry::
 
-Location: the ``path`` argument, else ``$LAYERKNN_CACHE_DIR``, else ``~/.cache/layerknn``.
+    activations/<fingerprint>.npz        pooled (L+1, n, d) values + token counts
+    neighbours/<fingerprint>-k<K>.npz    (L+1, n, K) indices and scores
+    links/<name key>.npz                 model name + texts + options -> fingerprint
+    partial/<fingerprint>/               finished extraction batches of an interrupted run
+    models/                              dequantised GGUF models (see layerknn.models)
+
+Every entry goes through :mod:`layerknn.store` (atomic, checksummed) and is checked against
+the request that reads it (fingerprint, n, layers, k): an entry that fails to load or does
+not match is reported once with a warning, removed and recomputed.  A cache folder that
+cannot be written (read-only, full) degrades to an uncached run with one warning.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import tempfile
+import shutil
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Cache", "default_cache_dir", "CacheCorruptionWarning"]
+from . import store
 
-_FORMAT = 1
+__all__ = ["Cache", "default_cache_dir", "CacheCorruptionWarning", "CacheUnavailableWarning"]
+
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_SUBFOLDERS = ("activations", "neighbours", "links", "partial", "models")
 
 
 class CacheCorruptionWarning(UserWarning):
-    """A cache file could not be read or failed its checksum; it will be recomputed."""
+    """A cache entry could not be read or does not match its request; it will be recomputed."""
+
+
+class CacheUnavailableWarning(UserWarning):
+    """The cache folder cannot be written; the run continues without caching."""
 
 
 def default_cache_dir() -> Path:
@@ -44,50 +53,19 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "layerknn"
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        arr = np.ascontiguousarray(arrays[name])
-        h.update(name.encode())
-        h.update(str(arr.dtype).encode())
-        h.update(repr(arr.shape).encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Write ``arrays`` and a JSON ``meta`` string into ``path`` via a temporary file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise ValueError(f"cache key must be [A-Za-z0-9_.-]+, got {key!r}")
+    return key
 
 
 class Cache:
-    """Activations and neighbour sets on disk.
+    """Activations and neighbour lists on disk.
 
     Parameters
     ----------
     path : str or Path, optional
-        Directory (created on first write). Default :func:`default_cache_dir`.
+        Root folder (created on first write). Default :func:`default_cache_dir`.
 
     Examples
     --------
@@ -104,64 +82,76 @@ class Cache:
 
     def __init__(self, path: "str | os.PathLike | None" = None):
         self.path = Path(path).expanduser() if path is not None else default_cache_dir()
+        self.writable = True
 
     def __repr__(self) -> str:
         return f"Cache({str(self.path)!r})"
 
-    # ------------------------------------------------------------------ generic entries
-    def _file(self, kind: str, key: str, suffix: str = "") -> Path:
-        if not _KEY_RE.match(key):
-            raise ValueError(f"cache key must be [A-Za-z0-9_.-]+, got {key!r}")
-        return self.path / f"{kind}-{key}{suffix}.npz"
+    def folder(self, kind: str) -> Path:
+        """The subfolder for one kind of entry (``activations``, ``neighbours``, ``models``...)."""
+        if kind not in _SUBFOLDERS:
+            raise ValueError(f"kind must be one of {_SUBFOLDERS}, got {kind!r}")
+        return self.path / kind
 
-    def _read(self, path: Path) -> dict | None:
-        if not path.is_file():
-            return None
+    # ------------------------------------------------------------------ reading and writing
+    def _discard(self, path: Path, why: str) -> None:
+        warnings.warn(f"layerknn cache entry {path} is unusable ({why}); recomputing it",
+                      CacheCorruptionWarning, stacklevel=4)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                arrays = {name: data[name] for name in data.files if name != "meta"}
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"format {meta.get('format')!r}, expected {_FORMAT}")
-            if meta.get("sha256") != _digest(arrays):
-                raise ValueError("checksum mismatch")
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-            warnings.warn(
-                f"layerknn cache file {path} is corrupt or truncated ({exc}); recomputing it",
-                CacheCorruptionWarning, stacklevel=3,
-            )
-            try:
-                path.unlink()
-            except OSError:
-                pass
-            return None
-        arrays["meta"] = meta
-        return arrays
+            path.unlink()
+        except OSError:
+            pass
 
-    def _write(self, path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-        arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
-        meta = dict(meta, format=_FORMAT, sha256=_digest(arrays))
-        write_npz_atomic(path, arrays, meta)
+    def _read(self, path: Path, kind: str) -> tuple[dict, dict] | None:
+        try:
+            return store.read(path, kind=kind)
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            return None
+        except store.FormatError as exc:
+            self._discard(path, str(exc))
+            return None
+
+    def _write(self, path: Path, arrays: dict, meta: dict, kind: str) -> None:
+        if not self.writable:
+            return
+        try:
+            store.write(path, arrays, meta, kind=kind)
+        except OSError as exc:
+            self.writable = False
+            warnings.warn(f"layerknn cache folder {self.path} cannot be written ({exc.strerror or exc}); "
+                          "continuing without caching", CacheUnavailableWarning, stacklevel=4)
 
     # ------------------------------------------------------------------ neighbours
-    def get_neighbors(self, fingerprint: str, k_max: int) -> dict | None:
+    def get_neighbors(self, fingerprint: str, k_max: int, *, n: int | None = None,
+                      num_layers: int | None = None) -> dict | None:
         """Cached neighbours with at least ``k_max`` columns, cut to ``k_max``; else None.
 
-        Returns a dict with ``indices`` int32 (L+1, n, k_max), ``scores`` float32 and ``meta``.
+        The entry must match the request: its fingerprint, and ``n`` / ``num_layers`` when
+        given.  Returns a dict with ``indices`` int32 (L+1, n, k_max), ``scores`` float32 and
+        ``meta``.
         """
-        candidates = []
-        if self.path.is_dir():
-            pattern = re.compile(rf"^nbrs-{re.escape(fingerprint)}-k(\d+)\.npz$")
-            for entry in self.path.iterdir():
-                m = pattern.match(entry.name)
-                if m and int(m.group(1)) >= k_max:
-                    candidates.append((int(m.group(1)), entry))
-        for _, path in sorted(candidates):
-            hit = self._read(path)
-            if hit is not None:
-                hit["indices"] = hit["indices"][..., :k_max]
-                hit["scores"] = hit["scores"][..., :k_max]
-                return hit
+        _check_key(fingerprint)
+        folder = self.folder("neighbours")
+        pattern = re.compile(rf"^{re.escape(fingerprint)}-k(\d+)\.npz$")
+        try:
+            entries = sorted((int(m.group(1)), e) for e in folder.iterdir() if (m := pattern.match(e.name)))
+        except OSError:
+            return None
+        for stored_k, path in entries:
+            if stored_k < k_max:
+                continue
+            found = self._read(path, "neighbours")
+            if found is None:
+                continue
+            arrays, meta = found
+            problem = _neighbour_mismatch(arrays, meta, fingerprint, stored_k, n, num_layers)
+            if problem:
+                self._discard(path, problem)
+                continue
+            return {"indices": arrays["indices"][..., :k_max], "scores": arrays["scores"][..., :k_max],
+                    "meta": meta}
         return None
 
     def put_neighbors(self, fingerprint: str, indices: np.ndarray, scores: np.ndarray, meta: dict) -> None:
@@ -169,54 +159,110 @@ class Cache:
         indices = np.asarray(indices, dtype=np.int32)
         scores = np.asarray(scores, dtype=np.float32)
         k_max = indices.shape[-1]
-        self._write(self._file("nbrs", fingerprint, f"-k{k_max}"),
-                    {"indices": indices, "scores": scores}, dict(meta, k_max=k_max))
+        path = self.folder("neighbours") / f"{_check_key(fingerprint)}-k{k_max}.npz"
+        self._write(path, {"indices": indices, "scores": scores},
+                    dict(meta, fingerprint=fingerprint, k_max=k_max), "neighbours")
 
     # ------------------------------------------------------------------ activations
-    def get_activations(self, fingerprint: str) -> dict | None:
+    def get_activations(self, fingerprint: str, *, n: int | None = None) -> dict | None:
         """Cached activations: dict with ``values`` float32 (L+1, n, d), extra arrays and ``meta``."""
-        return self._read(self._file("acts", fingerprint))
+        path = self.folder("activations") / f"{_check_key(fingerprint)}.npz"
+        found = self._read(path, "activations")
+        if found is None:
+            return None
+        arrays, meta = found
+        values = arrays.get("values")
+        problem = None
+        if meta.get("fingerprint") != fingerprint:
+            problem = f"fingerprint {meta.get('fingerprint')!r} differs from the request"
+        elif values is None or values.ndim != 3 or values.dtype != np.float32:
+            problem = "no float32 (layers, n, d) values"
+        elif n is not None and values.shape[1] != n:
+            problem = f"it holds n={values.shape[1]} prompts, the request has n={n}"
+        elif meta.get("num_layers") != values.shape[0] - 1:
+            problem = "its layer count disagrees with its values"
+        if problem:
+            self._discard(path, problem)
+            return None
+        return dict(arrays, meta=meta)
 
     def put_activations(self, fingerprint: str, values: np.ndarray, meta: dict,
                         extra: dict[str, np.ndarray] | None = None) -> None:
         """Store activations ``values`` (L+1, n, d) plus optional small arrays (e.g. token counts)."""
-        arrays = {"values": np.asarray(values)}
+        arrays = {"values": np.asarray(values, dtype=np.float32)}
         arrays.update(extra or {})
-        self._write(self._file("acts", fingerprint), arrays, meta)
+        self._write(self.folder("activations") / f"{_check_key(fingerprint)}.npz", arrays,
+                    dict(meta, fingerprint=fingerprint), "activations")
+
+    def partial_folder(self, fingerprint: str) -> Path | None:
+        """Where an extraction keeps its finished batches until it completes (None: not writable)."""
+        if not self.writable:
+            return None
+        folder = self.folder("partial") / _check_key(fingerprint)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.writable = False
+            warnings.warn(f"layerknn cache folder {self.path} cannot be written ({exc.strerror or exc}); "
+                          "continuing without caching", CacheUnavailableWarning, stacklevel=2)
+            return None
+        return folder
+
+    def drop_partial(self, fingerprint: str) -> None:
+        """Remove an extraction's finished-batch folder once its activations are stored."""
+        shutil.rmtree(self.folder("partial") / _check_key(fingerprint), ignore_errors=True)
 
     # ------------------------------------------------------------------ name links
     def get_link(self, name_key: str) -> str | None:
-        """The fingerprint last stored for a model-name key (see ``put_link``), or None."""
-        path = self.path / f"link-{name_key}.json"
-        if not _KEY_RE.match(name_key) or not path.is_file():
+        """The fingerprint last stored for a model-name key (see :meth:`put_link`), or None."""
+        path = self.folder("links") / f"{_check_key(name_key)}.npz"
+        found = self._read(path, "link")
+        if found is None:
             return None
-        try:
-            fingerprint = json.loads(path.read_text())["fingerprint"]
-        except (OSError, ValueError, KeyError, TypeError):
-            warnings.warn(f"layerknn cache file {path} is corrupt; ignoring it", CacheCorruptionWarning, stacklevel=2)
+        fingerprint = found[1].get("fingerprint")
+        if not isinstance(fingerprint, str) or not _KEY_RE.match(fingerprint):
+            self._discard(path, "no valid fingerprint")
             return None
-        return fingerprint if isinstance(fingerprint, str) and _KEY_RE.match(fingerprint) else None
+        return fingerprint
 
     def put_link(self, name_key: str, fingerprint: str) -> None:
         """Remember which extraction fingerprint a model name (+ texts and options) led to.
 
         Lets a rerun find cached neighbours without loading the model to fingerprint it.
         """
-        if not _KEY_RE.match(name_key):
-            raise ValueError(f"cache key must be [A-Za-z0-9_.-]+, got {name_key!r}")
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".link-{name_key}.", suffix=".tmp", dir=self.path)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"fingerprint": fingerprint}, fh)
-        os.replace(tmp, self.path / f"link-{name_key}.json")
+        self._write(self.folder("links") / f"{_check_key(name_key)}.npz", {},
+                    {"fingerprint": _check_key(fingerprint)}, "link")
 
     def clear(self) -> int:
-        """Delete every cache file; return how many were removed."""
+        """Delete every activation, neighbour, link and partial entry; return how many were removed."""
         removed = 0
-        if self.path.is_dir():
-            for entry in self.path.iterdir():
-                if entry.suffix in (".npz", ".tmp", ".json") and \
-                        entry.name.startswith(("acts-", "nbrs-", "link-", ".acts-", ".nbrs-", ".link-")):
+        for kind in ("activations", "neighbours", "links", "partial"):
+            folder = self.folder(kind)
+            if not folder.is_dir():
+                continue
+            for entry in folder.iterdir():
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
                     entry.unlink()
-                    removed += 1
+                removed += 1
         return removed
+
+
+def _neighbour_mismatch(arrays: dict, meta: dict, fingerprint: str, stored_k: int, n: int | None,
+                        num_layers: int | None) -> str | None:
+    """Why a neighbour entry cannot serve the request, or None when it can."""
+    indices, scores = arrays.get("indices"), arrays.get("scores")
+    if meta.get("fingerprint") != fingerprint:
+        return f"fingerprint {meta.get('fingerprint')!r} differs from the request"
+    if indices is None or scores is None or indices.ndim != 3 or indices.shape != scores.shape:
+        return "indices/scores missing or of different shapes"
+    if indices.dtype != np.int32 or scores.dtype != np.float32 or indices.shape[-1] != stored_k:
+        return "unexpected dtypes or column count"
+    if n is not None and indices.shape[1] != n:
+        return f"it holds n={indices.shape[1]} prompts, the request has n={n}"
+    if num_layers is not None and indices.shape[0] != num_layers + 1:
+        return f"it holds {indices.shape[0]} layers, the request has {num_layers + 1}"
+    if indices.size and (indices.min() < 0 or indices.max() >= indices.shape[1]):
+        return "indices outside [0, n)"
+    return None

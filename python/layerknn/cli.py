@@ -1,33 +1,29 @@
-"""The ``layerknn`` command line: ``compare``, ``zoo`` and ``models``.
+"""The ``layerknn`` command line: ``compare``, ``zoo`` and ``models``, a thin shell over the library.
 
-``layerknn compare`` with no model arguments runs the embedded default job
-(smollm2-135m vs gemma3-270m on 1024 standard-library docstring paragraphs, k = 10) and
-writes its figures and report to ``./layerknn-out/``.  Activations and neighbour lists
-are cached on disk, so a second run only reloads them.  Errors print one line and exit
-non-zero (2: bad arguments or values; 3: a missing optional package, with the pip command;
-1: anything else; 130: interrupted); ``--debug`` shows the traceback instead.
+Each command parses its options (defaults from :mod:`layerknn.options`, the same as the
+library's), calls :func:`layerknn.compare` or :func:`layerknn.zoo`, and writes figures and
+reports into the output folder as one set: the folder is built aside and swapped in, so an
+interrupted run leaves the previous complete set.  ``layerknn compare`` with no model runs
+the main job (:data:`layerknn.options.MAIN_JOB`).  Errors print one line and exit non-zero
+(2: bad arguments or values; 3: a missing optional package, with the pip command; 1:
+anything else; 130: interrupted); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-DEFAULT_MODELS = ("smollm2-135m", "gemma3-270m")
-DEFAULT_DATA = "builtin:stdlib-docs"
-DEFAULT_N = 1024
-DEFAULT_MAX_LENGTH = 64
+from .options import DEFAULTS, MAIN_JOB
+
 DEFAULT_OUT = "layerknn-out"
-DEFAULT_DTYPE = "auto"
-
-
-class CLIError(ValueError):
-    """A usage problem reported as one line with exit code 2."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -36,28 +32,33 @@ class CLIError(ValueError):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="SPEC",
-                   help=f"prompts: a dataset spec (default {DEFAULT_DATA}); e.g. 'builtin:random-strings', "
+                   help=f"prompts: a dataset spec (default {MAIN_JOB['data']}); e.g. 'builtin:random-strings', "
                         "'prompts.txt', 'data.jsonl?field=text', 'table.csv?column=prompt', options n= and seed=")
     p.add_argument("--n", type=int, default=None,
-                   help=f"number of prompts (default {DEFAULT_N} for builtin sets, all lines for files)")
-    p.add_argument("--k", type=int, default=10, help="neighbours per prompt (default 10)")
-    p.add_argument("--pooling", default="last", help="token pooling of activations (default last)")
-    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, metavar="T",
-                   help=f"truncate prompts to T tokens (default {DEFAULT_MAX_LENGTH}; 0 = no limit)")
-    p.add_argument("--batch-size", default="auto", metavar="B", help="extraction batch size (default auto)")
+                   help=f"number of prompts (default {MAIN_JOB['n']} for builtin sets, all lines for files)")
+    p.add_argument("--k", type=int, default=DEFAULTS.k, help=f"neighbours per prompt (default {DEFAULTS.k})")
+    p.add_argument("--pooling", default=DEFAULTS.pooling, choices=("last", "mean", "mean_no_bos"),
+                   help=f"token pooling of activations (default {DEFAULTS.pooling})")
+    p.add_argument("--max-length", type=int, default=None, metavar="T",
+                   help="truncate prompts to T tokens (default: no limit; the main job uses "
+                        f"{MAIN_JOB['max_length']}; 0 = no limit)")
+    p.add_argument("--batch-size", default=DEFAULTS.batch_size, metavar="B",
+                   help="extraction batch size (default auto)")
     p.add_argument("--cache-dir", default=None, metavar="D",
-                   help="directory of the activation/neighbour cache (default $LAYERKNN_CACHE_DIR or "
-                        "~/.cache/layerknn; dequantised GGUF models follow $LAYERKNN_CACHE_DIR)")
+                   help="cache root (default $LAYERKNN_CACHE_DIR or ~/.cache/layerknn)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
-                   help="bootstrap resamples for confidence intervals (default 1000; 0 = none)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap/permutation draws (default 0)")
+    p.add_argument("--bootstrap", type=int, default=DEFAULTS.bootstrap, metavar="B",
+                   help=f"bootstrap resamples for confidence intervals (default {DEFAULTS.bootstrap}; 0 = none)")
+    p.add_argument("--permutations", type=int, default=DEFAULTS.permutations, metavar="P",
+                   help=f"shuffles for permutation p-values (default {DEFAULTS.permutations}; 0 = none)")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the bootstrap/permutation draws")
     p.add_argument("--device", default=None, help="torch device for the models (default: automatic)")
-    p.add_argument("--dtype", default=DEFAULT_DTYPE, choices=("auto", "float32", "bfloat16", "float16"),
-                   help="parameter dtype of models loaded by name. auto (default): bfloat16 when running on a "
-                        "CPU with native bfloat16 support (AVX512-BF16/AMX; ~1.8x faster, matmuls accumulate "
-                        "in float32), else float32")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--dtype", default=DEFAULTS.dtype, choices=("auto", "float32", "bfloat16", "float16"),
+                   help=f"parameter dtype of models loaded by name (default {DEFAULTS.dtype}: exact and the same on "
+                        "every machine). auto: bfloat16 on CPUs with native bfloat16 (faster; the report says which)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model folders to run their own Python code (off by default; never asked on stdin)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars (layerknn's and transformers')")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
@@ -66,175 +67,98 @@ def build_parser() -> argparse.ArgumentParser:
         prog="layerknn",
         description="Compare the layers of language models by the overlap of their k-nearest-neighbour sets.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+    main_job = (f"{MAIN_JOB['models'][0]} vs {MAIN_JOB['models'][1]} on {MAIN_JOB['n']} prompts of "
+                f"{MAIN_JOB['data']} cut to {MAIN_JOB['max_length']} tokens")
     pc = sub.add_parser(
         "compare", help="compare two models layer by layer",
-        description="Compare every layer of model A with every layer of model B. With no models given, runs "
-                    f"the default job: {DEFAULT_MODELS[0]} vs {DEFAULT_MODELS[1]} on {DEFAULT_N} prompts of "
-                    f"{DEFAULT_DATA}, writing to ./{DEFAULT_OUT}/. A model is an alias (see 'layerknn models'), "
-                    "a HuggingFace model directory, or an .npz file of activations (array 'values' of shape "
-                    "(layers, n, d)).")
-    pc.add_argument("models", nargs="*", metavar="MODEL", help="model A and model B (default: the default job)")
+        description=f"Compare every layer of model A with every layer of model B. With no models, runs the main "
+                    f"job: {main_job}, writing to ./{DEFAULT_OUT}/. A model is an alias (see 'layerknn models'), "
+                    "a HuggingFace model directory, a .gguf file, or an .npz file of activations (layerknn's own, "
+                    "or a NumPy archive whose array 'values' has shape (layers, n, d)).")
+    pc.add_argument("models", nargs="*", metavar="MODEL", help="model A and model B (default: the main job)")
     _common(pc)
-    pc.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default ./{DEFAULT_OUT})")
-    pc.add_argument("--permutations", type=int, default=200, metavar="P",
-                    help="shuffles for per-cell permutation p-values against chance (default 200; 0 = none)")
-    pc.add_argument("--activations", nargs=2, metavar=("A.npz", "B.npz"), default=None, help=argparse.SUPPRESS)
-
+    pc.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default ./{DEFAULT_OUT})")
     pz = sub.add_parser(
         "zoo", help="compare many models at once",
         description="Compute each model's neighbour lists once (cached), the similarity of all layers of all "
                     "models, a comparison per pair and the normalised-depth unit-square figure.")
     pz.add_argument("models", nargs="+", metavar="MODEL", help="two or more models")
     _common(pz)
-    pz.add_argument("--out", default="layerknn-zoo", metavar="DIR", help="output directory (default ./layerknn-zoo)")
+    pz.add_argument("--out", default="layerknn-zoo", metavar="DIR", help="output folder (default ./layerknn-zoo)")
     pz.add_argument("--bins", type=int, default=20, help="unit-square bins per axis (default 20)")
-
     sub.add_parser("models", help="list the built-in model aliases",
                    description="List model aliases, whether their offline package is installed, and their sizes.")
     return parser
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers
+# from arguments to library calls
 
 
-def _load_activation_file(path: str):
-    """Activations from an .npz: one written by ``Activations.save`` or a plain array ``values``."""
-    import numpy as np
-
-    file = Path(path)
-    if not file.is_file():
-        raise CLIError(f"activations file not found: {path}")
-    try:
-        with np.load(file, allow_pickle=False) as data:
-            names = list(data.files)
-            if "metadata" in names:  # layerknn.extract.Activations.save format
-                values = name = None
-            else:
-                key = "values" if "values" in names else (names[0] if len(names) == 1 else None)
-                if key is None:
-                    raise CLIError(f"{path}: expected an array named 'values', found {names}")
-                values = data[key]
-                name = str(data["model_name"]) if "model_name" in names else file.stem
-    except CLIError:
-        raise
-    except Exception as exc:
-        raise CLIError(f"cannot read activations from {path}: {exc}") from None
-    if values is None:
-        from .extract import Activations
-
-        return Activations.load(file)
-    if values.ndim != 3:
-        raise CLIError(f"{path}: activations must have shape (layers, n, d), got {values.shape}")
-    return _NamedValues(values.astype(np.float32, copy=False), name)
-
-
-class _NamedValues:
-    """Minimal Activations-like wrapper for arrays read from files."""
-
-    def __init__(self, values, name):
-        self.values = values
-        self.model_name = name
-        self.num_layers = values.shape[0] - 1
-        self.hidden_size = values.shape[2]
-        self.fingerprint = None
-        self.pooling = None
-
-
-def _model_arg(arg: str):
+def _model_arg(arg: str) -> Any:
     if arg.endswith(".npz") and Path(arg).is_file():
-        return _load_activation_file(arg)
+        from .sources import activations_file
+
+        return activations_file(arg)
     return arg
 
 
-def _texts(args, models: Sequence[Any]):
-    from .compare import resolve_texts
+def _texts(args, main_job: bool) -> str | None:
+    """The dataset spec to pass on (None when every model is given as activations and no --data)."""
     from .datasets import parse_spec
 
-    needs_texts = any(isinstance(m, str) for m in models)
-    spec = parse_spec(args.data or DEFAULT_DATA)
+    if args.data is None and not main_job and all(not isinstance(m, str) for m in args.model_objects):
+        if args.n is not None:
+            raise ValueError("--n needs --data when the models are activation files")
+        return None
+    spec = parse_spec(args.data or MAIN_JOB["data"])
     n = args.n
     if n is None and "n" not in spec.options and spec.source.startswith("builtin:"):
-        n = DEFAULT_N
+        n = MAIN_JOB["n"]
     if n is not None:
         if n < 2:
-            raise CLIError(f"--n must be >= 2, got {n}")
+            raise ValueError(f"--n must be >= 2, got {n}")
         spec = spec.with_options(n=n)
-    if not needs_texts:
-        return None, (str(spec) if args.data else None)
-    return resolve_texts(str(spec))
+    return str(spec)
 
 
-def _extract_options(args) -> dict:
-    opts: dict[str, Any] = {}
-    if args.max_length is not None and args.max_length > 0:
-        opts["max_length"] = args.max_length
-    if args.max_length is not None and args.max_length < 0:
-        raise CLIError(f"--max-length must be >= 0, got {args.max_length}")
-    if args.batch_size != "auto":
-        try:
-            opts["batch_size"] = int(args.batch_size)
-        except ValueError:
-            raise CLIError(f"--batch-size must be an integer or 'auto', got {args.batch_size!r}") from None
-        if opts["batch_size"] < 1:
-            raise CLIError(f"--batch-size must be >= 1, got {opts['batch_size']}")
-    else:
-        opts["batch_size"] = "auto"
-    dtype = _resolve_dtype(getattr(args, "dtype", None), getattr(args, "device", None))
-    if dtype is not None:
-        import torch
-
-        opts["dtype"] = getattr(torch, dtype)
-    return opts
-
-
-def _resolve_dtype(dtype: str | None, device: str | None) -> str | None:
-    """"auto" -> "bfloat16" on a CPU with native bfloat16 arithmetic, else "float32"."""
-    if dtype != "auto":
-        return dtype
-    if device is not None and not str(device).startswith("cpu"):
-        return "float32"
-    import torch
-
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+def _batch_size(value: str) -> Any:
+    if value == "auto":
+        return value
     try:
-        native = bool((check and check()) or (amx and amx()))
-    except Exception:  # noqa: BLE001 - capability probing must never break a run
-        native = False
-    return "bfloat16" if native else "float32"
+        size = int(value)
+    except ValueError:
+        raise ValueError(f"--batch-size must be an integer or 'auto', got {value!r}") from None
+    if size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {size}")
+    return size
 
 
-def _cache(args):
+def _options(args, main_job: bool = False) -> dict:
+    """Library keyword arguments from the parsed command line."""
     from .cache import Cache
 
-    if args.no_cache:
-        return None
-    return Cache(args.cache_dir) if args.cache_dir else Cache()
+    if args.max_length is not None and args.max_length < 0:
+        raise ValueError(f"--max-length must be >= 0, got {args.max_length}")
+    max_length = args.max_length if args.max_length is not None else (MAIN_JOB["max_length"] if main_job else None)
+    return {
+        "k": args.k, "pooling": args.pooling, "bootstrap": args.bootstrap, "permutations": args.permutations,
+        "seed": args.seed, "device": args.device, "dtype": args.dtype, "trust_remote_code": args.trust_remote_code,
+        "max_length": max_length or None, "batch_size": _batch_size(args.batch_size),
+        "cache": False if args.no_cache else (Cache(args.cache_dir) if args.cache_dir else True),
+        "progress": not args.no_progress,
+    }
 
 
-def _check_counts(args) -> None:
-    if args.k < 1:
-        raise CLIError(f"--k must be >= 1, got {args.k}")
-    if args.bootstrap < 0:
-        raise CLIError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    if getattr(args, "permutations", 0) < 0:
-        raise CLIError(f"--permutations must be >= 0, got {args.permutations}")
+def _quiet_transformers() -> None:
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        from transformers.utils import logging as hf_logging
 
-
-def _neighbors_for(models, text_list, args, cache, timings, k_max):
-    from .compare import model_neighbors
-
-    sides = []
-    for label, model in models:
-        t0 = time.perf_counter()
-        side = model_neighbors(model, text_list, k_max=k_max, pooling=args.pooling, cache=cache,
-                               progress=not args.no_progress, device=args.device, label=label,
-                               **_extract_options(args))
-        timings[f"neighbours {side.name}"] = round(time.perf_counter() - t0, 3)
-        sides.append(side)
-    return sides
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def _cpu_seconds() -> float:
@@ -245,108 +169,70 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 # ---------------------------------------------------------------------------------------------
 # commands
 
 
 def cmd_compare(args) -> int:
-    from .compare import comparison_from_neighbors
+    from .compare import compare
+    from .store import check_output_folder, output_folder
 
     start = time.perf_counter()
-    _check_counts(args)
-    if args.activations:
-        if args.models:
-            raise CLIError("give either MODEL arguments or --activations, not both")
-        models = [_load_activation_file(p) for p in args.activations]
-    elif not args.models:
-        models = list(DEFAULT_MODELS)
+    main_job = not args.models
+    if main_job:
+        args.models = list(MAIN_JOB["models"])
     elif len(args.models) != 2:
-        raise CLIError(f"compare needs exactly two models (or none for the default job), got {len(args.models)}")
-    else:
-        models = [_model_arg(m) for m in args.models]
-    timings: dict[str, float] = {}
+        raise ValueError(f"compare needs exactly two models (or none for the main job), got {len(args.models)}")
+    check_output_folder(args.out)
+    options = _options(args, main_job)
+    args.model_objects = [_model_arg(m) for m in args.models]
+    comp = compare(*args.model_objects, _texts(args, main_job), **options)
+    seconds = comp.meta.setdefault("seconds", {})
     t0 = time.perf_counter()
-    text_list, dataset = _texts(args, models)
-    timings["texts"] = round(time.perf_counter() - t0, 3)
-    n = len(text_list) if text_list is not None else None
-    sizes = {getattr(m, "values", None).shape[1] for m in models if hasattr(m, "values")}
-    if n is None:
-        if len(sizes) != 1:
-            raise CLIError(f"the two activation files must hold the same prompts, got n = {sorted(sizes)}")
-        n = sizes.pop()
-    elif sizes and sizes != {n}:
-        raise CLIError(f"activation files hold n = {sorted(sizes)} prompts but the data has n = {n}")
-    if args.k > n - 1:
-        raise CLIError(f"--k must be in [1, n-1] = [1, {n - 1}] for n = {n} prompts, got {args.k}")
-    k_max = min(args.k + 1, n - 1)
-    cache = _cache(args)
-    side_a, side_b = _neighbors_for([("A", models[0]), ("B", models[1])], text_list, args, cache, timings, k_max)
-    if side_a.n != side_b.n:
-        raise CLIError(f"the two models must see the same prompts: A has n={side_a.n}, B has n={side_b.n}")
-    t0 = time.perf_counter()
-    comp = comparison_from_neighbors(side_a, side_b, k=args.k, dataset=dataset, pooling=args.pooling,
-                                     bootstrap=args.bootstrap, permutations=args.permutations, seed=args.seed,
-                                     progress=not args.no_progress)
-    timings["overlap + statistics"] = round(time.perf_counter() - t0, 3)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    comp.plot(out / "heatmap.png")
-    comp.plot_depth(out / "depth.png")
-    timings["figures"] = round(time.perf_counter() - t0, 3)
-    comp.save(out / "comparison.npz")
-    timings["total"] = round(time.perf_counter() - start, 3)
-    timings["process_cpu"] = round(_cpu_seconds(), 3)
-    report = comp.to_dict()
-    report["timings_s"] = timings
-    report["settings"] = {key: value for key, value in vars(args).items() if key not in ("func",)}
-    report["summary"] = comp.summary()
-    (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
-    (out / "summary.txt").write_text(comp.summary() + "\n")
-    print(comp.summary())
-    print(f"\nwrote {out / 'heatmap.png'}, {out / 'depth.png'}, {out / 'comparison.npz'}, {out / 'report.json'} "
-          f"in {timings['total']:.1f} s (CPU {timings['process_cpu']:.1f} s)")
+    summary = comp.summary()
+    with output_folder(args.out, {"command": "compare"}) as out:
+        comp.plot(out / "heatmap.png")
+        comp.plot_depth(out / "depth.png")
+        seconds["figures"] = round(time.perf_counter() - t0, 3)
+        comp.save(out / "comparison.npz")
+        seconds["total"] = round(time.perf_counter() - start, 3)
+        seconds["process_cpu"] = round(_cpu_seconds(), 3)
+        report = comp.to_dict()
+        report["summary"] = summary
+        report["command"] = ["layerknn", *sys.argv[1:]] if sys.argv and "layerknn" in sys.argv[0] else None
+        (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
+        (out / "summary.txt").write_text(summary + "\n")
+    print(summary)
+    phases = ", ".join(f"{key} {value:.1f} s" for key, value in seconds.items() if key not in ("total",))
+    print(f"\nwrote {args.out}/heatmap.png, depth.png, comparison.npz, report.json, summary.txt "
+          f"in {seconds['total']:.1f} s ({phases})")
     return 0
 
 
 def cmd_zoo(args) -> int:
+    from .store import check_output_folder, output_folder
     from .zoo import zoo
 
     start = time.perf_counter()
-    _check_counts(args)
     if len(args.models) < 2:
-        raise CLIError(f"zoo needs at least two models, got {len(args.models)}")
-    models = [_model_arg(m) for m in args.models]
-    text_list, dataset = _texts(args, models)
-    z = zoo(models, text_list, k=args.k, pooling=args.pooling, cache=_cache(args) or False,
-            bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress, device=args.device,
-            **_extract_options(args))
-    z.dataset = dataset
-    for c in z.pairs.values():
-        c.dataset = dataset
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    z.plot_matrix(out / "matrix.png")
-    z.plot_unit_square(out / "unit_square.png", bins=args.bins)
-    for (i, j), c in z.pairs.items():
-        c.plot(out / f"heatmap-{i}-{j}.png")
-    z.save(out / "zoo.npz")
-    report = z.to_dict()
-    report["timings_s"] = {"total": round(time.perf_counter() - start, 3)}
-    (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
+        raise ValueError(f"zoo needs at least two models, got {len(args.models)}")
+    check_output_folder(args.out)
+    options = _options(args)
+    args.model_objects = [_model_arg(m) for m in args.models]
+    z = zoo(args.model_objects, _texts(args, False), **options)
+    with output_folder(args.out, {"command": "zoo"}) as out:
+        z.plot_matrix(out / "matrix.png")
+        z.plot_unit_square(out / "unit_square.png", bins=args.bins)
+        for (i, j), c in z.pairs.items():
+            c.plot(out / f"heatmap-{i}-{j}.png")
+        z.save(out / "zoo.npz")
+        z.meta["seconds"]["total"] = round(time.perf_counter() - start, 3)
+        (out / "report.json").write_text(json.dumps(z.to_dict(), indent=1, allow_nan=False))
     for (i, j), c in z.pairs.items():
         print(f"== {z.names[i]} vs {z.names[j]}")
         print(c.summary())
         print()
-    print(f"wrote {out}/matrix.png, unit_square.png, heatmap-*.png, zoo.npz, report.json "
+    print(f"wrote {args.out}/matrix.png, unit_square.png, heatmap-*.png, zoo.npz, report.json "
           f"in {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -371,6 +257,16 @@ def cmd_models(args) -> int:
 
 
 COMMANDS = {"compare": cmd_compare, "zoo": cmd_zoo, "models": cmd_models}
+_FLAGS = ("k", "n", "bootstrap", "permutations", "seed", "max_length", "batch_size", "dtype", "pooling")
+
+
+def _as_cli_message(exc: BaseException) -> str:
+    """One line; a library message about an option names the command-line flag (``k`` -> ``--k``)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    match = re.match(r"^(\w+) must\b", text)
+    if match and match.group(1) in _FLAGS:
+        text = "--" + match.group(1).replace("_", "-") + text[len(match.group(1)):]
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -381,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = getattr(args, "debug", False)
+    if getattr(args, "no_progress", False):
+        _quiet_transformers()
     original_format = warnings.formatwarning
     if not debug:  # warnings as one line each, without the source line they came from
         warnings.formatwarning = lambda message, category, *rest, **kw: f"layerknn: warning: {message}\n"
@@ -396,22 +294,24 @@ def _dispatch(args, debug: bool) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        _log("layerknn: interrupted (cached results so far are kept; rerun to resume)")
+        print("layerknn: interrupted (finished extraction batches and results are cached; rerun to resume; "
+              "the output folder was left as it was)", file=sys.stderr, flush=True)
         return 130
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         if debug:
             raise
-        _log(f"layerknn: error: {_one_line(exc)}")
+        print(f"layerknn: error: {_as_cli_message(exc)}", file=sys.stderr, flush=True)
         return 2
     except ImportError as exc:
         if debug:
             raise
-        _log(f"layerknn: error: {_one_line(exc)}")
+        print(f"layerknn: error: {_as_cli_message(exc)}", file=sys.stderr, flush=True)
         return 3
     except Exception as exc:  # noqa: BLE001 - one line for the user, traceback with --debug
         if debug:
             raise
-        _log(f"layerknn: error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)")
+        print(f"layerknn: error: {type(exc).__name__}: {_as_cli_message(exc)} (rerun with --debug for the "
+              "traceback)", file=sys.stderr, flush=True)
         return 1
 
 

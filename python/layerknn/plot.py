@@ -1,4 +1,4 @@
-"""Figures for comparisons: layer heatmap, best-match depth curves, the zoo unit square.
+"""Figures for comparisons: layer heatmap, best-match depth curves, the zoo matrix and unit square.
 
 Matplotlib with the non-interactive Agg backend (safe on headless machines); each
 function writes one image file (format from the suffix: .png, .pdf, .svg) and returns its
@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .compare import Comparison
+if TYPE_CHECKING:  # pragma: no cover - annotations only; figures read objects, never analysis modules
+    from .comparison import Comparison
+    from .zoo import Zoo
 
-__all__ = ["heatmap", "depth_curve", "unit_square"]
+__all__ = ["heatmap", "depth_curve", "unit_square", "zoo_matrix"]
 
 
 def _pyplot():
@@ -117,8 +118,8 @@ def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap:
 def depth_curve(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, title: str | None = None) -> Path:
     """Best-match normalised depth in the other model vs depth, both directions, with CI bands."""
     plt = _pyplot()
-    geometry = {key: c.ci[key] for key in ("near", "far", "include_embeddings")} if c.ci else {}
-    include = geometry.get("include_embeddings", False)
+    geometry = c.geometry()
+    include = geometry["include_embeddings"]
     bm = c.best_match(include_embeddings=include)
     da = c.depth_alignment(**geometry)
     fig, ax = plt.subplots(figsize=(5.6, 5.8), layout="constrained")
@@ -171,4 +172,28 @@ def unit_square(grid: np.ndarray, path: "str | os.PathLike", *, chance: float | 
     names = ", ".join(model_names)
     ax.set_title(f"Layer similarity across all model pairs by normalised depth (both orders; grey: empty)"
                  f"\n{names}\n{subtitle}", fontsize=8)
+    return save_figure(fig, path, dpi)
+
+
+def zoo_matrix(z: "Zoo", path: "str | os.PathLike", *, dpi: int = 200) -> Path:
+    """Heatmap of a zoo's full block matrix (all layers of all models) with model boundaries."""
+    plt = _pyplot()
+    size = z.matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(7.5, 6.5), constrained_layout=True)
+    offdiag = z.matrix[~np.eye(size, dtype=bool)]
+    im = ax.imshow(z.matrix, origin="lower", cmap="viridis", vmin=0,
+                   vmax=float(offdiag.max()) if offdiag.size else 1.0, interpolation="nearest")
+    for off in z.offsets[1:]:
+        ax.axhline(off - 0.5, color="white", lw=1)
+        ax.axvline(off - 0.5, color="white", lw=1)
+    centres = [off + layers / 2 for off, layers in zip(z.offsets, z.num_layers)]
+    ax.set_xticks(centres, z.names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(centres, z.names, fontsize=8)
+    cbar = fig.colorbar(im, ax=ax, extend="max")
+    cbar.set_label(f"mean k-NN overlap (colour scale capped at the largest off-diagonal value; "
+                   f"red: chance {z.chance:.3f})", fontsize=7)
+    cbar.ax.axhline(z.chance, color="red", lw=2)
+    data = f", data={z.dataset}" if z.dataset else ""
+    ax.set_title(f"All layers of all models (embeddings first in each block)\n"
+                 f"n={z.n}, k={z.k}, pooling={z.pooling}{data}", fontsize=9)
     return save_figure(fig, path, dpi)

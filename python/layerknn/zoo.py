@@ -1,26 +1,31 @@
-"""Many models at once: ``layerknn.zoo`` and the ``Zoo`` result.
+"""Many models at once: ``layerknn.zoo`` and the ``Zoo`` it returns (``compare`` is its two-model case).
 
-Each model's neighbour lists are computed once (and cached on disk, keyed by the
-extraction fingerprint), then one ``layerknn.overlap`` call on the layer-concatenated
-neighbour arrays gives the block matrix over all layers of all models (the "mega
-matrix").  Every model pair becomes a :class:`~layerknn.compare.Comparison` sliced from
-it, and the unit-square summary bins the similarity of all pairs by normalised depth.
+One path from models to results: every model argument becomes neighbour lists once
+(:mod:`layerknn.sources`, cached on disk), one overlap call over the layer-concatenated
+lists gives the block matrix over all layers of all models (the "mega matrix"), and each
+pair's statistics are computed from that pair's per-prompt counts, which are then dropped.
+Peak memory is O(models × n × k) plus one pair's counts, so fifty models fit in a laptop.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .compare import (Comparison, ModelNeighbors, _as_cache, _check_k, _jsonable, comparison_from_neighbors,
-                      model_neighbors, resolve_texts)
-from .knn import Neighbors
+from . import store
+from .comparison import Comparison
+from .options import DEFAULTS, ExtractOptions, LoadOptions, check_count
 from .overlap import overlap
+from .report import jsonable
+from .sources import as_cache, model_neighbors, prompt_count, resolve_texts
 
 __all__ = ["Zoo", "zoo", "depth_binned_similarity"]
+
+_KIND = "zoo"
 
 
 def depth_binned_similarity(pairs: Sequence[Comparison], bins: int = 20, *,
@@ -42,7 +47,7 @@ def depth_binned_similarity(pairs: Sequence[Comparison], bins: int = 20, *,
     >>> float(np.nanmax(grid)), int(counts.sum())
     (1.0, 32)
     """
-    bins = _check_k(bins, "bins")
+    bins = check_count(bins, "bins", 1)
     total = np.zeros((bins, bins))
     count = np.zeros((bins, bins), dtype=np.int64)
     start = 0 if include_embeddings else 1
@@ -70,18 +75,25 @@ class Zoo:
         Row where each model's block of :attr:`matrix` starts (its embeddings row).
     matrix : float64 array, shape (S, S), S = sum(L_i + 1)
         Similarity of every layer of every model with every other.
-    pairs : dict
-        ``(i, j) -> Comparison`` for ``i < j``.
+    neighbors : list of int32 arrays (L_i + 1, n, k) or None
+    tie_rates : list of float arrays (L_i + 1,) or None
+    pair_stats : dict
+        ``(i, j) -> {"ci", "p_values", "permutation"}`` for ``i < j``.
     n, k : int
     dataset, pooling : str or None
+    meta : dict
+        Each model's provenance (``models``), timings, options.
     """
 
-    def __init__(self, names, num_layers, matrix, pairs, *, n, k, dataset=None, pooling=None, meta=None):
-        self.names = list(names)
+    def __init__(self, names, num_layers, matrix, *, neighbors=None, tie_rates=None, pair_stats=None,
+                 n: int, k: int, dataset=None, pooling=None, meta=None):
+        self.names = [str(x) for x in names]
         self.num_layers = [int(x) for x in num_layers]
-        self.offsets = list(np.cumsum([0] + [x + 1 for x in self.num_layers[:-1]]))
+        self.offsets = [int(x) for x in np.cumsum([0] + [x + 1 for x in self.num_layers[:-1]])]
         self.matrix = np.asarray(matrix, dtype=np.float64)
-        self.pairs = dict(pairs)
+        self.neighbors = list(neighbors) if neighbors is not None else [None] * len(self.names)
+        self.tie_rates = list(tie_rates) if tie_rates is not None else [None] * len(self.names)
+        self.pair_stats = dict(pair_stats or {})
         self.n, self.k = int(n), int(k)
         self.dataset, self.pooling = dataset, pooling
         self.meta = dict(meta or {})
@@ -102,26 +114,41 @@ class Zoo:
             raise ValueError(f"model index must be in [0, {len(self.names) - 1}], got {model}")
         return int(model)
 
+    def _block(self, i: int) -> slice:
+        return slice(self.offsets[i], self.offsets[i] + self.num_layers[i] + 1)
+
     def comparison(self, a: "int | str", b: "int | str") -> Comparison:
-        """The Comparison of models ``a`` and ``b`` (names or indices), in that orientation."""
+        """The Comparison of models ``a`` and ``b`` (names or indices); ``(b, a)`` is its exact transpose."""
         i, j = self._index(a), self._index(b)
         if i == j:
             raise ValueError("a and b must be different models")
-        if i < j:
-            return self.pairs[(i, j)]
-        c = self.pairs[(j, i)]
-        out = Comparison(c.matrix.T, n=c.n, k=c.k, names=c.names[::-1],
-                         num_layers=(c.num_layers_b, c.num_layers_a),
-                         per_prompt=None if c.per_prompt is None else np.swapaxes(c.per_prompt, 0, 1),
-                         neighbors=(c.neighbors_b, c.neighbors_a), tie_rates=(c.tie_rate_b, c.tie_rate_a),
-                         dataset=c.dataset, pooling=c.pooling, meta=c.meta)
-        return out
+        if i > j:
+            return self.comparison(j, i).transpose()
+        models = self.meta.get("models") or [None] * len(self.names)
+        has_nbrs = self.neighbors[i] is not None and self.neighbors[j] is not None
+        c = Comparison(self.matrix[self._block(i), self._block(j)], n=self.n, k=self.k,
+                       names=(self.names[i], self.names[j]), num_layers=(self.num_layers[i], self.num_layers[j]),
+                       neighbors=(self.neighbors[i], self.neighbors[j]) if has_nbrs else None,
+                       tie_rates=(self.tie_rates[i], self.tie_rates[j]), dataset=self.dataset, pooling=self.pooling,
+                       meta={"model_a": models[i], "model_b": models[j],
+                             **{key: v for key, v in self.meta.items() if key != "models"}})
+        entry = self.pair_stats.get((i, j), {})
+        c.ci = entry.get("ci")
+        if entry.get("p_values") is not None:
+            c.p_values, c.permutation_info = entry["p_values"], entry.get("permutation")
+        return c
+
+    @property
+    def pairs(self) -> dict:
+        """``(i, j) -> Comparison`` for every ``i < j`` (built on access; counts derived when needed)."""
+        return {(i, j): self.comparison(i, j) for i in range(len(self.names)) for j in range(i + 1, len(self.names))}
 
     def unit_square(self, bins: int = 20) -> np.ndarray:
         """Mean similarity binned by normalised depth over all pairs, shape (bins, bins)."""
         return depth_binned_similarity(list(self.pairs.values()), bins)[0]
 
     def plot_unit_square(self, path: "str | os.PathLike", bins: int = 20) -> Path:
+        """Figure of :meth:`unit_square` (see :func:`layerknn.plot.unit_square`)."""
         from .plot import unit_square
 
         return unit_square(self.unit_square(bins), path, chance=self.chance, model_names=self.names,
@@ -129,75 +156,91 @@ class Zoo:
                                     + (f"data={self.dataset}, " if self.dataset else "") + f"{bins}x{bins} bins")
 
     def plot_matrix(self, path: "str | os.PathLike", dpi: int = 200) -> Path:
-        """Heatmap of the full block matrix with model boundaries."""
-        from .plot import _pyplot, save_figure
+        """Heatmap of the full block matrix with model boundaries (see :func:`layerknn.plot.zoo_matrix`)."""
+        from .plot import zoo_matrix
 
-        plt = _pyplot()
-        size = self.matrix.shape[0]
-        fig, ax = plt.subplots(figsize=(7.5, 6.5), constrained_layout=True)
-        offdiag = self.matrix[~np.eye(size, dtype=bool)]
-        im = ax.imshow(self.matrix, origin="lower", cmap="viridis", vmin=0,
-                       vmax=float(offdiag.max()) if offdiag.size else 1.0, interpolation="nearest")
-        for off in self.offsets[1:]:
-            ax.axhline(off - 0.5, color="white", lw=1)
-            ax.axvline(off - 0.5, color="white", lw=1)
-        centres = [off + layers / 2 for off, layers in zip(self.offsets, self.num_layers)]
-        ax.set_xticks(centres, self.names, rotation=30, ha="right", fontsize=8)
-        ax.set_yticks(centres, self.names, fontsize=8)
-        cbar = fig.colorbar(im, ax=ax, extend="max")
-        cbar.set_label(f"mean k-NN overlap (colour scale capped at the largest off-diagonal value; "
-                       f"red: chance {self.chance:.3f})", fontsize=7)
-        cbar.ax.axhline(self.chance, color="red", lw=2)
-        data = f", data={self.dataset}" if self.dataset else ""
-        ax.set_title(f"All layers of all models (embeddings first in each block)\n"
-                     f"n={self.n}, k={self.k}, pooling={self.pooling}{data}", fontsize=9)
-        return save_figure(fig, path, dpi)
+        return zoo_matrix(self, path, dpi=dpi)
 
     def to_dict(self) -> dict:
-        """JSON-serialisable report: matrix, unit square and each pair's depth statistics."""
+        """JSON-serialisable report: matrix, unit square and each pair's depth statistics and verdict."""
         pairs = {}
         for (i, j), c in self.pairs.items():
             d = c.to_dict()
-            pairs[f"{self.names[i]} | {self.names[j]}"] = {
-                key: d[key] for key in ("depth_alignment", "verdict", "ci", "best_match_blocks")}
-            if d["ci"]:
-                pairs[f"{self.names[i]} | {self.names[j]}"]["ci"] = {"stats": d["ci"]["stats"]}
-        return _jsonable({
+            entry = {key: d[key] for key in ("depth_alignment", "verdict", "best_match_blocks")}
+            entry["ci"] = {"stats": d["ci"]["stats"]} if d["ci"] else None
+            pairs[f"{self.names[i]} | {self.names[j]}"] = entry
+        return jsonable({
             "names": self.names, "num_layers": self.num_layers, "offsets": self.offsets, "n": self.n,
             "k": self.k, "chance": self.chance, "dataset": self.dataset, "pooling": self.pooling,
             "matrix": self.matrix, "unit_square_20": self.unit_square(20), "pairs": pairs, "meta": self.meta,
         })
 
-    def save(self, path: "str | os.PathLike") -> Path:
-        """Write the block matrix and settings as ``.npz`` with a JSON ``meta`` string."""
-        from .cache import write_npz_atomic
+    def save(self, path: "str | os.PathLike", *, include_neighbors: bool = True) -> Path:
+        """Write everything (matrix, names, layer counts, neighbour lists, CIs, p-values, meta) to ``path``."""
+        from .persist import zoo_arrays
 
-        meta = {"format": "layerknn.Zoo/1", "names": self.names, "num_layers": self.num_layers, "n": self.n,
-                "k": self.k, "dataset": self.dataset, "pooling": self.pooling}
-        write_npz_atomic(Path(path), {"matrix": self.matrix}, meta)
-        return Path(path)
+        arrays, meta = zoo_arrays(self, include_neighbors)
+        return store.write(path, arrays, meta, kind=_KIND)
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike") -> "Zoo":
+        """Read a file written by :meth:`save` (ValueError naming the file when it is damaged)."""
+        from .persist import zoo_from_arrays
+
+        arrays, meta = store.read(path, kind=_KIND)
+        return zoo_from_arrays(arrays, meta, str(path))
 
 
-def zoo(models: Sequence[Any], texts: Any = None, *, k: int = 10, pooling: str = "last",
-        names: Sequence[str] | None = None, cache: Any = True, bootstrap: int = 1000, seed: int = 0,
-        progress: bool = False, device: Any = None, **extract_options) -> Zoo:
+def _common_n(models: Sequence[Any], labels: Sequence[str], texts: list[str] | None) -> int:
+    sizes = [(label, prompt_count(model, label)) for label, model in zip(labels, models)]
+    sizes = [(label, n) for label, n in sizes if n is not None]
+    if texts is not None:
+        sizes.append(("texts", len(texts)))
+    if not sizes:
+        raise ValueError("texts is required when the models are given as names or model objects")
+    if len({n for _, n in sizes}) > 1:
+        detail = ", ".join(f"{label}: n={n}" for label, n in sizes)
+        raise ValueError(f"the models and texts must cover the same prompts; got {detail}")
+    return sizes[0][1]
+
+
+def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, pooling: str = DEFAULTS.pooling,
+        names: Sequence[str] | None = None, cache: Any = DEFAULTS.cache, bootstrap: int = DEFAULTS.bootstrap,
+        permutations: int = DEFAULTS.permutations, seed: int = DEFAULTS.seed, progress: bool = False,
+        device: Any = None, dtype: Any = DEFAULTS.dtype, max_length: int | None = DEFAULTS.max_length,
+        batch_size: Any = DEFAULTS.batch_size, chat_template: bool = DEFAULTS.chat_template,
+        trust_remote_code: bool = DEFAULTS.trust_remote_code) -> Zoo:
     """Compare every layer of every model with every other, computing each model once.
 
     Parameters
     ----------
     models : sequence
-        Two or more models, each in any form :func:`layerknn.compare` accepts.
-    texts : list of str or dataset spec, optional
-        Needed unless every model is given as activations/arrays.
+        Two or more models, each one of: a model name, alias (``layerknn.list_aliases()``)
+        or local path; a loaded ``(model, tokenizer)`` pair or a model object; an
+        ``Activations``; an array of shape (L + 1, n, d); or ``layerknn.Neighbors`` with at
+        least k + 1 columns.  Arrays, activations and neighbours need no ``texts``.
+    texts : list of str or str, optional
+        The prompts, or a dataset spec such as ``"builtin:stdlib-docs?n=1024"``.
     k : int
-        Neighbours per prompt (k + 1 are searched and cached).
+        Neighbours per prompt, ``1 <= k <= n - 1`` (k + 1 are searched, to report ties).
+    pooling : {"last", "mean", "mean_no_bos"}
+        Token pooling of extracted activations.
     names : sequence of str, optional
-        Display names.
-    cache : bool, path or Cache, default True
-        Neighbour lists and activations on disk (True: ``$LAYERKNN_CACHE_DIR`` or
-        ``~/.cache/layerknn``), so adding a model recomputes only that model.
-    bootstrap : int
-        Bootstrap resamples per pair (0 to skip).
+        Display names (default: the model names; "A"/"B" or "model i" for arrays).
+    cache : bool, path or Cache
+        Reuse activations and neighbour lists on disk (True: ``$LAYERKNN_CACHE_DIR`` or
+        ``~/.cache/layerknn``); an interrupted extraction resumes from its finished batches.
+    bootstrap, permutations : int
+        Bootstrap resamples and permutation shuffles per pair (0 skips either).
+    seed : int
+        Seed of the bootstrap and permutation draws.
+    progress : bool
+        Progress bars (model loading, extraction, k-NN search, statistics).
+    device, dtype, trust_remote_code
+        How models named by a string are loaded (see :func:`layerknn.load_model`); ``dtype``
+        ``"auto"`` picks bfloat16 on CPUs with native bfloat16, and the report says which.
+    max_length, batch_size, chat_template
+        How activations are extracted (see :func:`layerknn.extract`).
 
     Returns
     -------
@@ -208,62 +251,78 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = 10, pooling: str =
     >>> import numpy as np, layerknn
     >>> rng = np.random.default_rng(0)
     >>> acts = [rng.standard_normal((L + 1, 40, 8)).astype(np.float32) for L in (2, 3, 4)]
-    >>> z = layerknn.zoo(acts, k=3, cache=False, bootstrap=0)
+    >>> z = layerknn.zoo(acts, k=3, bootstrap=0, permutations=0)
     >>> z.matrix.shape, sorted(z.pairs)
     ((12, 12), [(0, 1), (0, 2), (1, 2)])
     """
+    start = time.perf_counter()
     models = list(models)
     if len(models) < 2:
         raise ValueError(f"zoo needs at least two models, got {len(models)}")
     if names is not None and len(names) != len(models):
         raise ValueError(f"names must have one entry per model ({len(models)}), got {len(names)}")
-    k = _check_k(k)
+    k = check_count(k, "k", 1)
+    bootstrap = check_count(bootstrap, "bootstrap")
+    permutations = check_count(permutations, "permutations")
+    seed = check_count(seed, "seed")
+    labels = list(names) if names is not None else (["A", "B"] if len(models) == 2 else
+                                                      [f"model {i}" for i in range(len(models))])
     text_list, dataset = resolve_texts(texts)
-    store = _as_cache(cache)
-    sides: list[ModelNeighbors] = []
-    k_max = None
-    for i, model in enumerate(models):
-        label = names[i] if names is not None else f"model {i}"
-        n_here = len(text_list) if text_list is not None else _array_n(model, label)
-        if n_here < 2 or k > n_here - 1:
-            raise ValueError(f"k must be in [1, n-1] = [1, {n_here - 1}] for n={n_here} prompts, got k={k}")
-        k_max = min(k + 1, n_here - 1)
-        side = model_neighbors(model, text_list, k_max=k_max, pooling=pooling, cache=store, progress=progress,
-                               device=device, label=label, **dict(extract_options))
-        if names is not None:
-            side = ModelNeighbors(names[i], side.num_layers, side.indices, side.scores, side.info)
-        if sides and side.n != sides[0].n:
-            raise ValueError(f"every model must see the same prompts: {sides[0].name} has n={sides[0].n}, "
-                             f"{side.name} has n={side.n}")
+    n = _common_n(models, labels, text_list)
+    if n < 2 or k > n - 1:
+        raise ValueError(f"k must be in [1, n-1] = [1, {n - 1}] for n={n} prompts, got k={k}")
+    load = LoadOptions(dtype=str(dtype).replace("torch.", ""), device=device, trust_remote_code=trust_remote_code)
+    extract = ExtractOptions(pooling=pooling, max_length=max_length, batch_size=batch_size,
+                             chat_template=chat_template)
+    store_ = as_cache(cache)
+    sides = []
+    for label, model in zip(labels, models):
+        side = model_neighbors(model, text_list, k_max=min(k + 1, n - 1), label=label, load=load, extract=extract,
+                               cache=store_, progress=progress)
+        if side.n != n:
+            raise ValueError(f"every model must see the same prompts: {side.name} has n={side.n}, expected {n}")
         sides.append(side)
-    display = [s.name for s in sides]
+    display = list(names) if names is not None else [s.name for s in sides]
     if len(set(display)) < len(display):
-        display = [f"{nm} [{i}]" for i, nm in enumerate(display)]
-    stacked = np.concatenate([s.indices[..., :k] for s in sides], axis=0)
-    matrix, counts = overlap(stacked, stacked, k, per_prompt=True)
-    offsets = np.cumsum([0] + [s.num_layers + 1 for s in sides])
-    pairs = {}
-    for i in range(len(sides)):
-        for j in range(i + 1, len(sides)):
-            rows = slice(offsets[i], offsets[i + 1])
-            cols = slice(offsets[j], offsets[j + 1])
-            pairs[(i, j)] = comparison_from_neighbors(
-                sides[i], sides[j], k=k, names=(display[i], display[j]), dataset=dataset, pooling=pooling,
-                bootstrap=bootstrap, seed=seed, progress=False,
-                counts=(matrix[rows, cols], np.ascontiguousarray(counts[rows, cols])))
-    return Zoo(display, [s.num_layers for s in sides], matrix, pairs, n=sides[0].n, k=k, dataset=dataset,
-               pooling=pooling, meta={"models": [_jsonable(s.info) for s in sides]})
+        display = ([f"{display[0]} (A)", f"{display[1]} (B)"] if len(display) == 2
+                   else [f"{nm} [{i}]" for i, nm in enumerate(display)])
+    seconds = {"prepare": round(time.perf_counter() - start, 3)}
+    t0 = time.perf_counter()
+    neighbors = [np.ascontiguousarray(s.indices[..., :k]) for s in sides]
+    matrix = np.asarray(overlap(np.concatenate(neighbors, axis=0), np.concatenate(neighbors, axis=0), k))
+    seconds["overlap"] = round(time.perf_counter() - t0, 3)
+    result = Zoo(display, [s.num_layers for s in sides], matrix, neighbors=neighbors,
+                 tie_rates=[s.tie_rates(k) for s in sides], n=n, k=k, dataset=dataset, pooling=pooling,
+                 meta={"models": [jsonable(s.info) for s in sides],
+                       "options": jsonable({"k": k, "bootstrap": bootstrap, "permutations": permutations,
+                                            "seed": seed, **vars(load.resolved()), **vars(extract)}),
+                       "seconds": seconds})
+    t0 = time.perf_counter()
+    if bootstrap or permutations:
+        _pair_statistics(result, bootstrap, permutations, seed, progress)
+    seconds["statistics"] = round(time.perf_counter() - t0, 3)
+    seconds["total"] = round(time.perf_counter() - start, 3)
+    return result
 
 
-def _array_n(model: Any, label: str) -> int:
-    if isinstance(model, ModelNeighbors):
-        return model.n
-    if isinstance(model, Neighbors):
-        arr = model.indices
-    elif hasattr(model, "values") and hasattr(model, "fingerprint"):
-        arr = model.values
-    else:
-        arr = model
-    if not hasattr(arr, "shape") or len(arr.shape) != 3:
-        raise ValueError(f"texts is required: {label} is given as a model, not as activations of shape (layers, n, d)")
-    return int(arr.shape[1])
+def _pair_statistics(z: Zoo, bootstrap: int, permutations: int, seed: int, progress: bool) -> None:
+    """Each pair's bootstrap intervals and permutation p-values; its counts are dropped afterwards."""
+    keys = [(i, j) for i in range(len(z.names)) for j in range(i + 1, len(z.names))]
+    bar = None
+    if progress and len(keys) > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(keys), desc="pair statistics", unit="pair", leave=False)
+    try:
+        for i, j in keys:
+            c = z.comparison(i, j)
+            if bootstrap:
+                c.bootstrap(bootstrap, seed=seed, progress=progress and bar is None)
+            if permutations:
+                c.permutation_test(permutations, seed=seed, progress=progress and bar is None)
+            z.pair_stats[(i, j)] = {"ci": c.ci, "p_values": c.p_values, "permutation": c.permutation_info}
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,167 @@
+"""What a Comparison or a Zoo file holds, and the value checks applied when one is read.
+
+:mod:`layerknn.store` guarantees a file is intact and of the right kind; this module maps
+the objects to arrays + JSON metadata and back, and refuses contents that cannot be right
+(counts above k, a matrix that disagrees with its counts or neighbour lists, p-values
+outside (0, 1], shapes that do not fit), naming the file.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .report import jsonable
+from .store import FormatError
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from .comparison import Comparison
+    from .zoo import Zoo
+
+__all__ = ["comparison_arrays", "comparison_from_arrays", "zoo_arrays", "zoo_from_arrays"]
+
+_OPTIONAL = ("neighbors_a", "neighbors_b", "tie_rate_a", "tie_rate_b", "p_values")
+
+
+def _ci_split(ci: dict | None, prefix: str) -> tuple[dict, dict | None]:
+    if ci is None:
+        return {}, None
+    arrays = {f"{prefix}{key}": np.asarray(v) for key, v in ci.items() if isinstance(v, np.ndarray)}
+    scalars = {key: v for key, v in ci.items() if not isinstance(v, np.ndarray)}
+    return arrays, jsonable(scalars)
+
+
+def _ci_join(arrays: dict, scalars: dict | None, prefix: str) -> dict | None:
+    if scalars is None:
+        return None
+    ci = dict(scalars)
+    ci["stats"] = {key: tuple(np.nan if x is None else x for x in v) for key, v in scalars["stats"].items()}
+    for key, value in arrays.items():
+        if key.startswith(prefix):
+            ci[key[len(prefix):]] = value
+    return ci
+
+
+def comparison_arrays(c: "Comparison") -> tuple[dict, dict]:
+    """(arrays, meta) for :func:`layerknn.store.write`; per-prompt counts only when there are no neighbours."""
+    arrays: dict[str, np.ndarray] = {"matrix": c.matrix}
+    for key in _OPTIONAL:
+        value = getattr(c, key)
+        if value is not None:
+            arrays[key] = np.asarray(value)
+    if c.neighbors_a is None and c._per_prompt is not None:
+        arrays["per_prompt"] = np.asarray(c._per_prompt)
+    ci_arrays, ci_meta = _ci_split(c.ci, "ci_")
+    arrays.update(ci_arrays)
+    meta = {"names": list(c.names), "num_layers": [c.num_layers_a, c.num_layers_b], "n": c.n, "k": c.k,
+            "dataset": c.dataset, "pooling": c.pooling, "ci": ci_meta,
+            "permutation": jsonable(c.permutation_info), "meta": jsonable(c.meta)}
+    return arrays, meta
+
+
+def _check_values(arrays: dict, n: int, k: int, shape: tuple[int, int], where: str) -> None:
+    matrix = arrays["matrix"]
+    if matrix.shape != shape:
+        raise FormatError(f"{where}: matrix has shape {matrix.shape}, its metadata says {shape}")
+    if not np.all(np.isfinite(matrix)) or matrix.min() < 0 or matrix.max() > 1:
+        raise FormatError(f"{where}: matrix values must lie in [0, 1]")
+    for side, layers in (("a", shape[0]), ("b", shape[1])):
+        nb = arrays.get(f"neighbors_{side}")
+        if nb is not None and (nb.shape != (layers, n, k) or nb.min() < 0 or nb.max() >= n):
+            raise FormatError(f"{where}: neighbors_{side} must be indices in [0, {n}) of shape {(layers, n, k)}, "
+                              f"got shape {nb.shape}")
+    counts = arrays.get("per_prompt")
+    if counts is not None:
+        if counts.shape != shape + (n,) or counts.max(initial=0) > k:
+            raise FormatError(f"{where}: per_prompt must hold counts in [0, k={k}] of shape {shape + (n,)}")
+        if not np.allclose(counts.sum(axis=-1, dtype=np.float64) / (n * k), matrix, rtol=0, atol=1e-12):
+            raise FormatError(f"{where}: matrix disagrees with its per-prompt counts")
+    if "neighbors_a" in arrays and "neighbors_b" in arrays:
+        from .overlap import overlap
+
+        if not np.allclose(overlap(arrays["neighbors_a"], arrays["neighbors_b"], k), matrix, rtol=0, atol=1e-12):
+            raise FormatError(f"{where}: matrix disagrees with its neighbour lists")
+    p = arrays.get("p_values")
+    if p is not None and (p.shape != shape or not np.all((p > 0) & (p <= 1))):
+        raise FormatError(f"{where}: p_values must lie in (0, 1] with shape {shape}")
+
+
+def comparison_from_arrays(arrays: dict, meta: dict, where: str) -> "Comparison":
+    """Rebuild a Comparison from a file's contents, checking every value (FormatError naming ``where``)."""
+    from .comparison import Comparison
+
+    try:
+        la, lb = (int(x) for x in meta["num_layers"])
+        n, k = int(meta["n"]), int(meta["k"])
+        _check_values(arrays, n, k, (la + 1, lb + 1), where)
+        neighbors = None
+        if "neighbors_a" in arrays and "neighbors_b" in arrays:
+            neighbors = (arrays["neighbors_a"], arrays["neighbors_b"])
+        c = Comparison(arrays["matrix"], n=n, k=k, names=meta["names"], num_layers=(la, lb),
+                       per_prompt=arrays.get("per_prompt"), neighbors=neighbors,
+                       tie_rates=(arrays.get("tie_rate_a"), arrays.get("tie_rate_b")),
+                       dataset=meta.get("dataset"), pooling=meta.get("pooling"), meta=meta.get("meta"))
+        c.ci = _ci_join(arrays, meta.get("ci"), "ci_")
+        if "p_values" in arrays:
+            c.p_values = arrays["p_values"]
+            c.permutation_info = meta.get("permutation")
+    except FormatError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{where}: not a valid layerknn comparison ({type(exc).__name__}: {exc})") from None
+    return c
+
+
+def zoo_arrays(z: "Zoo", include_neighbors: bool = True) -> tuple[dict, dict]:
+    """(arrays, meta) of a Zoo: the block matrix, each model's neighbours and tie rates, each pair's statistics."""
+    arrays: dict[str, np.ndarray] = {"matrix": z.matrix}
+    for i, (nb, ties) in enumerate(zip(z.neighbors, z.tie_rates)):
+        if include_neighbors and nb is not None:
+            arrays[f"neighbors_{i}"] = nb
+        if ties is not None:
+            arrays[f"tie_rate_{i}"] = np.asarray(ties)
+    pairs = {}
+    for (i, j), entry in z.pair_stats.items():
+        ci_arrays, ci_meta = _ci_split(entry.get("ci"), f"ci_{i}_{j}_")
+        arrays.update(ci_arrays)
+        if entry.get("p_values") is not None:
+            arrays[f"p_values_{i}_{j}"] = entry["p_values"]
+        pairs[f"{i},{j}"] = {"ci": ci_meta, "permutation": jsonable(entry.get("permutation"))}
+    meta = {"names": z.names, "num_layers": z.num_layers, "n": z.n, "k": z.k, "dataset": z.dataset,
+            "pooling": z.pooling, "pairs": pairs, "meta": jsonable(z.meta)}
+    return arrays, meta
+
+
+def zoo_from_arrays(arrays: dict, meta: dict, where: str) -> "Zoo":
+    """Rebuild a Zoo from a file's contents (FormatError naming ``where``)."""
+    from .zoo import Zoo
+
+    try:
+        names, num_layers = list(meta["names"]), [int(x) for x in meta["num_layers"]]
+        n, k = int(meta["n"]), int(meta["k"])
+        size = sum(x + 1 for x in num_layers)
+        matrix = arrays["matrix"]
+        if matrix.shape != (size, size) or not np.all(np.isfinite(matrix)) or matrix.min() < 0 or matrix.max() > 1:
+            raise FormatError(f"{where}: matrix must hold values in [0, 1] with shape {(size, size)}")
+        neighbors, ties = [], []
+        for i, layers in enumerate(num_layers):
+            nb = arrays.get(f"neighbors_{i}")
+            if nb is not None and (nb.shape != (layers + 1, n, k) or nb.min() < 0 or nb.max() >= n):
+                raise FormatError(f"{where}: neighbors_{i} must be indices in [0, {n}) of shape {(layers + 1, n, k)}")
+            neighbors.append(nb)
+            ties.append(arrays.get(f"tie_rate_{i}"))
+        pair_stats = {}
+        for key, entry in meta["pairs"].items():
+            i, j = (int(x) for x in key.split(","))
+            p = arrays.get(f"p_values_{i}_{j}")
+            if p is not None and not np.all((p > 0) & (p <= 1)):
+                raise FormatError(f"{where}: p-values of pair {i},{j} must lie in (0, 1]")
+            pair_stats[(i, j)] = {"ci": _ci_join(arrays, entry.get("ci"), f"ci_{i}_{j}_"), "p_values": p,
+                                  "permutation": entry.get("permutation")}
+    except FormatError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{where}: not a valid layerknn zoo ({type(exc).__name__}: {exc})") from None
+    return Zoo(names, num_layers, matrix, neighbors=neighbors, tie_rates=ties, pair_stats=pair_stats, n=n, k=k,
+               dataset=meta.get("dataset"), pooling=meta.get("pooling"), meta=meta.get("meta"))

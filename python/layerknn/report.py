@@ -1,0 +1,147 @@
+"""Reports of a comparison: the depth-tracking verdict, the plain-text summary and the JSON report.
+
+Everything here reads a :class:`~layerknn.Comparison` and its stored statistics; nothing
+is computed twice and nothing is written to disk (the CLI decides where reports go).
+The summary names every setting that changes the numbers (weights' dtype, token limit,
+truncation, k, n, pooling, data), so a figure can be reproduced from its report alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import stats
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from .comparison import Comparison
+
+__all__ = ["verdict", "summary", "to_dict", "jsonable", "FORMAT"]
+
+FORMAT = "layerknn.Comparison/2"
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with arrays as lists, NumPy scalars as Python numbers, non-finite floats as None.
+
+    Examples
+    --------
+    >>> jsonable({"a": np.array([1.5, np.nan]), "b": np.int64(3)})
+    {'a': [1.5, None], 'b': 3}
+    """
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)  # paths, devices, dtypes: their readable names
+
+
+def verdict(c: "Comparison") -> dict:
+    """Whether best matches track normalised depth.
+
+    Returns
+    -------
+    dict
+        ``verdict`` ("track", "no" or "undefined"), ``tracks_depth`` (bool), ``basis``
+        (the criterion and the numbers it used) and ``reasons``.
+    """
+    return stats.depth_verdict(c.matrix, c.num_layers_a, c.num_layers_b, ci=c.ci,
+                               spearman_p=(c.permutation_info or {}).get("spearman_p"),
+                               **c.geometry())
+
+
+def _run_line(c: "Comparison") -> str | None:
+    run = []
+    for label in ("a", "b"):
+        info = c.meta.get(f"model_{label}") or {}
+        if info.get("dtype") or info.get("max_length"):
+            run.append(f"{label.upper()}: {info.get('dtype') or '?'} weights, max_length "
+                       f"{info.get('max_length')}, {info.get('truncated') or 0} prompts truncated")
+    return "extraction: " + "; ".join(run) if run else None
+
+
+def summary(c: "Comparison") -> str:
+    """A plain-text report: settings, similarity levels, best-match depth tracking with CIs."""
+    geometry = c.geometry()
+    da = c.depth_alignment(**geometry)
+    ci = c.ci["stats"] if c.ci else {}
+    level = f"{int(round(c.ci['level'] * 100))}% CI " if c.ci else ""
+
+    def fmt(name: str, digits: int = 3) -> str:
+        text = f"{da[name]:.{digits}f}"
+        if name in ci:
+            lo, hi = ci[name]
+            text += f" [{level}{lo:.{digits}f}, {hi:.{digits}f}]"
+        return text
+
+    blocks = c.matrix[1:, 1:]
+    i, j = (int(x) + 1 for x in np.unravel_index(np.argmax(blocks), blocks.shape))
+    v = verdict(c)
+    lines = [
+        f"layerknn comparison: A = {c.name_a} ({c.num_layers_a} blocks), B = {c.name_b} ({c.num_layers_b} blocks)",
+        f"data: {c.dataset or 'n/a'}; n = {c.n} prompts; k = {c.k}; pooling = {c.pooling or 'n/a'}; "
+        f"chance = k/(n-1) = {c.chance:.4f}",
+    ]
+    run = _run_line(c)
+    if run:
+        lines.append(run)
+    ties = stats.best_match_ties(c.matrix, c.num_layers_a, c.num_layers_b, **geometry)
+    lines += [
+        f"similarity over blocks: max {blocks.max():.3f} at A block {i} / B block {j} "
+        f"({blocks.max() / c.chance:.1f}x chance); mean {blocks.mean():.3f}; "
+        f"embeddings (row/col 0) x embeddings {c.matrix[0, 0]:.3f}",
+        f"near-diagonal mean (|depth difference| <= {geometry['near']}): {fmt('near_mean')}",
+        f"off-diagonal mean  (|depth difference| >  {geometry['far']}): {fmt('far_mean')}",
+        f"best-match depth tracking (blocks only): Spearman A->B {fmt('spearman_ab')}, B->A {fmt('spearman_ba')}",
+        f"mean |depth error| of best matches: {fmt('mean_abs_depth_error')}",
+        f"rows whose best match is tied (lowest index taken): A->B {ties['ab']}, B->A {ties['ba']}",
+    ]
+    word = {"track": "TRACK", "no": "do NOT track", "undefined": "UNDEFINED: cannot tell whether they track"}
+    lines.append(f"VERDICT: best matches {word[v['verdict']]} normalised depth ({v['basis']})")
+    if c.p_values is not None:
+        info = c.permutation_info or {}
+        sig = int((c.p_values <= 0.05).sum())
+        lines.append(f"permutation test ({info.get('n_perm')} shuffles): {sig} of {c.p_values.size} cells above "
+                     f"chance at p <= 0.05 (smallest attainable p = {1 / (1 + info.get('n_perm', 0)):.4f})")
+    for label, rates in (("A", c.tie_rate_a), ("B", c.tie_rate_b)):
+        if rates is not None:
+            block_rates = np.asarray(rates)[1:]
+            warn = ("  <- tie-dominated: its neighbour sets are arbitrary (lowest index wins), so row/col 0 "
+                    "is left out of the depth statistics" if rates[0] > 0.5 else "")
+            lines.append(f"prompts with tied k-th/(k+1)-th neighbour scores in {label}: embeddings "
+                         f"{rates[0]:.1%}, blocks max {block_rates.max():.1%} "
+                         f"(block {int(np.argmax(block_rates)) + 1}){warn}")
+    return "\n".join(lines)
+
+
+def to_dict(c: "Comparison") -> dict:
+    """JSON-serialisable report: settings, matrix, best matches, statistics, verdict, provenance."""
+    geometry = c.geometry()
+    out = {
+        "format": FORMAT,
+        "names": list(c.names), "num_layers": [c.num_layers_a, c.num_layers_b],
+        "n": c.n, "k": c.k, "chance": c.chance, "dataset": c.dataset, "pooling": c.pooling,
+        "matrix": c.matrix.tolist(),
+        "best_match": {key: np.asarray(v).tolist() for key, v in c.best_match().items()},
+        "best_match_blocks": {key: np.asarray(v).tolist()
+                              for key, v in c.best_match(include_embeddings=False).items()},
+        "best_match_ties": stats.best_match_ties(c.matrix, c.num_layers_a, c.num_layers_b, **geometry),
+        "depth_alignment": jsonable(c.depth_alignment(**geometry)),
+        "verdict": jsonable(verdict(c)),
+        "tie_rate_a": None if c.tie_rate_a is None else np.asarray(c.tie_rate_a).tolist(),
+        "tie_rate_b": None if c.tie_rate_b is None else np.asarray(c.tie_rate_b).tolist(),
+        "ci": jsonable(c.ci) if c.ci is not None else None,
+        "p_values": None if c.p_values is None else c.p_values.tolist(),
+        "permutation": jsonable(c.permutation_info),
+        "meta": jsonable(c.meta),
+    }
+    return out

@@ -1,12 +1,12 @@
-"""layerknn.cache: hits, misses, k_max reuse, corruption/truncation detection, atomic writes."""
+"""layerknn.cache: hits, misses, k_max reuse, corruption and request checks, atomic writes, unwritable folders."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from layerknn import cache as cache_mod
-from layerknn.cache import Cache, CacheCorruptionWarning, default_cache_dir
+from layerknn import store
+from layerknn.cache import Cache, CacheCorruptionWarning, CacheUnavailableWarning, default_cache_dir
 
 
 def nbrs(seed=0, L=3, n=20, k=6):
@@ -28,14 +28,14 @@ def test_miss_then_hit(tmp_path):
     np.testing.assert_array_equal(small["indices"], idx[..., :3])
     assert c.get_neighbors("fp1", 7) is None  # needs more columns than stored
     assert c.get_neighbors("fp2", 3) is None  # other fingerprint
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 def test_activations_round_trip(tmp_path):
     c = Cache(tmp_path)
     values = np.random.default_rng(1).standard_normal((4, 10, 3)).astype(np.float32)
     c.put_activations("fpA", values, {"num_layers": 3}, {"token_counts": np.arange(10)})
-    hit = c.get_activations("fpA")
+    hit = c.get_activations("fpA", n=10)
     np.testing.assert_array_equal(hit["values"], values)
     np.testing.assert_array_equal(hit["token_counts"], np.arange(10))
     assert hit["meta"]["num_layers"] == 3
@@ -46,7 +46,7 @@ def test_corrupt_files_are_detected_and_dropped(tmp_path, damage):
     c = Cache(tmp_path)
     idx, sc = nbrs()
     c.put_neighbors("fp", idx, sc, {"num_layers": 2})
-    path = next(tmp_path.glob("nbrs-fp-k6.npz"))
+    path = tmp_path / "neighbours" / "fp-k6.npz"
     raw = bytearray(path.read_bytes())
     if damage == "truncate":
         raw = raw[: len(raw) // 2]
@@ -57,7 +57,7 @@ def test_corrupt_files_are_detected_and_dropped(tmp_path, damage):
     else:
         raw = bytearray(b"\x00" * 100)
     path.write_bytes(bytes(raw))
-    with pytest.warns(CacheCorruptionWarning, match="corrupt or truncated"):
+    with pytest.warns(CacheCorruptionWarning, match="unusable"):
         assert c.get_neighbors("fp", 6) is None
     assert not path.exists()  # dropped, so the next run recomputes and rewrites it
     c.put_neighbors("fp", idx, sc, {"num_layers": 2})
@@ -68,20 +68,21 @@ def test_interrupted_write_leaves_no_entry(tmp_path, monkeypatch):
     c = Cache(tmp_path)
     idx, sc = nbrs()
     c.put_neighbors("fp", idx, sc, {"num_layers": 2})
-    before = (tmp_path / "nbrs-fp-k6.npz").read_bytes()
+    entry = tmp_path / "neighbours" / "fp-k6.npz"
+    before = entry.read_bytes()
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache_mod.np, "savez", boom)
+    monkeypatch.setattr(store.np, "savez", boom)
     with pytest.raises(KeyboardInterrupt):
         c.put_neighbors("fp", idx[..., ::-1], sc, {"num_layers": 2})
     with pytest.raises(KeyboardInterrupt):
         c.put_activations("new", np.zeros((2, 3, 4), np.float32), {})
     monkeypatch.undo()
-    assert (tmp_path / "nbrs-fp-k6.npz").read_bytes() == before  # old entry intact
-    assert not (tmp_path / "acts-new.npz").exists()
-    assert not list(tmp_path.glob(".*tmp"))
+    assert entry.read_bytes() == before  # old entry intact
+    assert not (tmp_path / "activations" / "new.npz").exists()
+    assert not list(tmp_path.rglob(".*tmp"))
 
 
 def test_default_dir_and_bad_keys(tmp_path, monkeypatch):
@@ -100,5 +101,70 @@ def test_clear(tmp_path):
     c.put_neighbors("a", idx, sc, {})
     c.put_activations("a", np.zeros((1, 2, 2), np.float32), {})
     (tmp_path / "unrelated.txt").write_text("keep")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "kept.bin").write_text("dequantised model")
     assert c.clear() == 2
-    assert (tmp_path / "unrelated.txt").exists()
+    assert (tmp_path / "unrelated.txt").exists() and (tmp_path / "models" / "kept.bin").exists()
+    assert c.get_neighbors("a", 6) is None
+
+
+def test_malformed_meta_is_corrupt_and_removed(tmp_path):
+    """Valid JSON that is not an object used to crash every rerun and was never removed."""
+    c = Cache(tmp_path)
+    idx, sc = nbrs()
+    path = tmp_path / "neighbours" / "fp-k6.npz"
+    path.parent.mkdir(parents=True)
+    header = '{"format": "layerknn", "kind": "neighbours", "version": 1, "sha256": "%s", "meta": [1, 2]}' % \
+        store.checksum({"indices": idx, "scores": sc})
+    np.savez(path, __layerknn__=np.array(header), indices=idx, scores=sc)
+    with pytest.warns(CacheCorruptionWarning, match="not a JSON object"):
+        assert c.get_neighbors("fp", 6) is None
+    assert not path.exists()
+    link = tmp_path / "links" / "key.npz"
+    store.write(link, {}, {"fingerprint": ["not", "a", "string"]}, kind="link")
+    with pytest.warns(CacheCorruptionWarning, match="fingerprint"):
+        assert c.get_link("key") is None
+    assert not link.exists()
+
+
+@pytest.mark.parametrize("request_", [{"n": 21}, {"num_layers": 5}])
+def test_entry_is_checked_against_the_request(tmp_path, request_):
+    """An entry of 20 prompts (or 3 layers) must never serve a request for other sizes."""
+    c = Cache(tmp_path)
+    idx, sc = nbrs()
+    c.put_neighbors("fp", idx, sc, {"num_layers": 2})
+    with pytest.warns(CacheCorruptionWarning, match="the request has"):
+        assert c.get_neighbors("fp", 6, **request_) is None
+    c.put_activations("fa", np.zeros((3, 10, 2), np.float32), {"num_layers": 2})
+    with pytest.warns(CacheCorruptionWarning, match="n=64"):
+        assert c.get_activations("fa", n=64) is None
+
+
+def test_entry_under_another_fingerprint_is_refused(tmp_path):
+    c = Cache(tmp_path)
+    idx, sc = nbrs()
+    c.put_neighbors("one", idx, sc, {"num_layers": 2})
+    (tmp_path / "neighbours" / "one-k6.npz").rename(tmp_path / "neighbours" / "two-k6.npz")
+    with pytest.warns(CacheCorruptionWarning, match="fingerprint"):
+        assert c.get_neighbors("two", 6) is None
+
+
+def test_read_only_cache_degrades_to_uncached_with_one_warning(tmp_path):
+    import os
+    import warnings
+
+    if os.geteuid() == 0:  # root ignores permission bits: make the root a file instead
+        root = tmp_path / "file-not-folder"
+        root.write_text("x")
+    else:
+        root = tmp_path / "ro"
+        root.mkdir(mode=0o500)
+    c = Cache(root)
+    idx, sc = nbrs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        c.put_neighbors("fp", idx, sc, {"num_layers": 2})
+        c.put_activations("fp", np.zeros((3, 20, 2), np.float32), {"num_layers": 2})
+        assert c.partial_folder("fp") is None
+    assert [w.category for w in caught] == [CacheUnavailableWarning]
+    assert not c.writable and c.get_neighbors("fp", 6) is None

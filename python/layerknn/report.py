@@ -46,17 +46,32 @@ def jsonable(obj: Any) -> Any:
 
 
 def verdict(c: "Comparison") -> dict:
-    """Whether best matches track normalised depth.
+    """Whether best matches track normalised depth: "track", "no" or "undefined" (see :func:`stats.depth_verdict`).
+
+    Uses the bootstrap lower bounds of Spearman when :meth:`Comparison.bootstrap` ran and the
+    permutation p-value of Spearman when :meth:`Comparison.permutation_test` ran.
 
     Returns
     -------
     dict
-        ``verdict`` ("track", "no" or "undefined"), ``tracks_depth`` (bool), ``basis``
-        (the criterion and the numbers it used) and ``reasons``.
+        :func:`stats.depth_verdict`'s result plus ``tracks_depth`` (bool) and ``basis`` (one line).
     """
-    return stats.depth_verdict(c.matrix, c.num_layers_a, c.num_layers_b, ci=c.ci,
-                               spearman_p=(c.permutation_info or {}).get("spearman_p"),
-                               **c.geometry())
+    geometry = c.geometry()
+    lows = None
+    if c.ci is not None:
+        lows = (c.ci["stats"]["spearman_ab"][0], c.ci["stats"]["spearman_ba"][0])
+    spearman_p = (c.permutation_info or {}).get("spearman_p")
+    out = stats.depth_verdict(c.matrix, c.num_layers_a, c.num_layers_b, ci_lows=lows, spearman_p=spearman_p,
+                              include_embeddings=geometry["include_embeddings"])
+    out["tracks_depth"] = out["verdict"] == "track"
+    criteria = ["Spearman > 0 both ways"]
+    if lows is not None:
+        criteria.append(f"{int(round(c.ci['level'] * 100))}% bootstrap CI lower bounds {lows[0]:.3f} (A->B), "
+                        f"{lows[1]:.3f} (B->A) above 0")
+    if spearman_p is not None:
+        criteria.append(f"permutation p of Spearman {out['spearman_p']:.4g} <= {out['alpha']:g}")
+    out["basis"] = "criterion: " + "; ".join(criteria) + ("; " + "; ".join(out["reasons"]) if out["reasons"] else "")
+    return out
 
 
 def _run_line(c: "Comparison") -> str | None:
@@ -94,7 +109,6 @@ def summary(c: "Comparison") -> str:
     run = _run_line(c)
     if run:
         lines.append(run)
-    ties = stats.best_match_ties(c.matrix, c.num_layers_a, c.num_layers_b, **geometry)
     lines += [
         f"similarity over blocks: max {blocks.max():.3f} at A block {i} / B block {j} "
         f"({blocks.max() / c.chance:.1f}x chance); mean {blocks.mean():.3f}; "
@@ -103,7 +117,8 @@ def summary(c: "Comparison") -> str:
         f"off-diagonal mean  (|depth difference| >  {geometry['far']}): {fmt('far_mean')}",
         f"best-match depth tracking (blocks only): Spearman A->B {fmt('spearman_ab')}, B->A {fmt('spearman_ba')}",
         f"mean |depth error| of best matches: {fmt('mean_abs_depth_error')}",
-        f"rows whose best match is tied (lowest index taken): A->B {ties['ab']}, B->A {ties['ba']}",
+        f"best matches decided by a tie (lowest index taken, as in the paper): {v['tied_ab']} of A's blocks, "
+        f"{v['tied_ba']} of B's blocks",
     ]
     word = {"track": "TRACK", "no": "do NOT track", "undefined": "UNDEFINED: cannot tell whether they track"}
     lines.append(f"VERDICT: best matches {word[v['verdict']]} normalised depth ({v['basis']})")
@@ -134,7 +149,6 @@ def to_dict(c: "Comparison") -> dict:
         "best_match": {key: np.asarray(v).tolist() for key, v in c.best_match().items()},
         "best_match_blocks": {key: np.asarray(v).tolist()
                               for key, v in c.best_match(include_embeddings=False).items()},
-        "best_match_ties": stats.best_match_ties(c.matrix, c.num_layers_a, c.num_layers_b, **geometry),
         "depth_alignment": jsonable(c.depth_alignment(**geometry)),
         "verdict": jsonable(verdict(c)),
         "tie_rate_a": None if c.tie_rate_a is None else np.asarray(c.tie_rate_a).tolist(),

@@ -14,6 +14,7 @@ whose finished batches are kept so that an interrupted run resumes where it stop
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -217,7 +218,8 @@ def _from_cache(hit: dict, label: str, how: str) -> ModelNeighbors:
 
 def _extracted(model: Any, texts: list[str], *, k_max: int, label: str, load: LoadOptions,
                extract: ExtractOptions, cache: Cache | None, progress: bool) -> ModelNeighbors:
-    from . import extract as extraction  # the module (the package re-exports a function of that name)
+    # the module, looked up at call time (the package re-exports a function of the same name)
+    extraction = importlib.import_module(f"{__package__}.extract")
 
     n = len(texts)
     name = display_name(model)

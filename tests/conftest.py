@@ -8,6 +8,7 @@ machines. Tests needing a GPU explicitly carry the ``gpu`` marker and skip clean
 from __future__ import annotations
 
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -18,6 +19,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import layerknn  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if layerknn.cuda_available() else [])
+
+
+@pytest.fixture
+def rng(request):
+    """A NumPy generator seeded from the test's id: fresh inputs per test, reproducible per test."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty cache root: no test reads or writes ~/.cache/layerknn."""
+    monkeypatch.setenv("LAYERKNN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture(params=DEVICES)

@@ -217,7 +217,9 @@ def test_real_compare_with_tiny_models_and_cache(tmp_path, tiny_models):
     r1 = json.loads((tmp_path / "o1" / "report.json").read_text())
     assert r1["num_layers"] == [3, 2] and r1["n"] == 48
     assert r1["meta"]["model_a"]["cache"] == "miss"
-    assert list((tmp_path / "cache").glob("nbrs-*-k6.npz")) and list((tmp_path / "cache").glob("acts-*.npz"))
+    assert list((tmp_path / "cache" / "neighbours").glob("*-k6.npz"))
+    assert list((tmp_path / "cache" / "activations").glob("*.npz"))
+    assert not any((tmp_path / "cache" / "partial").iterdir())  # finished batches dropped once stored
     second = run_cli(*args, "--out", tmp_path / "o2")
     assert second.returncode == 0, second.stderr
     r2 = json.loads((tmp_path / "o2" / "report.json").read_text())
@@ -226,12 +228,14 @@ def test_real_compare_with_tiny_models_and_cache(tmp_path, tiny_models):
 
 
 def test_dtype_auto_resolution():
-    from layerknn.cli import _resolve_dtype
+    from layerknn.options import resolve_dtype
 
-    assert _resolve_dtype("float32", None) == "float32"
-    assert _resolve_dtype(None, None) is None
-    assert _resolve_dtype("auto", "cuda:0") == "float32"
-    assert _resolve_dtype("auto", None) in ("bfloat16", "float32")
+    assert resolve_dtype("float32", None) == "float32"
+    assert resolve_dtype("torch.bfloat16") == "bfloat16"
+    assert resolve_dtype("auto", "cuda:0") == "float32"
+    assert resolve_dtype("auto", None) in ("bfloat16", "float32")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("int8")
 
 
 def test_compare_reads_activations_save_format(tmp_path, capsys):
@@ -252,3 +256,72 @@ def test_compare_reads_activations_save_format(tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "A = toy0 (4 blocks), B = toy1 (3 blocks)" in out
+
+
+def test_interrupted_run_leaves_the_previous_complete_output(tmp_path, act_files, capsys, monkeypatch):
+    """An interrupt while writing outputs over an earlier run's folder leaves that run's whole set."""
+    from layerknn.cli import main
+    from layerknn.comparison import Comparison
+
+    (a, b, _), _ = act_files
+    out = tmp_path / "out"
+    common = ["compare", str(a), str(b), "--out", str(out), "--bootstrap", "20", "--permutations", "0",
+              "--no-progress"]
+    assert main([*common, "--k", "9"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"heatmap.png", "depth.png", "comparison.npz", "report.json", "summary.txt"} <= set(before)
+
+    def interrupted(self, path, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Comparison, "plot_depth", interrupted)
+    assert main([*common, "--k", "10"]) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert json.loads((out / "report.json").read_text())["k"] == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_out_is_checked_before_any_work(tmp_path, act_files, capsys, monkeypatch):
+    import layerknn.zoo as zoo_module
+    from layerknn.cli import main
+
+    (a, b, _), _ = act_files
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("precious")
+    monkeypatch.setattr(zoo_module, "model_neighbors", lambda *args, **kw: pytest.fail("work started"))
+    assert main(["compare", str(a), str(b), "--out", str(mine), "--no-progress"]) == 2
+    assert "did not write" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["chapter1.tex"]
+
+
+def test_data_with_activation_files_is_checked_and_used(tmp_path, act_files, capsys):
+    from layerknn.cli import main
+
+    (a, b, _), _ = act_files
+    common = ["compare", str(a), str(b), "--k", "4", "--bootstrap", "0", "--permutations", "0", "--no-progress"]
+    assert main([*common, "--data", "builtin:random-strings?n=50", "--out", str(tmp_path / "x")]) == 2
+    assert "same prompts" in capsys.readouterr().err
+    assert main([*common, "--data", "builtin:random-strings?n=120", "--out", str(tmp_path / "y")]) == 0
+    report = json.loads((tmp_path / "y" / "report.json").read_text())
+    assert report["dataset"].startswith("builtin:random-strings")
+    assert main([*common, "--out", str(tmp_path / "z")]) == 0
+    assert json.loads((tmp_path / "z" / "report.json").read_text())["dataset"] is None
+
+
+def test_library_and_cli_share_defaults(tmp_path, act_files, capsys):
+    """The CLI passes the library's defaults (one place): same matrix, CIs, p-values, options."""
+    from layerknn.cli import main
+    from layerknn.options import DEFAULTS
+
+    (a, b, _), _ = act_files
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    from layerknn.sources import activations_file
+
+    ref = layerknn.compare(activations_file(a), activations_file(b))
+    assert report["k"] == DEFAULTS.k and report["permutation"]["n_perm"] == DEFAULTS.permutations
+    assert report["ci"]["n_boot"] == DEFAULTS.bootstrap
+    assert report["matrix"] == ref.matrix.tolist() and report["p_values"] == ref.p_values.tolist()
+    assert report["ci"]["stats"] == json.loads(json.dumps(ref.to_dict()["ci"]["stats"]))
+    assert report["meta"]["options"] == json.loads(json.dumps(ref.meta["options"]))

@@ -16,11 +16,6 @@ from layerknn import Comparison, compare
 from layerknn.cache import Cache
 
 
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
-
-
 def drifting_model(base: np.ndarray, num_layers: int, noise: float, seed: int) -> np.ndarray:
     """Layers that rotate the same prompts' vectors with depth: similar depths -> similar layers."""
     r = np.random.default_rng(seed)
@@ -156,11 +151,14 @@ def test_save_load_round_trip(tmp_path, rng):
     assert back.summary() == c.summary()
     assert json.loads(json.dumps(back.to_dict())) == json.loads(json.dumps(c.to_dict()))
     np.savez(tmp_path / "other.npz", meta=np.array("{}"), matrix=np.eye(2))
-    with pytest.raises(ValueError, match="not a layerknn comparison"):
+    with pytest.raises(ValueError, match="other.npz.*not a layerknn file"):
         Comparison.load(tmp_path / "other.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="junk.npz.*not an .npz archive"):
         Comparison.load(tmp_path / "junk.npz")
+    layerknn.zoo([a, b], k=4, bootstrap=0, permutations=0).save(tmp_path / "zoo.npz")
+    with pytest.raises(ValueError, match="zoo.npz.*holds a layerknn 'zoo' file, expected 'comparison'"):
+        Comparison.load(tmp_path / "zoo.npz")
 
 
 def test_plots_write_images(tmp_path, rng):
@@ -249,8 +247,8 @@ def test_cache_reuses_and_recomputes_only_new_models(tmp_path, fake_extract):
     compare(m1, m2, texts, k=6, cache=cache, bootstrap=0)
     assert fake_extract.calls == ["one", "two", "three"]
     # corrupt one neighbour file: warned, recomputed, same answer
-    victim = sorted((tmp_path / "cache").glob("nbrs-one-*-k5.npz"))[0]
+    victim = sorted((tmp_path / "cache" / "neighbours").glob("one-*-k5.npz"))[0]
     victim.write_bytes(victim.read_bytes()[:200])
-    with pytest.warns(UserWarning, match="corrupt or truncated"):
+    with pytest.warns(UserWarning, match="unusable"):
         c3 = compare(m1, m2, texts, k=4, cache=cache, bootstrap=0)
     np.testing.assert_array_equal(c3.matrix, c1.matrix)

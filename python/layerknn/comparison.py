@@ -98,6 +98,9 @@ class Comparison:
                                  f"got {np.shape(nb)}")
         if per_prompt is not None and np.shape(per_prompt) != matrix.shape + (self.n,):
             raise ValueError(f"per_prompt must have shape {matrix.shape + (self.n,)}, got {np.shape(per_prompt)}")
+        if per_prompt is not None and np.size(per_prompt) and (np.min(per_prompt) < 0 or np.max(per_prompt) > self.k):
+            raise ValueError(f"per_prompt must hold counts in [0, k] = [0, {self.k}], "
+                             f"got values in [{np.min(per_prompt)}, {np.max(per_prompt)}]")
         self._per_prompt = per_prompt
         self.tie_rate_a, self.tie_rate_b = tie_rates if tie_rates is not None else (None, None)
         self.dataset, self.pooling = dataset, pooling

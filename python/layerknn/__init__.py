@@ -37,6 +37,7 @@ from .models import list_aliases, load_model
 from .options import DEFAULTS
 from .overlap import overlap
 from .store import FormatError
+from .sweep import sweep_k
 from .zoo import Zoo, zoo
 
 __version__ = getattr(_core, "__version__", "0.0.0+dev")  # set by the wheel build
@@ -59,5 +60,6 @@ __all__ = [
     "load_model",
     "load_texts",
     "overlap",
+    "sweep_k",
     "zoo",
 ]

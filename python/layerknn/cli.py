@@ -36,7 +36,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "'prompts.txt', 'data.jsonl?field=text', 'table.csv?column=prompt', options n= and seed=")
     p.add_argument("--n", type=int, default=None,
                    help=f"number of prompts (default {MAIN_JOB['n']} for builtin sets, all lines for files)")
-    p.add_argument("--k", type=int, default=DEFAULTS.k, help=f"neighbours per prompt (default {DEFAULTS.k})")
+    p.add_argument("--k", default=str(DEFAULTS.k), metavar="K",
+                   help=f"neighbours per prompt (default {DEFAULTS.k}); compare also takes a list such as 1,5,10,20 "
+                        "(one search at the largest; a comparison per k and a figure of the statistics against k)")
     p.add_argument("--pooling", default=DEFAULTS.pooling, choices=("last", "mean", "mean_no_bos"),
                    help=f"token pooling of activations (default {DEFAULTS.pooling})")
     p.add_argument("--max-length", type=int, default=None, metavar="T",
@@ -122,6 +124,19 @@ def _texts(args, main_job: bool) -> str | None:
     return str(spec)
 
 
+def _ks(value: str) -> list[int]:
+    try:
+        ks = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--k must be an integer or a comma-separated list of integers, got {value!r}") from None
+    if not ks:
+        raise ValueError(f"--k must name at least one k, got {value!r}")
+    for k in ks:
+        if k < 1:
+            raise ValueError(f"--k must be >= 1, got {k}")
+    return sorted(set(ks))
+
+
 def _batch_size(value: str) -> Any:
     if value == "auto":
         return value
@@ -142,7 +157,7 @@ def _options(args, main_job: bool = False) -> dict:
         raise ValueError(f"--max-length must be >= 0, got {args.max_length}")
     max_length = args.max_length if args.max_length is not None else (MAIN_JOB["max_length"] if main_job else None)
     return {
-        "k": args.k, "pooling": args.pooling, "bootstrap": args.bootstrap, "permutations": args.permutations,
+        "pooling": args.pooling, "bootstrap": args.bootstrap, "permutations": args.permutations,
         "seed": args.seed, "device": args.device, "dtype": args.dtype, "trust_remote_code": args.trust_remote_code,
         "max_length": max_length or None, "batch_size": _batch_size(args.batch_size),
         "cache": False if args.no_cache else (Cache(args.cache_dir) if args.cache_dir else True),
@@ -173,9 +188,29 @@ def _cpu_seconds() -> float:
 # commands
 
 
+def _write_comparison(comp, folder: Path, start: float) -> str:
+    """heatmap.png, depth.png, comparison.npz, report.json, summary.txt of one comparison; returns the summary."""
+    seconds = comp.meta.setdefault("seconds", {})
+    t0 = time.perf_counter()
+    summary = comp.summary()
+    comp.plot(folder / "heatmap.png")
+    comp.plot_depth(folder / "depth.png")
+    seconds["figures"] = round(time.perf_counter() - t0, 3)
+    comp.save(folder / "comparison.npz")
+    seconds["total"] = round(time.perf_counter() - start, 3)
+    seconds["process_cpu"] = round(_cpu_seconds(), 3)
+    report = comp.to_dict()
+    report["summary"] = summary
+    (folder / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
+    (folder / "summary.txt").write_text(summary + "\n")
+    return summary
+
+
 def cmd_compare(args) -> int:
     from .compare import compare
+    from .report import jsonable
     from .store import check_output_folder, output_folder
+    from .sweep import sweep_k
 
     start = time.perf_counter()
     main_job = not args.models
@@ -183,29 +218,39 @@ def cmd_compare(args) -> int:
         args.models = list(MAIN_JOB["models"])
     elif len(args.models) != 2:
         raise ValueError(f"compare needs exactly two models (or none for the main job), got {len(args.models)}")
+    ks = _ks(args.k)
     check_output_folder(args.out)
     options = _options(args, main_job)
     args.model_objects = [_model_arg(m) for m in args.models]
-    comp = compare(*args.model_objects, _texts(args, main_job), **options)
-    seconds = comp.meta.setdefault("seconds", {})
-    t0 = time.perf_counter()
-    summary = comp.summary()
-    with output_folder(args.out, {"command": "compare"}) as out:
-        comp.plot(out / "heatmap.png")
-        comp.plot_depth(out / "depth.png")
-        seconds["figures"] = round(time.perf_counter() - t0, 3)
-        comp.save(out / "comparison.npz")
-        seconds["total"] = round(time.perf_counter() - start, 3)
-        seconds["process_cpu"] = round(_cpu_seconds(), 3)
-        report = comp.to_dict()
-        report["summary"] = summary
-        report["command"] = ["layerknn", *sys.argv[1:]] if sys.argv and "layerknn" in sys.argv[0] else None
-        (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
-        (out / "summary.txt").write_text(summary + "\n")
-    print(summary)
-    phases = ", ".join(f"{key} {value:.1f} s" for key, value in seconds.items() if key not in ("total",))
-    print(f"\nwrote {args.out}/heatmap.png, depth.png, comparison.npz, report.json, summary.txt "
-          f"in {seconds['total']:.1f} s ({phases})")
+    texts = _texts(args, main_job)
+    if len(ks) == 1:
+        results = {ks[0]: compare(*args.model_objects, texts, k=ks[0], **options)}
+    else:
+        results = sweep_k(*args.model_objects, texts, ks=ks, **options)
+    summaries = {}
+    with output_folder(args.out, {"command": "compare", "k": ks}) as out:
+        if len(ks) == 1:
+            summaries[ks[0]] = _write_comparison(results[ks[0]], out, start)
+        else:
+            from .plot import k_sweep
+
+            for k, comp in results.items():
+                (out / f"k{k}").mkdir()
+                summaries[k] = _write_comparison(comp, out / f"k{k}", start)
+            k_sweep(results, out / "k_sweep.png")
+            table = {k: {"depth_alignment": c.depth_alignment(**c.geometry()), "verdict": c.verdict()["verdict"],
+                         "ci": (c.ci or {}).get("stats")} for k, c in results.items()}
+            (out / "k_sweep.json").write_text(json.dumps(jsonable(table), indent=1, allow_nan=False))
+    for k, summary in summaries.items():
+        if len(ks) > 1:
+            print(f"== k = {k}")
+        print(summary)
+        print()
+    seconds = results[ks[-1]].meta["seconds"]
+    phases = ", ".join(f"{key} {value:.1f} s" for key, value in seconds.items() if key != "total")
+    what = "heatmap.png, depth.png, comparison.npz, report.json, summary.txt" + \
+        ("" if len(ks) == 1 else " per k in k*/, k_sweep.png, k_sweep.json")
+    print(f"wrote {args.out}/: {what} in {time.perf_counter() - start:.1f} s ({phases})")
     return 0
 
 
@@ -217,9 +262,12 @@ def cmd_zoo(args) -> int:
     if len(args.models) < 2:
         raise ValueError(f"zoo needs at least two models, got {len(args.models)}")
     check_output_folder(args.out)
+    (k,) = _ks(args.k) if "," not in args.k else (None,)
+    if k is None:
+        raise ValueError(f"--k must be one integer for zoo, got {args.k!r}")
     options = _options(args)
     args.model_objects = [_model_arg(m) for m in args.models]
-    z = zoo(args.model_objects, _texts(args, False), **options)
+    z = zoo(args.model_objects, _texts(args, False), k=k, **options)
     with output_folder(args.out, {"command": "zoo"}) as out:
         z.plot_matrix(out / "matrix.png")
         z.plot_unit_square(out / "unit_square.png", bins=args.bins)

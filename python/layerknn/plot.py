@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only; figures read objects, 
     from .comparison import Comparison
     from .zoo import Zoo
 
-__all__ = ["heatmap", "depth_curve", "unit_square", "zoo_matrix"]
+__all__ = ["heatmap", "depth_curve", "unit_square", "zoo_matrix", "k_sweep"]
 
 
 def _pyplot():
@@ -196,4 +196,37 @@ def zoo_matrix(z: "Zoo", path: "str | os.PathLike", *, dpi: int = 200) -> Path:
     data = f", data={z.dataset}" if z.dataset else ""
     ax.set_title(f"All layers of all models (embeddings first in each block)\n"
                  f"n={z.n}, k={z.k}, pooling={z.pooling}{data}", fontsize=9)
+    return save_figure(fig, path, dpi)
+
+
+def k_sweep(sweep: "dict[int, Comparison]", path: "str | os.PathLike", *, dpi: int = 200) -> Path:
+    """Depth-tracking statistics against k: Spearman both ways (with CIs) and near/far similarity over chance."""
+    plt = _pyplot()
+    ks = sorted(sweep)
+    first = sweep[ks[0]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 4.2), layout="constrained")
+    for key, label, color in (("spearman_ab", "Spearman A→B", "tab:blue"), ("spearman_ba", "Spearman B→A",
+                                                                            "tab:orange")):
+        values = [sweep[k].depth_alignment(**sweep[k].geometry())[key] for k in ks]
+        left.plot(ks, values, "o-", color=color, label=label)
+        if all(sweep[k].ci is not None for k in ks):
+            lows = [sweep[k].ci["stats"][key][0] for k in ks]
+            highs = [sweep[k].ci["stats"][key][1] for k in ks]
+            left.fill_between(ks, lows, highs, color=color, alpha=0.2, lw=0)
+    left.axhline(0, color="grey", lw=0.8)
+    left.set_ylim(-1.05, 1.05)
+    left.set_ylabel("best-match depth tracking (Spearman)")
+    for key, label, color in (("near_mean", "near diagonal", "tab:green"), ("far_mean", "far from diagonal",
+                                                                            "tab:red")):
+        ratio = [sweep[k].depth_alignment(**sweep[k].geometry())[key] / sweep[k].chance for k in ks]
+        right.plot(ks, ratio, "o-", color=color, label=label)
+    right.axhline(1, color="grey", lw=0.8, ls="--", label="chance")
+    right.set_ylabel("mean similarity / chance k/(n-1)")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("k (neighbours per prompt)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{first.name_a} vs {first.name_b}: does it hold across k? (n={first.n})", fontsize=10)
     return save_figure(fig, path, dpi)

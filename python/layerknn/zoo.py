@@ -23,7 +23,7 @@ from .overlap import overlap
 from .report import jsonable
 from .sources import as_cache, model_neighbors, prompt_count, resolve_texts
 
-__all__ = ["Zoo", "zoo", "depth_binned_similarity"]
+__all__ = ["Zoo", "zoo", "zoos", "depth_binned_similarity"]
 
 _KIND = "zoo"
 
@@ -255,13 +255,26 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, poolin
     >>> z.matrix.shape, sorted(z.pairs)
     ((12, 12), [(0, 1), (0, 2), (1, 2)])
     """
+    load = LoadOptions(dtype=str(dtype).replace("torch.", ""), device=device, trust_remote_code=trust_remote_code)
+    extract = ExtractOptions(pooling=pooling, max_length=max_length, batch_size=batch_size,
+                             chat_template=chat_template)
+    return zoos(models, texts, ks=[k], names=names, cache=cache, bootstrap=bootstrap, permutations=permutations,
+                seed=seed, progress=progress, load=load, extract=extract)[k]
+
+
+def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequence[str] | None, cache: Any,
+         bootstrap: int, permutations: int, seed: int, progress: bool, load: LoadOptions,
+         extract: ExtractOptions) -> dict[int, Zoo]:
+    """One :class:`Zoo` per k from one preparation (extraction and k-NN search at max(ks) + 1)."""
     start = time.perf_counter()
     models = list(models)
     if len(models) < 2:
         raise ValueError(f"zoo needs at least two models, got {len(models)}")
     if names is not None and len(names) != len(models):
         raise ValueError(f"names must have one entry per model ({len(models)}), got {len(names)}")
-    k = check_count(k, "k", 1)
+    ks = [check_count(k, "k", 1) for k in ks]
+    if not ks:
+        raise ValueError("ks must name at least one k")
     bootstrap = check_count(bootstrap, "bootstrap")
     permutations = check_count(permutations, "permutations")
     seed = check_count(seed, "seed")
@@ -269,16 +282,13 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, poolin
                                                       [f"model {i}" for i in range(len(models))])
     text_list, dataset = resolve_texts(texts)
     n = _common_n(models, labels, text_list)
-    if n < 2 or k > n - 1:
-        raise ValueError(f"k must be in [1, n-1] = [1, {n - 1}] for n={n} prompts, got k={k}")
-    load = LoadOptions(dtype=str(dtype).replace("torch.", ""), device=device, trust_remote_code=trust_remote_code)
-    extract = ExtractOptions(pooling=pooling, max_length=max_length, batch_size=batch_size,
-                             chat_template=chat_template)
+    if n < 2 or max(ks) > n - 1:
+        raise ValueError(f"k must be in [1, n-1] = [1, {n - 1}] for n={n} prompts, got k={max(ks)}")
     store_ = as_cache(cache)
     sides = []
     for label, model in zip(labels, models):
-        side = model_neighbors(model, text_list, k_max=min(k + 1, n - 1), label=label, load=load, extract=extract,
-                               cache=store_, progress=progress)
+        side = model_neighbors(model, text_list, k_max=min(max(ks) + 1, n - 1), label=label, load=load,
+                               extract=extract, cache=store_, progress=progress)
         if side.n != n:
             raise ValueError(f"every model must see the same prompts: {side.name} has n={side.n}, expected {n}")
         sides.append(side)
@@ -286,23 +296,29 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, poolin
     if len(set(display)) < len(display):
         display = ([f"{display[0]} (A)", f"{display[1]} (B)"] if len(display) == 2
                    else [f"{nm} [{i}]" for i, nm in enumerate(display)])
-    seconds = {"prepare": round(time.perf_counter() - start, 3)}
-    t0 = time.perf_counter()
-    neighbors = [np.ascontiguousarray(s.indices[..., :k]) for s in sides]
-    matrix = np.asarray(overlap(np.concatenate(neighbors, axis=0), np.concatenate(neighbors, axis=0), k))
-    seconds["overlap"] = round(time.perf_counter() - t0, 3)
-    result = Zoo(display, [s.num_layers for s in sides], matrix, neighbors=neighbors,
-                 tie_rates=[s.tie_rates(k) for s in sides], n=n, k=k, dataset=dataset, pooling=pooling,
-                 meta={"models": [jsonable(s.info) for s in sides],
-                       "options": jsonable({"k": k, "bootstrap": bootstrap, "permutations": permutations,
-                                            "seed": seed, **vars(load.resolved()), **vars(extract)}),
-                       "seconds": seconds})
-    t0 = time.perf_counter()
-    if bootstrap or permutations:
-        _pair_statistics(result, bootstrap, permutations, seed, progress)
-    seconds["statistics"] = round(time.perf_counter() - t0, 3)
-    seconds["total"] = round(time.perf_counter() - start, 3)
-    return result
+    prepared = round(time.perf_counter() - start, 3)
+    out = {}
+    for k in ks:
+        seconds = {"prepare": prepared}
+        t0 = time.perf_counter()
+        neighbors = [np.ascontiguousarray(s.indices[..., :k]) for s in sides]
+        stacked = np.concatenate(neighbors, axis=0)
+        matrix = np.asarray(overlap(stacked, stacked, k))
+        del stacked
+        seconds["overlap"] = round(time.perf_counter() - t0, 3)
+        result = Zoo(display, [s.num_layers for s in sides], matrix, neighbors=neighbors,
+                     tie_rates=[s.tie_rates(k) for s in sides], n=n, k=k, dataset=dataset, pooling=extract.pooling,
+                     meta={"models": [jsonable(s.info) for s in sides],
+                           "options": jsonable({"k": k, "bootstrap": bootstrap, "permutations": permutations,
+                                                "seed": seed, **vars(load.resolved()), **vars(extract)}),
+                           "seconds": seconds})
+        t0 = time.perf_counter()
+        if bootstrap or permutations:
+            _pair_statistics(result, bootstrap, permutations, seed, progress)
+        seconds["statistics"] = round(time.perf_counter() - t0, 3)
+        seconds["total"] = round(time.perf_counter() - start, 3)
+        out[k] = result
+    return out
 
 
 def _pair_statistics(z: Zoo, bootstrap: int, permutations: int, seed: int, progress: bool) -> None:

@@ -28,6 +28,7 @@ from . import _core
 from ._backend import built_with_cuda, cuda_available
 from .activations import Activations
 from .cache import Cache
+from .cka import cka
 from .compare import compare
 from .comparison import Comparison
 from .datasets import load_texts
@@ -52,6 +53,7 @@ __all__ = [
     "Zoo",
     "built_with_cuda",
     "chance",
+    "cka",
     "compare",
     "cuda_available",
     "extract",

@@ -295,6 +295,16 @@ class Comparison:
 
         return to_dict(self)
 
+    def _repr_html_(self) -> str:
+        """Jupyter: a summary table and the heatmap inline (nothing written to disk)."""
+        from .display import comparison_html
+
+        return comparison_html(self)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        """IPython terminals: the plain-text summary."""
+        printer.text(repr(self) if cycle else self.summary())
+
     def plot(self, path: "str | os.PathLike", **kwargs) -> Path:
         """Heatmap of the similarity matrix (see :func:`layerknn.plot.heatmap`)."""
         from .plot import heatmap

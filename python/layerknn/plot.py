@@ -30,11 +30,14 @@ def _pyplot():
     return plt
 
 
-def save_figure(fig, path, dpi: int) -> Path:
-    """Write ``fig`` to ``path`` (creating its directory), close it, and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+def save_figure(fig, path, dpi: int):
+    """Write ``fig`` to ``path`` (creating its folder) or to a binary file object (PNG), close it, return ``path``."""
+    if hasattr(path, "write"):
+        fig.savefig(path, dpi=dpi, format="png")
+    else:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
     _pyplot().close(fig)
     return path
 

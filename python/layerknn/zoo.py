@@ -155,6 +155,21 @@ class Zoo:
                            subtitle=f"n={self.n}, k={self.k}, pooling={self.pooling}, "
                                     + (f"data={self.dataset}, " if self.dataset else "") + f"{bins}x{bins} bins")
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the models and the block matrix inline (nothing written to disk)."""
+        from .display import zoo_html
+
+        return zoo_html(self)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        """IPython terminals: one line per pair with its verdict."""
+        if cycle:
+            printer.text(repr(self))
+            return
+        lines = [repr(self)] + [f"  {c.name_a} vs {c.name_b}: {c.verdict()['verdict']}, max block similarity "
+                                f"{c.matrix[1:, 1:].max():.3f}" for c in self.pairs.values()]
+        printer.text("\n".join(lines))
+
     def plot_matrix(self, path: "str | os.PathLike", dpi: int = 200) -> Path:
         """Heatmap of the full block matrix with model boundaries (see :func:`layerknn.plot.zoo_matrix`)."""
         from .plot import zoo_matrix

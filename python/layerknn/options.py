@@ -1,8 +1,8 @@
 """The one set of defaults shared by ``compare``, ``zoo`` and the command line, and their checks.
 
 Every default lives here and nowhere else: the library functions take their keyword
-defaults from :data:`DEFAULTS`, the CLI builds its options from the same object, and the
-README's table is generated from it.  :data:`MAIN_JOB` is the named preset that
+defaults from :data:`DEFAULTS`, the CLI builds its options from the same object, and a test
+checks the README's table against it.  :data:`MAIN_JOB` is the named preset that
 ``layerknn compare`` runs when no model is given.
 
 Options are split by what they affect: :class:`LoadOptions` (how a model named by a string

@@ -105,7 +105,9 @@ def knn(x: Any, k: int = 10, *, metric: str = "cosine", exclude_self: bool = Tru
         ``k <= m`` with ``y``.
     metric : {"cosine", "ip", "l2"}
         Cosine similarity (rows L2-normalised in float32), inner product, or squared Euclidean
-        distance (scores ascending).
+        distance (scores ascending). Inner product and L2 accept rows of any float32 magnitude
+        (layers are rescaled by an exact power of two where float32 arithmetic needs it); scores
+        beyond float32's range raise ValueError.
     exclude_self : bool, default True
         In the self-join, drop ``j == i`` by index (duplicated rows still find each other).
     y : array, shape (m, d) or (L, m, d), optional

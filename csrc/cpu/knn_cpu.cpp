@@ -25,6 +25,7 @@
 
 #include "cpu/knn_kernels.h"
 #include "cpu/parallel.h"
+#include "cpu/safe_range.h"
 #include "cpu/topk_candidates.h"
 
 namespace layerknn::cpu {
@@ -413,6 +414,12 @@ class Engine {
   // forced precision, else the worker's trusted tiles, else the cheapest by cheapest_tiles.
   void prepare(LayerSlot& slot, int64_t l, const KernelSet* trusted) {
     slot.layer = l;
+    // Python rescales such a layer by a power of two and retries (see safe_range.h).
+    const std::string unsafe = safe_range_error(p_.metric, slot.x.stats, side_y(slot).stats, l);
+    if (!unsafe.empty()) {
+      bad_input_ = true;
+      throw std::overflow_error(unsafe);
+    }
     if (direct_) {
       slot.ks = choice_.fp32;
     } else if (choice_.forced) {

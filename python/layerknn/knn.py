@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _scaling
 from ._arrays import as_float32, restore, to_backend_array
 
 METRICS = ("cosine", "ip", "l2")
@@ -56,8 +56,9 @@ def _check_k(k: Any, limit: int, why: str) -> int:
     return k
 
 
-def _check_finite_and_norms(x: Any, name: str, metric: str, num_threads: int | None) -> None:
-    """Raise ValueError naming the layer and rows holding NaN/Inf, or zero rows under cosine."""
+def _check_finite_and_norms(x: Any, name: str, metric: str, num_threads: int | None) -> np.ndarray:
+    """float64 squared row norms (L, n); ValueError naming the layer and rows holding NaN/Inf, or
+    zero rows under cosine."""
     sq_norms = _backend.row_sq_norms(x, num_threads)
     bad = ~np.isfinite(sq_norms)
     if bad.any():
@@ -77,6 +78,7 @@ def _check_finite_and_norms(x: Any, name: str, metric: str, num_threads: int | N
             raise ValueError(
                 f"{name} has {what}, which have no cosine similarity in float32: {shown}{more}"
             )
+    return sq_norms
 
 
 def _as_layers(x: Any, name: str) -> tuple[Any, bool]:
@@ -103,7 +105,9 @@ def knn(x: Any, k: int = 10, *, metric: str = "cosine", exclude_self: bool = Tru
         ``k <= m`` with ``y``.
     metric : {"cosine", "ip", "l2"}
         Cosine similarity (rows L2-normalised in float32), inner product, or squared Euclidean
-        distance (scores ascending).
+        distance (scores ascending). Inner product and L2 accept rows of any float32 magnitude
+        (layers are rescaled by an exact power of two where float32 arithmetic needs it); scores
+        beyond float32's range raise ValueError.
     exclude_self : bool, default True
         In the self-join, drop ``j == i`` by index (duplicated rows still find each other).
     y : array, shape (m, d) or (L, m, d), optional
@@ -158,19 +162,22 @@ def knn(x: Any, k: int = 10, *, metric: str = "cosine", exclude_self: bool = Tru
     else:
         k = _check_k(k, n, "n, the number of rows")
     # The CPU engine validates rows in its own first pass over them (no extra pass here); the
-    # GPU path checks up front.
+    # GPU path checks up front. Layers too large or too small for float32 arithmetic are
+    # rescaled by a power of two (see _scaling).
     on_cpu = not _backend.is_cuda(x32)
-    if not on_cpu:
-        _check_finite_and_norms(x32, "x", metric, num_threads)
-        if y32 is not None:
-            _check_finite_and_norms(y32, "y", metric, num_threads)
+
+    def norms():
+        return (_check_finite_and_norms(x32, "x", metric, num_threads),
+                None if y32 is None else _check_finite_and_norms(y32, "y", metric, num_threads))
+
+    def run(xs, ys):
+        return _backend.knn(xs, ys, k, metric, bool(exclude_self), num_threads)
+
     try:
-        indices, scores = _backend.knn(x32, y32, k, metric, bool(exclude_self), num_threads)
+        indices, scores = _scaling.safe_knn(run, x32, y32, metric, norms, None if on_cpu else norms())
     except ValueError:
         if on_cpu:  # the engine met a bad row: report all of them, as the GPU path does
-            _check_finite_and_norms(x32, "x", metric, num_threads)
-            if y32 is not None:
-                _check_finite_and_norms(y32, "y", metric, num_threads)
+            norms()
         raise
     if single:
         indices, scores = indices[0], scores[0]

@@ -112,16 +112,16 @@ def write(path: "str | os.PathLike", arrays: dict[str, np.ndarray], meta: dict, 
 
 
 def _load_npz(path: Path) -> tuple[str, dict[str, np.ndarray]]:
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
-    if magic[:2] != b"PK":
-        raise FormatError(f"{str(path)!r} is not a layerknn file (not an .npz archive)")
-    with np.load(path, allow_pickle=False) as data:
-        if _HEADER not in data.files:
-            raise FormatError(f"{str(path)!r} is not a layerknn file (no {_HEADER} header; "
-                              f"it holds {sorted(data.files)[:6]})")
-        header = str(data[_HEADER])
-        arrays = {name: data[name] for name in data.files if name != _HEADER}
+    with open(path, "rb") as handle:  # our handle: closed even when numpy fails half-way
+        if handle.read(2) != b"PK":
+            raise FormatError(f"{str(path)!r} is not a layerknn file (not an .npz archive)")
+        handle.seek(0)
+        with np.load(handle, allow_pickle=False) as data:
+            if _HEADER not in data.files:
+                raise FormatError(f"{str(path)!r} is not a layerknn file (no {_HEADER} header; "
+                                  f"it holds {sorted(data.files)[:6]})")
+            header = str(data[_HEADER])
+            arrays = {name: data[name] for name in data.files if name != _HEADER}
     return header, arrays
 
 

@@ -125,7 +125,7 @@ struct KernelSet {
 };
 
 // Every table compiled into this build for this architecture (nullptr where unavailable);
-// callers must also check the CPU supports it (see knn_dispatch in knn_cpu.cpp).
+// callers must also check the CPU supports it (see choose_kernels in engine_options.cpp).
 const KernelSet* scalar_kernels();
 const KernelSet* avx2_kernels();
 const KernelSet* avx512_kernels();

@@ -2,9 +2,10 @@
 // AVX-512. Same structure as the AVX-512 table at half the width: a 4 x 24 fp32 score block in 12
 // ymm accumulators, row-major broadcast panels, and the exact score computed as 16 lanes (two ymm
 // halves) with the shared halving tree, so its results equal the other tables' bit for bit.
+#include "cpu/arch.h"
 #include "cpu/knn_kernels.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if LAYERKNN_X86
 #include <immintrin.h>
 
 #include <cmath>

@@ -26,6 +26,7 @@ inline float round_up_to_float(double v) {
 
 // One side of a pair, as the bounds see it (float64): a >= |x * scale| (the fp32 operand the
 // exact score sees), p = |packed operand|, e = |packed - fp32 operand| (p = a, e = 0 for fp32).
+// The engine's a, p, e are float64 sums, exact to ~d 2^-53 relative: key_window's margin.
 struct OperandNorms {
   double a = 0., p = 0., e = 0.;
 };
@@ -52,7 +53,8 @@ struct OperandNorms {
 //    differences add one more rounding: <= gamma_{d+3} (a_x + a_y)^2.
 //  * squared-L2 keys 2 tile - (|x|^2 + |y|^2) add fp32-rounded norms and two roundings:
 //    <= 4 u (2 a_x a_y + a_x^2 + a_y^2), with the tile error counted twice.
-// Underflowing fp32 results (absolute error <= 2^-150 each) are covered by the final 1e-30;
+// These are relative bounds for results in fp32's normal range. Underflowing fp32 results
+// (absolute error <= 2^-150 each, below the relative model) are covered by key_window's 1e-30;
 // overflow is out of scope (inputs whose scores overflow fp32 are rejected before the engine).
 
 // Bound on |tile - <x, y>| for tiles of `precision` over dpad packed features (dpad = d padded

@@ -107,7 +107,7 @@ def _layer_progress(progress: Any, total: int) -> Iterator[Callable[[int, int], 
         finally:
             bar.close()
     else:
-        yield progress or None
+        yield progress if callable(progress) else None
 
 
 def knn(x: Any, k: int = 10, *, metric: str = "cosine", exclude_self: bool = True,

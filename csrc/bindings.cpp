@@ -9,12 +9,15 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
+#include "cpu/engine_options.h"
 #include "cpu/knn_cpu.h"
 #include "cpu/overlap_cpu.h"
 #include "cpu/parallel.h"
 #include "cpu/row_norms.h"
 #include "interrupt.h"
+#include "testing_hooks.h"
 #if defined(LAYERKNN_WITH_CUDA)
 #include "cuda/knn_cuda.h"
 #endif
@@ -46,8 +49,34 @@ py::array_t<double> row_sq_norms(FloatArray x, int num_threads) {
   return out;
 }
 
+// Calls progress(done, total) from the polling thread whenever the engine's count of finished
+// layers has moved, and once more at the end if the last call was not (total, total).
+class LayerProgress {
+ public:
+  LayerProgress(py::object callback, int64_t total) : callback_(std::move(callback)), total_(total) {
+    if (!callback_.is_none() && !PyCallable_Check(callback_.ptr())) {
+      throw py::type_error("progress must be None or a callable(done, total), got " +
+                           std::string(py::str(py::type::of(callback_).attr("__name__"))));
+    }
+  }
+  std::atomic<int64_t>* counter() { return callback_.is_none() ? nullptr : &done_; }
+  void operator()() {  // with the GIL
+    if (callback_.is_none()) return;
+    const int64_t done = done_.load();
+    if (done == reported_) return;
+    reported_ = done;
+    callback_(done, total_);
+  }
+
+ private:
+  py::object callback_;
+  int64_t total_;
+  std::atomic<int64_t> done_{0};
+  int64_t reported_ = 0;
+};
+
 py::tuple knn_cpu(FloatArray x, py::object y_obj, int k, int metric, bool exclude_self,
-                  int num_threads) {
+                  int num_threads, py::object progress) {
   require_rank3(x, "x");
   KnnProblem p;
   p.x = x.data();
@@ -72,9 +101,11 @@ py::tuple knn_cpu(FloatArray x, py::object y_obj, int k, int metric, bool exclud
   FloatArray scores({p.L, p.n, static_cast<int64_t>(k)});
   int32_t* pi = indices.mutable_data();
   float* ps = scores.mutable_data();
+  LayerProgress report(std::move(progress), p.L);
+  std::atomic<int64_t>* layers_done = report.counter();
   run_interruptible([&](const std::atomic<bool>& cancel) {
-    cpu::knn(p, pi, ps, num_threads, cancel);
-  });
+    cpu::knn(p, pi, ps, num_threads, cancel, layers_done);
+  }, report);
   return py::make_tuple(indices, scores);
 }
 
@@ -198,17 +229,21 @@ PYBIND11_MODULE(_core, m) {
   m.def("cuda_max_k", &cuda_max_k, "largest k the CUDA k-NN kernels support (0 without CUDA)");
   m.def("simd_level", [] { return std::string(cpu::simd_level()); },
         "SIMD kernel family the CPU engine selected for this processor");
+  m.def("active_kernel_table", [] { return std::string(cpu::active_kernel_table()); },
+        "fp32 kernel table the CPU engine would run now: simd_level capped by LAYERKNN_CPU_SIMD");
   m.def("tile_precisions", &cpu::tile_precisions,
         "tile precisions the CPU engine may use on this processor (see LAYERKNN_CPU_KERNEL)");
   m.def("default_num_threads", &cpu::default_num_threads);
   m.def("row_sq_norms", &row_sq_norms, py::arg("x"), py::arg("num_threads") = 0,
         "float64 squared L2 norm of each row of x [L, n, d] -> [L, n]");
   m.def("knn_cpu", &knn_cpu, py::arg("x"), py::arg("y"), py::arg("k"), py::arg("metric"),
-        py::arg("exclude_self"), py::arg("num_threads") = 0,
-        "exact k-NN of x [L, n, d] (among y [L, m, d] or itself) -> (indices, scores) [L, n, k]");
+        py::arg("exclude_self"), py::arg("num_threads") = 0, py::arg("progress") = py::none(),
+        "exact k-NN of x [L, n, d] (among y [L, m, d] or itself) -> (indices, scores) [L, n, k];\n"
+        "progress(done_layers, total_layers), if given, is called as layers finish");
   m.def("overlap_cpu", &overlap_cpu, py::arg("a"), py::arg("b"), py::arg("k"),
         py::arg("per_prompt"), py::arg("num_threads") = 0,
         "neighbour overlap of a [La, n, ka] and b [Lb, n, kb] -> (mean [La, Lb], counts or None)");
   m.def("knn_cuda", &knn_cuda, "exact k-NN on device pointers (see layerknn._backend)");
   m.def("overlap_cuda", &overlap_cuda, "neighbour overlap on device pointers");
+  bind_testing_hooks(m.def_submodule("_testing", "the CPU engine's pure cores, for tests only"));
 }

@@ -19,7 +19,6 @@ from layerknn import _core
 from reference import assert_neighbors_exact, reference_knn
 
 METRIC_CODES = {"ip": 0, "cosine": 1, "l2": 2}
-LEVELS = ["scalar", "avx2", "avx512"]
 LOW_PRECISIONS = [p for p in _core.tile_precisions() if p != "fp32"]
 
 
@@ -118,21 +117,37 @@ def test_threads_do_not_change_results(rng):
         assert (one[0] == other[0]).all() and (one[1] == other[1]).all()
 
 
+def use_level(monkeypatch, level):
+    """Force the kernel table `level`, asserting the engine really runs it (or skip, saying why)."""
+    monkeypatch.setenv("LAYERKNN_CPU_SIMD", level)
+    table = _core.active_kernel_table()
+    if table != level:
+        pytest.skip(f"this CPU cannot run the {level} table (its level is {_core.simd_level()})")
+    assert table == level
+
+
+def test_scalar_table_can_always_be_forced(monkeypatch):
+    monkeypatch.setenv("LAYERKNN_CPU_SIMD", "scalar")
+    assert _core.active_kernel_table() == "scalar"
+    monkeypatch.setenv("LAYERKNN_CPU_SIMD", "auto")
+    assert _core.simd_level().startswith(_core.active_kernel_table())
+
+
+@pytest.mark.parametrize("level", ["avx2", "avx512"])
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
-def test_every_kernel_table_gives_identical_bits(rng, monkeypatch, metric):
+def test_every_kernel_table_gives_identical_bits(rng, monkeypatch, metric, level):
+    # Each SIMD table, at every tile precision it offers, against the scalar table's bits.
     x = clustered(rng, 2, 230, 37)
     y = clustered(rng, 2, 97, 37)
-    results = []
-    kernels = ["fp32", *LOW_PRECISIONS, "auto"]
-    for level in LEVELS:
-        for kernel in kernels:
-            monkeypatch.setenv("LAYERKNN_CPU_SIMD", level)
-            monkeypatch.setenv("LAYERKNN_CPU_KERNEL", kernel)
-            results.append(engine(x, 7, metric) + engine(x, 5, metric, False, y))
-    first = results[0]
-    assert_neighbors_exact(first[0], first[1], x, 7, metric)
-    for other in results[1:]:
-        for a, b in zip(first, other):
+    use_level(monkeypatch, "scalar")
+    monkeypatch.setenv("LAYERKNN_CPU_KERNEL", "fp32")
+    scalar = engine(x, 7, metric) + engine(x, 5, metric, False, y)
+    assert_neighbors_exact(scalar[0], scalar[1], x, 7, metric)
+    use_level(monkeypatch, level)
+    for kernel in ["fp32", *LOW_PRECISIONS, "auto"]:
+        monkeypatch.setenv("LAYERKNN_CPU_KERNEL", kernel)
+        other = engine(x, 7, metric) + engine(x, 5, metric, False, y)
+        for a, b in zip(scalar, other):
             assert (a == b).all()
 
 

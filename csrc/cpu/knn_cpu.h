@@ -4,8 +4,6 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
-#include <string>
-#include <vector>
 
 #include "common/problems.h"
 
@@ -15,17 +13,11 @@ namespace layerknn::cpu {
 //   indices [L, n, k] int32, scores [L, n, k] float32 (similarity, or squared distance for L2).
 // For Metric::Cosine the rows are L2-normalised in fp32 internally (the input is not modified).
 // Stops early (outputs unspecified) once `cancel` becomes true. num_threads <= 0: all cores.
+// layers_done, if given, is incremented once per finished layer (layers finish in any order
+// and from any thread; readers poll it, e.g. for a progress bar).
 // Throws std::invalid_argument naming the layer and row of the first row it meets that holds
 // NaN/Inf, or (cosine) whose squared norm is below 1e-30.
 void knn(const KnnProblem& problem, int32_t* indices, float* scores, int num_threads,
-         const std::atomic<bool>& cancel);
-
-// Name of the SIMD kernel family chosen at run time on this CPU ("avx512-bf16", "avx512",
-// "avx2", "scalar"), for diagnostics and benchmarks.
-const char* simd_level();
-
-// The tile precisions the engine may use on this CPU, among "fp32", "bf16" (AVX512-BF16) and
-// "int8" (AVX512-VNNI); see LAYERKNN_CPU_KERNEL.
-std::vector<std::string> tile_precisions();
+         const std::atomic<bool>& cancel, std::atomic<int64_t>* layers_done = nullptr);
 
 }  // namespace layerknn::cpu

@@ -46,7 +46,9 @@ struct PackedRow {
 struct RowStats {
   float scale = 1.f;          // 1/|x| in fp32 for cosine (the row is used as x * scale), else 1
   float sq_norm = 0.f;        // fp32 rounding of the float64 |x|^2 (squared L2 keys)
-  double norm = 0.;           // >= |x * scale|, the fp32 operand the exact score sees
+  double norm = 0.;           // |x * scale|, the fp32 operand the exact score sees: an upper
+                              // bound for cosine; otherwise a float64 sum that may lie below it
+                              // by ~d 2^-53 relative, which the window's 1e-6 margin absorbs
   PackedRow packed[kPrecisions];  // per precision; filled by row_stats (fp32) + packing_stats
   float quant_step = 0.f;     // int8 packing: the row is stored as quant_step * q, |q| <= 127
   float quant_scale = 0.f;    // int8 packing: q = round(x * quant_scale), clamped to 127
@@ -125,7 +127,7 @@ struct KernelSet {
 };
 
 // Every table compiled into this build for this architecture (nullptr where unavailable);
-// callers must also check the CPU supports it (see knn_dispatch in knn_cpu.cpp).
+// callers must also check the CPU supports it (see choose_kernels in engine_options.cpp).
 const KernelSet* scalar_kernels();
 const KernelSet* avx2_kernels();
 const KernelSet* avx512_kernels();

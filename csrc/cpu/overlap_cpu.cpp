@@ -14,6 +14,7 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/arch.h"
 #include "cpu/parallel.h"
 
 namespace layerknn::cpu {
@@ -23,7 +24,7 @@ constexpr int kWordBits = 64;
 
 // row[0 .. 64) += bit b of `bits`. Dense form, vectorised per CPU by function multi-versioning.
 template <class Counter>
-__attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+LAYERKNN_X86_CLONES
 void add_bits_dense(Counter* row, uint64_t bits) {
   for (int b = 0; b < kWordBits; ++b) row[b] += static_cast<Counter>((bits >> b) & 1u);
 }

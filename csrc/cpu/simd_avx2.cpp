@@ -2,13 +2,14 @@
 // AVX-512. Same structure as the AVX-512 table at half the width: a 4 x 24 fp32 score block in 12
 // ymm accumulators, row-major broadcast panels, and the exact score computed as 16 lanes (two ymm
 // halves) with the shared halving tree, so its results equal the other tables' bit for bit.
+#include "cpu/arch.h"
 #include "cpu/knn_kernels.h"
+#include "cpu/pack_fp32.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if LAYERKNN_X86
 #include <immintrin.h>
 
 #include <cmath>
-#include <cstring>
 
 #define LAYERKNN_AVX2 __attribute__((target("avx2,fma")))
 
@@ -92,32 +93,15 @@ LAYERKNN_AVX2 void row_stats(const float* x, int64_t d, bool normalise, RowStats
                  normalise, out);
 }
 
+// Packing: the shared plain loops (pack_fp32.h), vectorised here for AVX2.
 LAYERKNN_AVX2 void pack_vector_side(const float* src, int64_t count, int64_t d,
-                                    const float* scale, int64_t dpad, void* dst_) {
-  float* dst = static_cast<float*>(dst_);
-  const int64_t panels = (count + kNr - 1) / kNr;
-  std::memset(dst, 0, sizeof(float) * panels * kNr * dpad);
-  for (int64_t r = 0; r < count; ++r) {
-    const float s = scale ? scale[r] : 1.f;
-    float* panel = dst + (r / kNr) * kNr * dpad + (r % kNr);
-    const float* row = src + r * d;
-    for (int64_t t = 0; t < d; ++t) panel[t * kNr] = row[t] * s;
-  }
+                                    const float* scale, int64_t dpad, void* dst) {
+  pack_fp32_vector_side<kNr>(src, count, d, scale, dpad, static_cast<float*>(dst));
 }
 
 LAYERKNN_AVX2 void pack_broadcast_side(const float* src, int64_t count, int64_t d,
-                                       const float* scale, int64_t dpad, void* dst_) {
-  float* dst = static_cast<float*>(dst_);
-  const int64_t rows = (count + kMr - 1) / kMr * kMr;
-  std::memset(dst, 0, sizeof(float) * rows * dpad);
-  for (int64_t r = 0; r < count; ++r) {
-    const __m256 s = _mm256_set1_ps(scale ? scale[r] : 1.f);
-    const float* row = src + r * d;
-    float* out = dst + r * dpad;
-    int64_t t = 0;
-    for (; t + 8 <= d; t += 8) _mm256_storeu_ps(out + t, _mm256_mul_ps(_mm256_loadu_ps(row + t), s));
-    for (; t < d; ++t) out[t] = row[t] * (scale ? scale[r] : 1.f);
-  }
+                                       const float* scale, int64_t dpad, void* dst) {
+  pack_fp32_broadcast_side<kMr>(src, count, d, scale, dpad, static_cast<float*>(dst));
 }
 
 LAYERKNN_AVX2 void gemm(const void* broadcast_, int64_t rows_pad, const void* vector_,

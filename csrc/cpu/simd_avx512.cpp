@@ -6,9 +6,10 @@
 // VPDPBUSD, four times. Packing (a 16 x 16 transpose for the bf16 and int8 vector sides), the
 // threshold scan (with a lower bound that skips dead inserts into fresh lists) and the exact
 // score are vectorised too.
+#include "cpu/arch.h"
 #include "cpu/knn_kernels.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if LAYERKNN_X86
 #if defined(__GNUC__) && !defined(__clang__)
 // GCC 12's AVX-512 headers trip its own uninitialised-variable warning (GCC PR 105593).
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -773,7 +774,7 @@ const KernelSet* avx512_int8_kernels() { return &kAvx512Int8; }
 
 }  // namespace layerknn::cpu
 
-#else  // not x86-64
+#else  // not x86 (see arch.h)
 
 namespace layerknn::cpu {
 const KernelSet* avx512_kernels() { return nullptr; }

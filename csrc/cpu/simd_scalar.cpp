@@ -3,9 +3,9 @@
 // fused-multiply-add layout and halving tree of the vector versions, so every table returns the
 // same bits; the GEMM is a small register-blocked loop that compilers vectorise with SSE2.
 #include <cmath>
-#include <cstring>
 
 #include "cpu/knn_kernels.h"
+#include "cpu/pack_fp32.h"
 
 namespace layerknn::cpu {
 namespace {
@@ -32,26 +32,13 @@ void row_stats(const float* x, int64_t d, bool normalise, RowStats* out) {
 }
 
 void pack_vector_side(const float* src, int64_t count, int64_t d, const float* scale,
-                      int64_t dpad, void* dst_) {
-  float* dst = static_cast<float*>(dst_);
-  const int64_t panels = (count + kNr - 1) / kNr;
-  std::memset(dst, 0, sizeof(float) * panels * kNr * dpad);
-  for (int64_t r = 0; r < count; ++r) {
-    const float s = scale ? scale[r] : 1.f;
-    float* panel = dst + (r / kNr) * kNr * dpad + (r % kNr);
-    for (int64_t t = 0; t < d; ++t) panel[t * kNr] = src[r * d + t] * s;
-  }
+                      int64_t dpad, void* dst) {
+  pack_fp32_vector_side<kNr>(src, count, d, scale, dpad, static_cast<float*>(dst));
 }
 
 void pack_broadcast_side(const float* src, int64_t count, int64_t d, const float* scale,
-                         int64_t dpad, void* dst_) {
-  float* dst = static_cast<float*>(dst_);
-  const int64_t rows = (count + kMr - 1) / kMr * kMr;
-  std::memset(dst, 0, sizeof(float) * rows * dpad);
-  for (int64_t r = 0; r < count; ++r) {
-    const float s = scale ? scale[r] : 1.f;
-    for (int64_t t = 0; t < d; ++t) dst[r * dpad + t] = src[r * d + t] * s;
-  }
+                         int64_t dpad, void* dst) {
+  pack_fp32_broadcast_side<kMr>(src, count, d, scale, dpad, static_cast<float*>(dst));
 }
 
 void gemm(const void* broadcast_, int64_t rows_pad, const void* vector_, int64_t cols_pad,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ def built_with_cuda() -> bool:
     return bool(_core.built_with_cuda())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_status() -> tuple[int, str]:
     """(number of usable CUDA devices, reason when there are none). Never raises."""
     count, why = _core.cuda_device_count()
@@ -102,8 +103,13 @@ def row_sq_norms(x: Any, num_threads: int | None = None) -> np.ndarray:
 
 
 def knn(x: Any, y: Any | None, k: int, metric: str, exclude_self: bool,
-        num_threads: int | None = None) -> tuple[Any, Any]:
-    """Exact k-NN of x (L, n, d) among y (L, m, d) or itself -> (indices, scores) (L, n, k)."""
+        num_threads: int | None = None,
+        progress: Callable[[int, int], None] | None = None) -> tuple[Any, Any]:
+    """Exact k-NN of x (L, n, d) among y (L, m, d) or itself -> (indices, scores) (L, n, k).
+
+    ``progress(done_layers, total_layers)``, if given, is called with a rising count as layers
+    finish (the CPU engine reports from its own schedule; the CUDA engine once at the end).
+    """
     if is_cuda(x):
         import torch
 
@@ -120,10 +126,13 @@ def knn(x: Any, y: Any | None, k: int, metric: str, exclude_self: bool,
             METRIC_CODES[metric], exclude_self, indices.data_ptr(), scores.data_ptr(),
             x.device.index or 0, _stream_of(x),
         )
+        if progress is not None:
+            progress(L, L)
         return indices, scores
     x_host = x if isinstance(x, np.ndarray) else x.numpy()
     y_host = None if y is None else (y if isinstance(y, np.ndarray) else y.numpy())
-    return _core.knn_cpu(x_host, y_host, k, METRIC_CODES[metric], exclude_self, _threads(num_threads))
+    return _core.knn_cpu(x_host, y_host, k, METRIC_CODES[metric], exclude_self, _threads(num_threads),
+                         progress)
 
 
 def overlap(a: Any, b: Any, k: int, per_prompt: bool,

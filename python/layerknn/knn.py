@@ -7,8 +7,10 @@ normalises them to contiguous float32 on their own device, runs the CPU or CUDA 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -90,8 +92,28 @@ def _as_layers(x: Any, name: str) -> tuple[Any, bool]:
     return (x[None] if x.ndim == 2 else x), x.ndim == 2
 
 
+def _check_progress(progress: Any) -> None:
+    if not (isinstance(progress, bool) or progress is None or callable(progress)):
+        raise TypeError(f"progress must be True, False or a callable(done, total), got {type(progress).__name__}")
+
+
+@contextlib.contextmanager
+def _layer_progress(progress: Any, total: int) -> Iterator[Callable[[int, int], None] | None]:
+    """The engine's ``progress(done, total)`` callback for knn's ``progress`` argument."""
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="layer", leave=False)
+        try:
+            yield lambda done, _total: bar.update(done - bar.n)
+        finally:
+            bar.close()
+    else:
+        yield progress if callable(progress) else None
+
+
 def knn(x: Any, k: int = 10, *, metric: str = "cosine", exclude_self: bool = True,
-        y: Any | None = None, num_threads: int | None = None) -> Neighbors:
+        y: Any | None = None, num_threads: int | None = None, progress: Any = False) -> Neighbors:
     """Exact k nearest neighbours of every row of ``x``, layer by layer.
 
     Parameters
@@ -114,6 +136,10 @@ def knn(x: Any, k: int = 10, *, metric: str = "cosine", exclude_self: bool = Tru
         Search ``x``'s rows among ``y``'s rows instead (no self exclusion).
     num_threads : int, optional
         CPU threads (default: all cores). Ignored on the GPU.
+    progress : bool or callable, default False
+        True shows a progress bar over layers (tqdm); a callable is called as
+        ``progress(done_layers, total_layers)`` with a rising count as layers finish, ending
+        with ``(L, L)`` (the GPU reports once, at the end).
 
     Returns
     -------
@@ -131,10 +157,15 @@ def knn(x: Any, k: int = 10, *, metric: str = "cosine", exclude_self: bool = Tru
     [1, 0, 3, 2]
     >>> layerknn.knn(np.stack([x, x[::-1]]), k=2).indices.shape
     (2, 4, 2)
+    >>> seen = []
+    >>> _ = layerknn.knn(np.stack([x, x, x]), k=1, progress=lambda done, total: seen.append((done, total)))
+    >>> seen[-1]
+    (3, 3)
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     _backend.check_num_threads(num_threads)
+    _check_progress(progress)
     x_arr, origin = to_backend_array(x, "x")
     x_layers, single = _as_layers(x_arr, "x")
     x32 = as_float32(x_layers, "x")
@@ -170,11 +201,12 @@ def knn(x: Any, k: int = 10, *, metric: str = "cosine", exclude_self: bool = Tru
         return (_check_finite_and_norms(x32, "x", metric, num_threads),
                 None if y32 is None else _check_finite_and_norms(y32, "y", metric, num_threads))
 
-    def run(xs, ys):
-        return _backend.knn(xs, ys, k, metric, bool(exclude_self), num_threads)
-
     try:
-        indices, scores = _scaling.safe_knn(run, x32, y32, metric, norms, None if on_cpu else norms())
+        with _layer_progress(progress, L) as report:
+            def run(xs, ys):
+                return _backend.knn(xs, ys, k, metric, bool(exclude_self), num_threads, report)
+
+            indices, scores = _scaling.safe_knn(run, x32, y32, metric, norms, None if on_cpu else norms())
     except ValueError:
         if on_cpu:  # the engine met a bad row: report all of them, as the GPU path does
             norms()

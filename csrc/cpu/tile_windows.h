@@ -1,0 +1,97 @@
+// The correctness core of the CPU k-NN engine: how far an approximate tile key may lie from the
+// exact key that defines the results, as pure functions of a few row norms. The engine keeps
+// every candidate within twice this bound of a row's k-th best approximate key, which provably
+// contains the exact top k; tests/test_windows.py tries to break each bound on adversarial rows
+// (through layerknn._core._testing, bound in bindings.cpp).
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "common/metric.h"
+#include "cpu/knn_kernels.h"
+
+namespace layerknn::cpu {
+
+constexpr double kUnit = 1.0 / 16777216.0;  // fp32 unit roundoff 2^-24
+
+// gamma_n = n u / (1 - n u): the classic bound on n successive fp32 roundings.
+inline double gamma(double n) { return n * kUnit / (1.0 - n * kUnit); }
+
+// Smallest float >= v.
+inline float round_up_to_float(double v) {
+  float f = static_cast<float>(v);
+  if (static_cast<double>(f) < v) f = std::nextafter(f, INFINITY);
+  return f;
+}
+
+// One side of a pair, as the bounds see it (float64): a >= |x * scale| (the fp32 operand the
+// exact score sees), p = |packed operand|, e = |packed - fp32 operand| (p = a, e = 0 for fp32).
+// The engine's a, p, e are float64 sums, exact to ~d 2^-53 relative: key_window's margin.
+struct OperandNorms {
+  double a = 0., p = 0., e = 0.;
+};
+
+// Why the window holds. For query row i let B_i bound |approximate tile key - exact key| over
+// its pairs (i, j). Row i's list keeps every candidate whose approximate key is >= (k-th best
+// approximate key) - 2 B_i, and so provably holds the exact top k: each of the k best
+// approximate candidates has an exact key >= kth - B_i, so every exact top-k member has exact
+// key >= kth - B_i and approximate key >= kth - 2 B_i. Notation: u = 2^-24,
+// gamma_n = n u / (1 - n u); x is row i, y any database row (bounded by the layer's maxima;
+// every bound below grows with each norm, so maxima are safe).
+//  * fp32 tile: each lane sums dpad exact-or-rounded products in order, so
+//    |tile - <x, y>| <= gamma_{dpad+2} sum |x_t y_t| <= gamma_{dpad+2} a_x a_y (Cauchy-Schwarz).
+//  * bf16 tile: <x~, y~> - <x, y> = <x~ - x, y> + <x~, y~ - y>, bounded by e_x a_y + p_x e_y;
+//    the bf16 products are exact in fp32 and VDPBF16PS rounds at most twice per pair of
+//    features, so accumulation adds gamma_{dpad+2} p_x p_y. VCVTNEPS2BF16 turns denormal
+//    inputs into zeros (Intel SDM), which e counts, so no bf16 denormal reaches VDPBF16PS (it
+//    would read one as zero); products and sums that fall below 2^-126 are flushed there, at
+//    most 2 dpad x 2^-126 in all: < 1e-30 for dpad < 4e7.
+//  * int8 tile: the same e_x a_y + p_x e_y for x~ = step * codes; the code products sum
+//    exactly in int32, then one conversion and two scalings add gamma_3 p_x p_y.
+//  * exact score: 16 fused lanes + a halving tree round at most d + 2 times on non-negative
+//    magnitudes: |exact - <x, y>| <= gamma_{d+2} a_x a_y; for squared L2 the rounded
+//    differences add one more rounding: <= gamma_{d+3} (a_x + a_y)^2.
+//  * squared-L2 keys 2 tile - (|x|^2 + |y|^2) add fp32-rounded norms and two roundings:
+//    <= 4 u (2 a_x a_y + a_x^2 + a_y^2), with the tile error counted twice.
+// These are relative bounds for results in fp32's normal range. Underflowing fp32 results
+// (absolute error <= 2^-150 each, below the relative model) are covered by key_window's 1e-30;
+// overflow is out of scope (inputs whose scores overflow fp32 are rejected before the engine).
+
+// Bound on |tile - <x, y>| for tiles of `precision` over dpad packed features (dpad = d padded
+// to the precision's group).
+inline double tile_error(Precision precision, double dpad, const OperandNorms& x,
+                         const OperandNorms& y) {
+  const double accumulation = precision == kInt8 ? gamma(3) : gamma(dpad + 2);
+  return precision == kFp32 ? accumulation * x.a * y.a
+                            : x.e * y.a + x.p * y.e + accumulation * x.p * y.p + 1e-30;
+}
+
+// Bound on |exact score - true score| of the engine's exact fp32 score over d features: the
+// inner product (cosine, ip) or the squared distance (squared L2).
+inline double exact_error(Metric metric, double d, double ax, double ay) {
+  if (metric == Metric::SquaredL2) return gamma(d + 3) * (ax + ay) * (ax + ay);
+  return gamma(d + 2) * ax * ay;
+}
+
+// Bound B on |approximate tile key - exact key| (keys: rank_key of the scores; squared L2 tile
+// keys are 2 tile - (|x|^2 + |y|^2) with fp32-rounded squared norms).
+inline double key_error(Metric metric, Precision precision, double d, double dpad,
+                        const OperandNorms& x, const OperandNorms& y) {
+  const double product = tile_error(precision, dpad, x, y);
+  if (metric == Metric::SquaredL2) {
+    return 2 * product + 4 * kUnit * (2 * x.a * y.a + x.a * x.a + y.a * y.a) +
+           exact_error(metric, d, x.a, y.a);
+  }
+  return product + exact_error(metric, d, x.a, y.a);
+}
+
+// The window a list row keeps below its k-th best key: 2 B with a relative margin of 1e-6
+// (for the float64 norms' own roundings) and an absolute 1e-30, rounded up to a float.
+inline float key_window(Metric metric, Precision precision, int64_t d, int64_t dpad,
+                        const OperandNorms& x, const OperandNorms& y) {
+  const double error = key_error(metric, precision, static_cast<double>(d),
+                                 static_cast<double>(dpad), x, y);
+  return round_up_to_float(2 * error * (1 + 1e-6) + 1e-30);
+}
+
+}  // namespace layerknn::cpu

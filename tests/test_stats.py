@@ -38,28 +38,43 @@ def test_spearman_of_constant_is_nan():
     assert np.isnan(stats.spearman(np.arange(4.0), np.ones(4)))
 
 
-def test_best_match_tie_rule():
-    depth = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+def test_best_match_tie_rule_is_lowest_index():
     m = np.zeros((5, 5))
-    m[2, [0, 3, 4]] = 1.0           # tie among 0, 3, 4: 3 is nearest the diagonal (|0.75 - 0.5|)
-    m[1, [0, 2]] = 1.0              # tie at equal distance 0.25: lowest index 0 wins
+    m[2, [0, 3, 4]] = 1.0           # tie among 0, 3, 4: the paper's argmax keeps 0
+    m[1, [2, 4]] = 1.0              # tie: 2, not the later 4
     m[4] = [0, 0, 0, 0.5, 0.2]      # plain argmax
-    best = stats.best_match(m, depth, depth)
-    assert best[2] == 3 and best[1] == 0 and best[4] == 3
-    assert best[0] == 0 and best[3] == 3  # all-zero rows: the diagonal itself
+    best = stats.best_match(m)
+    np.testing.assert_array_equal(best, [0, 2, 0, 0, 3])  # all-zero rows 0 and 3: column 0
+    np.testing.assert_array_equal(best, m.argmax(axis=1))
+    np.testing.assert_array_equal(stats.best_match(m, ties="highest"), [4, 4, 4, 4, 3])
+    np.testing.assert_array_equal(stats.best_match_ties(m), [True, True, True, True, False])
+    with pytest.raises(ValueError, match="ties must be 'lowest' or 'highest', got 'diagonal'"):
+        stats.best_match(m, ties="diagonal")
+
+
+def test_best_match_ties_batched(rng):
+    batch = rng.integers(0, 3, size=(6, 4, 5)).astype(float)  # small integers: many tied maxima
+    ties = stats.best_match_ties(batch)
+    ref = np.array([[np.sum(row == row.max()) > 1 for row in mat] for mat in batch])
+    np.testing.assert_array_equal(ties, ref)
+    np.testing.assert_array_equal(stats.best_match(batch), batch.argmax(-1))
+    high = np.array([[max(np.flatnonzero(row == row.max())) for row in mat] for mat in batch])
+    np.testing.assert_array_equal(stats.best_match(batch, ties="highest"), high)
 
 
 def test_depth_alignment_identity_and_reversal():
     s = stats.depth_alignment_stats(np.eye(7), 6, 6)
     assert s["spearman_ab"] == pytest.approx(1.0) and s["spearman_ba"] == pytest.approx(1.0)
     assert s["mean_abs_depth_error"] == 0 and s["near_mean"] == pytest.approx(1.0) and s["far_mean"] == 0
+    assert s["tied_ab"] == 0 and s["tied_ba"] == 0
     rev = stats.depth_alignment_stats(np.eye(7)[::-1], 6, 6, include_embeddings=True)
     assert rev["spearman_ab"] == pytest.approx(-1.0)
     np.testing.assert_array_equal(rev["best_ab"], np.arange(6, -1, -1))
     # embeddings excluded (default): block 6's only match is column 0, not a candidate, so its
-    # all-zero row falls back to the diagonal
+    # all-zero row goes to the lowest block, 1 (one tied row in each direction)
     blocks = stats.depth_alignment_stats(np.eye(7)[::-1], 6, 6)
-    np.testing.assert_array_equal(blocks["best_ab"], [5, 4, 3, 2, 1, 6])
+    np.testing.assert_array_equal(blocks["best_ab"], [5, 4, 3, 2, 1, 1])
+    assert blocks["tied_ab"] == 1 and blocks["tied_ba"] == 1
 
 
 def test_depth_alignment_unequal_depths():
@@ -72,7 +87,10 @@ def test_depth_alignment_unequal_depths():
     best = np.maximum(np.round(depth_a * Lb), 1)  # column 0 (embeddings) is no candidate
     expected = scipy.stats.spearmanr(depth_a, best / Lb).statistic
     assert s["spearman_ab"] == pytest.approx(expected) and s["spearman_ba"] == pytest.approx(1.0)
-    assert s["mean_abs_depth_error_ba"] == 0
+    # B->A: some columns hold two equal maxima (rows 2j - 1 and 2j); the lower row wins
+    first_row = m[1:, 1:].argmax(axis=0) + 1
+    ref_ba = np.abs(first_row / La - np.arange(1, Lb + 1) / Lb).mean()
+    assert s["mean_abs_depth_error_ba"] == pytest.approx(ref_ba) and s["tied_ba"] > 0
     assert s["mean_abs_depth_error_ab"] <= 1 / (2 * Lb) + 1e-12
 
 

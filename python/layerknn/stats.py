@@ -449,7 +449,7 @@ def percentile_ci(samples: np.ndarray, level: float = 0.95, axis: int = 0) -> tu
 def permutation_pvalues(nbrs_a: np.ndarray, nbrs_b: np.ndarray, k: int, observed: np.ndarray, *,
                         n_perm: int = 1000, seed: int | None = 0,
                         overlap: Callable | None = None,
-                        progress: Callable | None = None, max_bytes: int = 128 << 20) -> np.ndarray:
+                        progress: Callable | None = None, max_bytes: int = 16 << 20) -> np.ndarray:
     """One-sided permutation p-values of every cell against "prompts do not correspond".
 
     Under the null, A's prompt ``i`` is paired with B's prompt ``p(i)`` for a random

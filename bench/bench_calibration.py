@@ -5,15 +5,17 @@ drifting Gaussian activations as in bench_overlap.py; 1000 prompt permutations. 
 compute the same outputs (per-cell p-values, null mean/std, family-wise max, Spearman null) and
 are checked to agree before timing. The engine-only row times the overlap calls alone on
 pre-relabelled stacks: the floor for any method built on the overlap engine.
-Usage: python bench/bench_calibration.py [--threads 2] [--perms 1000] [--repeats 3] [--no-append]
+Usage: python bench/bench_calibration.py [--threads 2] [--perms 1000] [--repeats 5] [--no-append]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import time
 
-from _common import append_results, median_seconds, reexec_without_blas_throttles
+from _common import append_results, reexec_without_blas_throttles
 
 reexec_without_blas_throttles()
 
@@ -54,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--perms", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-append", action="store_true", help="print the table without appending it")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -70,24 +72,37 @@ def main() -> None:
     assert np.array_equal(res.spearman_null["spearman_min"], spear)
     assert np.allclose(res.null_mean, mean, rtol=1e-12)
 
-    t_batched = median_seconds(
-        lambda: calibration.permutation_null(a, b, k, n_perm=args.perms, seed=0, overlap=overlap), args.repeats)
-    t_naive = median_seconds(lambda: naive(a, b, k, args.perms, 0, overlap), args.repeats)
     chunk = 16  # engine floor: the overlap calls alone, on 16-shuffle stacks relabelled beforehand
     perms = np.stack([np.random.default_rng(2).permutation(n) for _ in range(chunk)])
     stack = np.concatenate([stats.relabel_neighbors(b, q) for q in perms])
-    t_engine = median_seconds(lambda: overlap(a, stack, k), max(3, args.repeats)) * args.perms / chunk
+    methods = {
+        "batched": lambda: calibration.permutation_null(a, b, k, n_perm=args.perms, seed=0, overlap=overlap),
+        "naive": lambda: naive(a, b, k, args.perms, 0, overlap),
+        "engine": lambda: [overlap(a, stack, k) for _ in range(args.perms // chunk)],
+    }
+    wall, cpu = {m: [] for m in methods}, {m: [] for m in methods}
+    for _ in range(args.repeats):  # interleaved, so load swings hit every method alike
+        for name, fn in methods.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+    scale = {"batched": 1.0, "naive": 1.0, "engine": args.perms / (chunk * (args.perms // chunk))}
+    t = {m: statistics.median(wall[m]) * scale[m] for m in methods}
+    c = {m: statistics.median(cpu[m]) * scale[m] for m in methods}
+    t_batched = t["batched"]
 
     load = os.getloadavg()[0]
-    rows = [
-        ("permutation_null (batched, P shuffles per overlap call)", t_batched, 1.0),
-        ("naive loop (relabel + 1 overlap call per shuffle)", t_naive, t_naive / t_batched),
-        ("overlap engine alone (floor)", t_engine, t_engine / t_batched),
-    ]
-    table = f"| method | {args.perms} permutations (s) | ms / permutation | time / batched |\n|---|---:|---:|---:|\n"
-    table += "\n".join(f"| {m} | {t:.2f} | {t / args.perms * 1e3:.2f} | {r:.2f}× |" for m, t, r in rows)
-    table += (f"\n\nShape {La}×{Lb} layers, n={n}, k={k}, drifting Gaussian activations; median of {args.repeats}; "
-              f"outputs checked equal on 50 shuffles first. 1-min load average at the end: {load:.1f}.")
+    labels = {"batched": "permutation_null (batched, P shuffles per overlap call)",
+              "naive": "naive loop (relabel + 1 overlap call per shuffle)",
+              "engine": "overlap engine alone (floor)"}
+    table = (f"| method | {args.perms} permutations, wall (s) | CPU (s) | ms / permutation (wall) "
+             f"| wall / batched | CPU / batched |\n|---|---:|---:|---:|---:|---:|\n")
+    table += "\n".join(f"| {labels[m]} | {t[m]:.2f} | {c[m]:.2f} | {t[m] / args.perms * 1e3:.2f} | "
+                       f"{t[m] / t_batched:.2f}× | {c[m] / c['batched']:.2f}× |" for m in methods)
+    table += (f"\n\nShape {La}×{Lb} layers, n={n}, k={k}, drifting Gaussian activations; medians of {args.repeats} "
+              f"interleaved runs; CPU = process CPU seconds (both threads); outputs checked equal on 50 shuffles "
+              f"first. 1-min load average at the end: {load:.1f}.")
     title = (f"permutation null: batched vs one overlap call per shuffle (CPU, "
              f"SIMD {_core.simd_level()}, {args.threads} threads)")
     if args.no_append:

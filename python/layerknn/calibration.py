@@ -209,11 +209,11 @@ def permutation_null(nbrs_a, nbrs_b, k: int, *, n_perm: int = 1000, seed: int | 
     --------
     >>> import numpy as np, layerknn
     >>> rng = np.random.default_rng(0)
-    >>> acts = rng.standard_normal((3, 100, 8)).astype(np.float32)
+    >>> acts = rng.standard_normal((6, 100, 8)).astype(np.float32)   # embeddings + 5 blocks
     >>> nb = layerknn.knn(acts, k=5).indices
     >>> res = permutation_null(nb, nb, 5, n_perm=99, overlap=layerknn.overlap)
     >>> res.p_family, res.p_values.diagonal().tolist()
-    (0.01, [0.01, 0.01, 0.01])
+    (0.01, [0.01, 0.01, 0.01, 0.01, 0.01, 0.01])
     >>> bool(np.all(res.calibrated.diagonal() == 1.0)), res.spearman_p["spearman_min"]
     (True, 0.01)
     """

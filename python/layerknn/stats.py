@@ -350,7 +350,7 @@ def depth_verdict(matrix: np.ndarray, num_layers_a: int, num_layers_b: int, *,
     if lows is None:
         reasons.append("no bootstrap interval given: judged on point values only")
     else:
-        for lo, arrow in zip(lows, ("A->B", "B->A")):
+        for lo, arrow in zip(lows, ("A->B", "B->A"), strict=True):
             if not lo > 0:
                 failed = True
                 reasons.append(f"bootstrap lower bound of Spearman {arrow} = {lo:.3f} is not above 0")

@@ -63,7 +63,7 @@ def test_transpose_swaps_directions_exactly(case, include_embeddings):
 @given(int_matrices(max_value=20), st.integers(1, 50), st.integers(-100, 100), st.integers(2, 10**6),
        st.integers(-8, 8))
 def test_best_match_invariant_under_positive_affine_maps(case, scale, shift, nk, power):
-    m, La, Lb = case
+    m, _, _ = case
     best, ties = stats.best_match(m), stats.best_match_ties(m)
     # integer affine maps and the totals -> means division are exact and strictly increasing
     for mapped in (scale * m + shift, m / nk, (m / nk) * 2.0**power):

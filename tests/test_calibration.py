@@ -177,6 +177,12 @@ def test_bad_inputs(rng):
         calibration.permutation_null(a[0], a, 4)
     with pytest.raises(TypeError, match="nbrs_b must hold integer neighbour indices, got dtype float64"):
         calibration.permutation_null(a, a.astype(float), 4)
+    bad = a.copy()
+    bad[1, 3, 2] = 40
+    with pytest.raises(ValueError, match=r"nbrs_b must hold prompt indices in \[0, n-1\] = \[0, 39\], got values in"):
+        calibration.permutation_null(a, bad, 4)
+    with pytest.raises(ValueError, match=r"nbrs_a must hold prompt indices.*got values in \[-1, "):
+        calibration.permutation_null(a - 1, a, 4)
     with pytest.raises(ValueError, match=">= 2 layers each"):
         calibration.permutation_null(a[:1], a, 4)
     with pytest.raises(TypeError, match="overlap must be callable"):

@@ -7,7 +7,10 @@ a replicate's cell means are ``counts @ w / (n k)`` where ``w`` counts how often
 prompt was drawn.  The permutation test re-pairs prompts between the two models.
 
 Conventions: a model with L blocks has L + 1 similarity rows/columns (0 = embeddings);
-the normalised depth of row l is ``l / L``.
+the normalised depth of row l is ``l / L``.  A best match is the paper's plain argmax (the
+lowest index wins ties); :func:`depth_verdict` refuses a verdict ("undefined") that rests on
+ties or on a matrix without contrast.  Calibrated nulls (family-wise p-values, Spearman
+p-values) live in :mod:`layerknn.calibration`, monotone layer maps in :mod:`layerknn.alignment`.
 """
 
 from __future__ import annotations

@@ -64,12 +64,13 @@ def slow_reference(a, b, k, n_perm, seed, include_embeddings):
 
 
 @pytest.mark.parametrize("include_embeddings", [False, True])
-def test_equals_slow_loop(rng, include_embeddings):
+@pytest.mark.parametrize("blocks", [(5, 3), (3, 5), (4, 4)])  # B, A or B copied and relabelled
+def test_equals_slow_loop(rng, include_embeddings, blocks):
     n, k, n_perm = 90, 4, 37
     base = rng.standard_normal((n, 8))
-    a = drifting_knn(rng, base, 5, k)
-    b = drifting_knn(rng, base, 3, k)
-    # two shuffles per overlap call (B's 4 layers x n x k int32 each), and an uneven last chunk
+    a = drifting_knn(rng, base, blocks[0], k)
+    b = drifting_knn(rng, base, blocks[1], k)
+    # one or two shuffles per overlap call (4 or 5 layers x n x k int32 each), uneven last chunk
     res = calibration.permutation_null(a, b, k, n_perm=n_perm, seed=5, overlap=layerknn.overlap,
                                        include_embeddings=include_embeddings, max_bytes=2 * 4 * n * k * 4)
     ref = slow_reference(a, b, k, n_perm, 5, include_embeddings)

@@ -9,8 +9,10 @@ p-values of the depth-tracking Spearman statistics.
 
 Speed: ``P`` relabelled copies of B are stacked along the layer axis, so one call of the
 overlap engine scores ``P`` permutations, ``overlap(a, stack) -> (La, P * Lb)``; ``P`` is
-chosen to keep the stack under ``max_bytes``.  Permutations are drawn in the same order as a
-one-at-a-time loop (``rng.permutation(n)`` per shuffle), so results equal that loop's.
+chosen to keep the stack under ``max_bytes``.  When A has fewer layers, A is the side copied
+instead (the same per-prompt counts in another order, see ``_relabel_into``).  Permutations
+are drawn in the same order as a one-at-a-time loop (``rng.permutation(n)`` per shuffle), so
+results equal that loop's.
 """
 
 from __future__ import annotations
@@ -121,43 +123,58 @@ def _check_neighbors(nbrs_a, nbrs_b, k) -> tuple[np.ndarray, np.ndarray, int]:
     return np.ascontiguousarray(a, dtype=np.int32), np.ascontiguousarray(b, dtype=np.int32), k
 
 
-def _relabel_into(out: np.ndarray, rows: np.ndarray, nbrs_b: np.ndarray, perms: np.ndarray) -> np.ndarray:
-    """``relabel_neighbors(nbrs_b, p)`` for every row ``p`` of ``perms``, written into ``out[:P]``.
+def _relabel_into(out: np.ndarray, rows: np.ndarray, nbrs: np.ndarray, perms: np.ndarray, side: str) -> np.ndarray:
+    """One side's neighbour lists re-paired by every row ``p`` of ``perms``, stacked into ``out[:P]``.
 
-    ``out`` (>= P, Lb, n, k) and ``rows`` (Lb, n, k) are reused int32 buffers (fresh ones
-    would cost more in page faults than the gathers); returns the stack as (P * Lb, n, k).
+    ``side="b"``: ``relabel_neighbors(nbrs_b, p)`` (A's prompt i meets B's prompt p[i], seen in
+    A's numbering).  ``side="a"``: ``relabel_neighbors(nbrs_a, p^-1)``, i.e. row ``p[i]`` holds
+    ``p`` applied to A's row i; paired with B unchanged it gives the same per-prompt counts,
+    reordered (``|p(N_a(i)) ∩ N_b(p(i))| = |N_a(i) ∩ p^-1(N_b(p(i)))|``), so the same means
+    (the layerknn engine sums integer counts).  ``out`` (>= P, L, n, k) and ``rows`` (L, n, k)
+    are reused int32 buffers (fresh ones cost more in page faults than the gathers).
     """
     P, n = perms.shape
     ids = np.arange(n, dtype=np.int32)
     inverse = np.empty(n, dtype=np.int32)
     for p in range(P):  # per shuffle: two cache-friendly gathers (a fused 4-D gather is ~10x slower)
         inverse[perms[p]] = ids
-        np.take(nbrs_b, perms[p], axis=1, out=rows, mode="clip")  # ids checked in range up front: no
-        np.take(inverse, rows, out=out[p], mode="clip")            # per-element bounds checks
-    return out[:P].reshape(P * nbrs_b.shape[0], n, nbrs_b.shape[2])
+        row_order, value_map = (perms[p], inverse) if side == "b" else (inverse, perms[p].astype(np.int32))
+        np.take(nbrs, row_order, axis=1, out=rows, mode="clip")  # ids checked in range up front: no
+        np.take(value_map, rows, out=out[p], mode="clip")        # per-element bounds checks
+    return out[:P].reshape(P * nbrs.shape[0], n, nbrs.shape[2])
 
 
 def null_chunks(nbrs_a: np.ndarray, nbrs_b: np.ndarray, k: int, n_perm: int, seed, overlap: Callable,
                 max_bytes: int) -> Iterator[np.ndarray]:
     """Null overlap matrices, ``(P, La, Lb)`` per chunk, for ``n_perm`` seeded permutations in order.
 
+    The side with fewer layers is the one copied and relabelled (B on equal counts).
     Inputs must already be validated int32 arrays holding k columns (see :func:`permutation_null`).
     """
-    La = nbrs_a.shape[0]
-    Lb, n, _ = nbrs_b.shape
-    step = int(max(1, min(n_perm, max_bytes // (Lb * n * k * 4))))
-    out = np.empty((step, Lb, n, k), dtype=np.int32)
-    rows = np.empty((Lb, n, k), dtype=np.int32)
+    La, n, _ = nbrs_a.shape
+    Lb = nbrs_b.shape[0]
+    side = "a" if La < Lb else "b"
+    moved = nbrs_a if side == "a" else nbrs_b
+    L = moved.shape[0]
+    step = int(max(1, min(n_perm, max_bytes // (L * n * k * 4))))
+    out = np.empty((step, L, n, k), dtype=np.int32)
+    rows = np.empty((L, n, k), dtype=np.int32)
     rng = np.random.default_rng(seed)
     done = 0
     while done < n_perm:
         P = min(step, n_perm - done)
         perms = np.stack([rng.permutation(n) for _ in range(P)])
-        null = np.asarray(overlap(nbrs_a, _relabel_into(out, rows, nbrs_b, perms), k), dtype=np.float64)
-        if null.shape != (La, P * Lb):
-            raise ValueError(f"overlap must return shape (La, Lb) = {(La, P * Lb)} for the stacked copies, "
+        stack = _relabel_into(out, rows, moved, perms, side)
+        if side == "b":
+            null = np.asarray(overlap(nbrs_a, stack, k), dtype=np.float64)
+            expected = (La, P * Lb)
+        else:
+            null = np.asarray(overlap(stack, nbrs_b, k), dtype=np.float64)
+            expected = (P * La, Lb)
+        if null.shape != expected:
+            raise ValueError(f"overlap must return shape (La, Lb) = {expected} for the stacked copies, "
                              f"got {null.shape}")
-        yield null.reshape(La, P, Lb).transpose(1, 0, 2)
+        yield null.reshape(La, P, Lb).transpose(1, 0, 2) if side == "b" else null.reshape(P, La, Lb)
         done += P
 
 

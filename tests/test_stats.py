@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zlib
 
 import numpy as np
@@ -38,28 +39,43 @@ def test_spearman_of_constant_is_nan():
     assert np.isnan(stats.spearman(np.arange(4.0), np.ones(4)))
 
 
-def test_best_match_tie_rule():
-    depth = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+def test_best_match_tie_rule_is_lowest_index():
     m = np.zeros((5, 5))
-    m[2, [0, 3, 4]] = 1.0           # tie among 0, 3, 4: 3 is nearest the diagonal (|0.75 - 0.5|)
-    m[1, [0, 2]] = 1.0              # tie at equal distance 0.25: lowest index 0 wins
+    m[2, [0, 3, 4]] = 1.0           # tie among 0, 3, 4: the paper's argmax keeps 0
+    m[1, [2, 4]] = 1.0              # tie: 2, not the later 4
     m[4] = [0, 0, 0, 0.5, 0.2]      # plain argmax
-    best = stats.best_match(m, depth, depth)
-    assert best[2] == 3 and best[1] == 0 and best[4] == 3
-    assert best[0] == 0 and best[3] == 3  # all-zero rows: the diagonal itself
+    best = stats.best_match(m)
+    np.testing.assert_array_equal(best, [0, 2, 0, 0, 3])  # all-zero rows 0 and 3: column 0
+    np.testing.assert_array_equal(best, m.argmax(axis=1))
+    np.testing.assert_array_equal(stats.best_match(m, ties="highest"), [4, 4, 4, 4, 3])
+    np.testing.assert_array_equal(stats.best_match_ties(m), [True, True, True, True, False])
+    with pytest.raises(ValueError, match="ties must be 'lowest' or 'highest', got 'diagonal'"):
+        stats.best_match(m, ties="diagonal")
+
+
+def test_best_match_ties_batched(rng):
+    batch = rng.integers(0, 3, size=(6, 4, 5)).astype(float)  # small integers: many tied maxima
+    ties = stats.best_match_ties(batch)
+    ref = np.array([[np.sum(row == row.max()) > 1 for row in mat] for mat in batch])
+    np.testing.assert_array_equal(ties, ref)
+    np.testing.assert_array_equal(stats.best_match(batch), batch.argmax(-1))
+    high = np.array([[max(np.flatnonzero(row == row.max())) for row in mat] for mat in batch])
+    np.testing.assert_array_equal(stats.best_match(batch, ties="highest"), high)
 
 
 def test_depth_alignment_identity_and_reversal():
     s = stats.depth_alignment_stats(np.eye(7), 6, 6)
     assert s["spearman_ab"] == pytest.approx(1.0) and s["spearman_ba"] == pytest.approx(1.0)
     assert s["mean_abs_depth_error"] == 0 and s["near_mean"] == pytest.approx(1.0) and s["far_mean"] == 0
+    assert s["tied_ab"] == 0 and s["tied_ba"] == 0
     rev = stats.depth_alignment_stats(np.eye(7)[::-1], 6, 6, include_embeddings=True)
     assert rev["spearman_ab"] == pytest.approx(-1.0)
     np.testing.assert_array_equal(rev["best_ab"], np.arange(6, -1, -1))
     # embeddings excluded (default): block 6's only match is column 0, not a candidate, so its
-    # all-zero row falls back to the diagonal
+    # all-zero row goes to the lowest block, 1 (one tied row in each direction)
     blocks = stats.depth_alignment_stats(np.eye(7)[::-1], 6, 6)
-    np.testing.assert_array_equal(blocks["best_ab"], [5, 4, 3, 2, 1, 6])
+    np.testing.assert_array_equal(blocks["best_ab"], [5, 4, 3, 2, 1, 1])
+    assert blocks["tied_ab"] == 1 and blocks["tied_ba"] == 1
 
 
 def test_depth_alignment_unequal_depths():
@@ -72,7 +88,10 @@ def test_depth_alignment_unequal_depths():
     best = np.maximum(np.round(depth_a * Lb), 1)  # column 0 (embeddings) is no candidate
     expected = scipy.stats.spearmanr(depth_a, best / Lb).statistic
     assert s["spearman_ab"] == pytest.approx(expected) and s["spearman_ba"] == pytest.approx(1.0)
-    assert s["mean_abs_depth_error_ba"] == 0
+    # B->A: some columns hold two equal maxima (rows 2j - 1 and 2j); the lower row wins
+    first_row = m[1:, 1:].argmax(axis=0) + 1
+    ref_ba = np.abs(first_row / La - np.arange(1, Lb + 1) / Lb).mean()
+    assert s["mean_abs_depth_error_ba"] == pytest.approx(ref_ba) and s["tied_ba"] > 0
     assert s["mean_abs_depth_error_ab"] <= 1 / (2 * Lb) + 1e-12
 
 
@@ -132,3 +151,97 @@ def test_boundary_tie_rate():
 def test_percentile_ci_bad_level():
     with pytest.raises(ValueError, match="level"):
         stats.percentile_ci(np.arange(5.0), 1.5)
+
+
+# ----------------------------------------------------------------------------- the paper's statistic
+
+
+@pytest.mark.parametrize("include_embeddings", [False, True])
+def test_depth_alignment_equals_argmax_scipy_reference(rng, include_embeddings):
+    """The paper: per-row argmax (lowest index on ties), then Spearman of depths (scipy)."""
+    start = 0 if include_embeddings else 1
+    for trial in range(40):
+        La, Lb = (int(x) for x in rng.integers(1, 9, size=2))
+        if not include_embeddings:
+            La, Lb = La + 1, Lb + 1  # at least two blocks so Spearman can be defined
+        m = rng.integers(0, 3 + trial % 4, size=(La + 1, Lb + 1)).astype(float) / 7  # many tied maxima
+        m[rng.integers(0, La + 1)] = 0.25  # a whole row tied
+        s = stats.depth_alignment_stats(m, La, Lb, include_embeddings=include_embeddings)
+        sub = m[start:, start:]
+        depth_a, depth_b = np.arange(start, La + 1) / La, np.arange(start, Lb + 1) / Lb
+        best_ab, best_ba = np.argmax(sub, axis=1), np.argmax(sub, axis=0)
+        np.testing.assert_array_equal(s["best_ab"], best_ab + start)
+        np.testing.assert_array_equal(s["best_ba"], best_ba + start)
+        for key, x, y in (("spearman_ab", depth_a, depth_b[best_ab]), ("spearman_ba", depth_b, depth_a[best_ba])):
+            with warnings.catch_warnings():  # scipy warns on constant input (and returns NaN)
+                warnings.simplefilter("ignore")
+                ref = scipy.stats.spearmanr(x, y).statistic
+            np.testing.assert_allclose(s[key], ref, rtol=1e-12, atol=1e-15, equal_nan=True)
+        assert s["tied_ab"] == sum(np.sum(row == row.max()) > 1 for row in sub)
+        assert s["tied_ba"] == sum(np.sum(col == col.max()) > 1 for col in sub.T)
+
+
+# ----------------------------------------------------------------------------- depth_verdict
+
+
+def band(La, Lb, width=0.1, low=0.05, high=0.4):
+    da, db = np.arange(La + 1) / La, np.arange(Lb + 1) / Lb
+    return np.where(np.abs(da[:, None] - db[None, :]) <= width, high, low) - 0.1 * np.abs(da[:, None] - db[None, :])
+
+
+@pytest.mark.parametrize("matrix", [np.full((13, 19), 0.2), np.ones((13, 19)), np.zeros((13, 19))])
+def test_verdict_undefined_without_contrast(matrix):
+    # Comparison.from_matrix(np.full((13, 19), 0.2), n=100, k=5).summary() used to say TRACK
+    v = stats.depth_verdict(matrix, 12, 18, ci_lows=(0.5, 0.5), spearman_p=0.001)
+    assert v["verdict"] == "undefined" and "no contrast" in v["reasons"][0]
+    assert v["contrast"] == 0 and v["tied_ab"] == 12 and v["tied_ba"] == 18
+
+
+def test_verdict_track_for_a_clear_band():
+    m = band(12, 18)
+    v = stats.depth_verdict(m, 12, 18)
+    assert v["verdict"] == "track" and v["spearman_ab"] > 0.9 and v["spearman_ba"] > 0.9
+    assert any("no permutation p-value" in r for r in v["reasons"])
+    assert any("no bootstrap interval" in r for r in v["reasons"])
+    full = stats.depth_verdict(m, 12, 18, ci_lows=(0.8, 0.7), spearman_p=(0.001, 0.01))
+    assert full["verdict"] == "track" and full["reasons"] == [] and full["spearman_p"] == 0.01
+
+
+def test_verdict_no_when_a_criterion_fails():
+    m = band(12, 18)
+    assert stats.depth_verdict(m[::-1], 12, 18)["verdict"] == "no"  # anti-diagonal: Spearman < 0
+    v = stats.depth_verdict(m, 12, 18, ci_lows=(0.5, -0.1))
+    assert v["verdict"] == "no" and "B->A = -0.100 is not above 0" in v["reasons"][-2]
+    v = stats.depth_verdict(m, 12, 18, spearman_p=0.2, alpha=0.05)
+    assert v["verdict"] == "no" and "0.2 > alpha = 0.05" in v["reasons"][-1]
+
+
+def test_verdict_undefined_when_constant_or_tie_driven():
+    La, Lb = 6, 6
+    m = np.full((La + 1, Lb + 1), 0.1)
+    m[:, 3] = 0.5  # every block's best match is B block 3: constant sequence
+    v = stats.depth_verdict(m, La, Lb)
+    assert v["verdict"] == "undefined" and "same layer" in v["reasons"][0]
+    # upper blocks flat (ties), lower blocks a clean diagonal: the sign of Spearman A->B
+    # depends on sending the flat rows to the lowest or the highest column
+    m = np.full((La + 1, Lb + 1), 0.1)
+    m[np.arange(4, 7), np.arange(4, 7)] = 0.5
+    m[4:, :4] = 0.0
+    v = stats.depth_verdict(m, La, Lb)
+    assert v["verdict"] == "undefined" and "tie-breaking" in " ".join(v["reasons"])
+    assert v["tied_ab"] == 3
+    v = stats.depth_verdict(band(6, 6), 6, 6, ci_lows=(np.nan, 0.5))
+    assert v["verdict"] == "undefined" and "NaN" in v["reasons"][-1]
+
+
+def test_verdict_bad_inputs():
+    with pytest.raises(ValueError, match=r"matrix must have shape \(7, 7\), got \(7, 6\)"):
+        stats.depth_verdict(np.ones((7, 6)), 6, 6)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        stats.depth_verdict(np.eye(7), 6, 6, alpha=1.5)
+    with pytest.raises(ValueError, match="ci_lows must be a number or a pair"):
+        stats.depth_verdict(np.eye(7), 6, 6, ci_lows=(0.1, 0.2, 0.3))
+    with pytest.raises(ValueError, match="spearman_p must be in"):
+        stats.depth_verdict(np.eye(7), 6, 6, spearman_p=0.0)
+    with pytest.raises(ValueError, match="finite"):
+        stats.depth_verdict(np.full((7, 7), np.nan), 6, 6)

@@ -7,29 +7,34 @@ a replicate's cell means are ``counts @ w / (n k)`` where ``w`` counts how often
 prompt was drawn.  The permutation test re-pairs prompts between the two models.
 
 Conventions: a model with L blocks has L + 1 similarity rows/columns (0 = embeddings);
-the normalised depth of row l is ``l / L``.
+the normalised depth of row l is ``l / L``.  A best match is the paper's plain argmax (the
+lowest index wins ties); :func:`depth_verdict` refuses a verdict ("undefined") that rests on
+ties or on a matrix without contrast.  Calibrated nulls (family-wise p-values, Spearman
+p-values) live in :mod:`layerknn.calibration`, monotone layer maps in :mod:`layerknn.alignment`.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 __all__ = [
-    "layer_depths",
+    "DEPTH_STATS",
     "best_match",
-    "rankdata",
-    "spearman",
-    "depth_alignment_stats",
-    "bootstrap_weights",
+    "best_match_ties",
     "bootstrap_cell_totals",
+    "bootstrap_weights",
+    "boundary_tie_rate",
+    "depth_alignment_stats",
+    "depth_verdict",
+    "layer_depths",
     "percentile_ci",
     "permutation_pvalues",
+    "rankdata",
     "relabel_neighbors",
-    "boundary_tie_rate",
-    "DEPTH_STATS",
+    "spearman",
 ]
 
 #: Names of the scalar statistics returned by :func:`depth_alignment_stats`.
@@ -57,17 +62,23 @@ def layer_depths(num_layers: int) -> np.ndarray:
     return np.arange(num_layers + 1, dtype=np.float64) / num_layers
 
 
-def best_match(matrix: np.ndarray, depth_rows: np.ndarray, depth_cols: np.ndarray) -> np.ndarray:
-    """Column index of the largest value in each row, ties broken towards the diagonal.
+def _check_ties(ties: str) -> str:
+    if ties not in ("lowest", "highest"):
+        raise ValueError(f"ties must be 'lowest' or 'highest', got {ties!r}")
+    return ties
 
-    Among the columns holding a row's maximum (exact equality), the one whose normalised
-    depth is closest to the row's depth wins; remaining ties go to the lowest index.
+
+def best_match(matrix: np.ndarray, *, ties: str = "lowest") -> np.ndarray:
+    """Column index of the largest value in each row; ties go to the lowest index.
+
+    This is the paper's rule (a plain ``argmax``).  ``ties="highest"`` breaks ties the other
+    way; :func:`depth_verdict` uses it to see whether a verdict hangs on tie-breaking.
 
     Parameters
     ----------
     matrix : array, shape (..., R, C)
-    depth_rows : array, shape (R,)
-    depth_cols : array, shape (C,)
+    ties : {"lowest", "highest"}
+        Which of several equal maxima (exact equality) wins.
 
     Returns
     -------
@@ -76,15 +87,39 @@ def best_match(matrix: np.ndarray, depth_rows: np.ndarray, depth_cols: np.ndarra
     Examples
     --------
     >>> m = np.array([[1.0, 1.0, 0.0], [0.0, 0.5, 0.5], [0.2, 0.1, 0.3]])
-    >>> d = np.array([0.0, 0.5, 1.0])
-    >>> best_match(m, d, d).tolist()
+    >>> best_match(m).tolist()
     [0, 1, 2]
+    >>> best_match(m, ties="highest").tolist()
+    [1, 2, 2]
     """
     matrix = np.asarray(matrix)
-    is_max = matrix == matrix.max(axis=-1, keepdims=True)
-    distance = np.abs(np.asarray(depth_cols)[None, :] - np.asarray(depth_rows)[:, None])
-    distance = np.where(is_max, distance, np.inf)
-    return distance.argmin(axis=-1)
+    if _check_ties(ties) == "lowest":
+        return matrix.argmax(axis=-1)
+    return matrix.shape[-1] - 1 - matrix[..., ::-1].argmax(axis=-1)
+
+
+def best_match_ties(matrix: np.ndarray) -> np.ndarray:
+    """Which rows hold their maximum more than once (their best match is a tie-break).
+
+    Parameters
+    ----------
+    matrix : array, shape (..., R, C)
+
+    Returns
+    -------
+    bool array, shape (..., R)
+        ``.sum(-1)`` counts the tied rows of each matrix in a batch.
+
+    Examples
+    --------
+    >>> m = np.array([[1.0, 1.0, 0.0], [0.0, 0.5, 0.4], [0.3, 0.3, 0.3]])
+    >>> best_match_ties(m).tolist()
+    [True, False, True]
+    >>> int(best_match_ties(m).sum())
+    2
+    """
+    matrix = np.asarray(matrix)
+    return (matrix == matrix.max(axis=-1, keepdims=True)).sum(axis=-1) > 1
 
 
 def rankdata(x: np.ndarray) -> np.ndarray:
@@ -125,7 +160,7 @@ def _block_slices(num_a: int, num_b: int, include_embeddings: bool):
 
 def depth_alignment_stats(matrix: np.ndarray, num_layers_a: int, num_layers_b: int, *,
                           near: float = 0.1, far: float = 0.3,
-                          include_embeddings: bool = False) -> dict:
+                          include_embeddings: bool = False, ties: str = "lowest") -> dict:
     """Does each layer's best match sit at the same normalised depth in the other model?
 
     Parameters
@@ -139,6 +174,8 @@ def depth_alignment_stats(matrix: np.ndarray, num_layers_a: int, num_layers_b: i
         Cells with ``|depth_a - depth_b| <= near`` form ``near_mean``; ``> far`` form ``far_mean``.
     include_embeddings : bool
         Use rows/columns 0 (embeddings) too; by default blocks 1..L only.
+    ties : {"lowest", "highest"}
+        Tie rule of the best matches (see :func:`best_match`); the paper's is "lowest".
 
     Returns
     -------
@@ -148,7 +185,8 @@ def depth_alignment_stats(matrix: np.ndarray, num_layers_a: int, num_layers_b: i
         over the best matches of both directions; ``_ab``/``_ba`` per direction),
         ``near_mean``, ``far_mean`` (each an array of the batch shape, or a float), and
         ``best_ab``/``best_ba`` (best-match row/column indices, in the full matrix's
-        numbering, for the rows/columns used) and ``best_depth_ab``/``best_depth_ba``.
+        numbering, for the rows/columns used), ``best_depth_ab``/``best_depth_ba``, and
+        ``tied_ab``/``tied_ba`` (int, batch-shaped: rows/columns whose maximum is tied).
 
     Examples
     --------
@@ -168,8 +206,9 @@ def depth_alignment_stats(matrix: np.ndarray, num_layers_a: int, num_layers_b: i
     depth_a = layer_depths(num_layers_a)[rows]
     depth_b = layer_depths(num_layers_b)[cols]
     sub = matrix[..., rows, cols]
-    best_ab = best_match(sub, depth_a, depth_b)
-    best_ba = best_match(np.swapaxes(sub, -1, -2), depth_b, depth_a)
+    sub_t = np.swapaxes(sub, -1, -2)
+    best_ab = best_match(sub, ties=ties)
+    best_ba = best_match(sub_t, ties=ties)
     best_depth_ab = depth_b[best_ab]
     best_depth_ba = depth_a[best_ba]
     err_ab = np.abs(best_depth_ab - depth_a).mean(axis=-1)
@@ -195,6 +234,135 @@ def depth_alignment_stats(matrix: np.ndarray, num_layers_a: int, num_layers_b: i
     out["best_ba"] = best_ba + offset
     out["best_depth_ab"] = best_depth_ab
     out["best_depth_ba"] = best_depth_ba
+    out["tied_ab"] = best_match_ties(sub).sum(axis=-1)
+    out["tied_ba"] = best_match_ties(sub_t).sum(axis=-1)
+    return out
+
+
+def _pair(value, name: str) -> tuple[float, float]:
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.size == 1:
+        arr = np.repeat(arr, 2)
+    if arr.size != 2:
+        raise ValueError(f"{name} must be a number or a pair (A->B, B->A), got {value!r}")
+    return float(arr[0]), float(arr[1])
+
+
+def depth_verdict(matrix: np.ndarray, num_layers_a: int, num_layers_b: int, *,
+                  ci_lows=None, spearman_p=None, alpha: float = 0.05,
+                  include_embeddings: bool = False) -> dict:
+    """Do best matches track normalised depth?  "track", "no" or "undefined", with reasons.
+
+    The statistic is the paper's: each layer's best match (argmax, lowest index on ties),
+    then Spearman between a layer's depth and its best match's depth, in both directions.
+
+    "undefined" (never "track") when the evidence cannot carry a verdict: the blocks used
+    hold one value only (no contrast, e.g. k = n - 1 gives all ones); a direction's best
+    matches are all the same layer (Spearman undefined); whether Spearman is above 0 changes
+    when tied maxima go to the highest index instead of the lowest (the verdict would come
+    from tie-breaking); or a given bootstrap lower bound is NaN.
+
+    "track" needs all of: both Spearman values > 0; both bootstrap lower bounds > 0 (when
+    ``ci_lows`` is given); the permutation p-value <= ``alpha`` (when ``spearman_p`` is
+    given).  ``reasons`` says which criteria were not available.
+
+    Parameters
+    ----------
+    matrix : array, shape (La + 1, Lb + 1)
+    num_layers_a, num_layers_b : int
+    ci_lows : float or (float, float), optional
+        Bootstrap lower bounds of Spearman A->B and B->A.
+    spearman_p : float or (float, float), optional
+        Permutation p-value(s) of the Spearman statistic; for a pair the larger one is used.
+        The natural choice is ``PermutationNull.spearman_p["spearman_min"]``
+        (:func:`layerknn.calibration.permutation_null`), one test of both directions.
+    alpha : float
+    include_embeddings : bool
+        Use row/column 0 too (default: blocks only).
+
+    Returns
+    -------
+    dict
+        ``verdict``; ``reasons`` (list of str); ``spearman_ab``, ``spearman_ba`` (paper's
+        rule) and ``spearman_ab_highest``, ``spearman_ba_highest`` (ties to the highest
+        index); ``tied_ab``, ``tied_ba`` (rows/columns with a tied maximum); ``contrast``
+        (max - min over the cells used); ``ci_lows``, ``spearman_p``, ``alpha`` as used.
+
+    Examples
+    --------
+    >>> depth_verdict(np.full((13, 19), 0.2), 12, 18)["verdict"]
+    'undefined'
+    >>> band = np.eye(7) + 0.1
+    >>> v = depth_verdict(band, 6, 6, ci_lows=(0.8, 0.9), spearman_p=0.001)
+    >>> v["verdict"], v["reasons"]
+    ('track', [])
+    >>> depth_verdict(band, 6, 6, spearman_p=0.2)["verdict"]
+    'no'
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (num_layers_a + 1, num_layers_b + 1):
+        raise ValueError(f"matrix must have shape ({num_layers_a + 1}, {num_layers_b + 1}), got {matrix.shape}")
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError("matrix must hold finite values")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    lows = None if ci_lows is None else _pair(ci_lows, "ci_lows")
+    p_used = None
+    if spearman_p is not None:
+        p_used = max(_pair(spearman_p, "spearman_p"))
+        if not 0 < p_used <= 1:
+            raise ValueError(f"spearman_p must be in (0, 1], got {spearman_p!r}")
+    rows, cols = _block_slices(num_layers_a, num_layers_b, include_embeddings)
+    sub = matrix[rows, cols]
+    low = depth_alignment_stats(matrix, num_layers_a, num_layers_b, include_embeddings=include_embeddings)
+    high = depth_alignment_stats(matrix, num_layers_a, num_layers_b, include_embeddings=include_embeddings,
+                                 ties="highest")
+    out = {
+        "verdict": "no", "reasons": [],
+        "spearman_ab": low["spearman_ab"], "spearman_ba": low["spearman_ba"],
+        "spearman_ab_highest": high["spearman_ab"], "spearman_ba_highest": high["spearman_ba"],
+        "tied_ab": int(low["tied_ab"]), "tied_ba": int(low["tied_ba"]),
+        "contrast": float(sub.max() - sub.min()), "ci_lows": lows, "spearman_p": p_used, "alpha": alpha,
+    }
+    reasons = out["reasons"]
+    if out["contrast"] == 0:
+        out["verdict"] = "undefined"
+        reasons.append(f"no contrast: every cell used equals {sub.flat[0]:.6g}, so best matches are ties only")
+        return out
+    undefined = False
+    for tag, arrow, rows_name in (("ab", "A->B", "rows"), ("ba", "B->A", "columns")):
+        rho, rho_high = out[f"spearman_{tag}"], out[f"spearman_{tag}_highest"]
+        if np.isnan(rho):
+            undefined = True
+            reasons.append(f"{arrow}: every best match is the same layer, so Spearman is undefined")
+        elif (rho > 0) != (rho_high > 0):
+            undefined = True
+            reasons.append(f"{arrow}: the verdict depends on tie-breaking ({out[f'tied_{tag}']} {rows_name} tied; "
+                           f"Spearman {rho:.3f} with ties to the lowest index, {rho_high:.3f} to the highest)")
+    if lows is not None and any(np.isnan(lo) for lo in lows):
+        undefined = True
+        reasons.append("a bootstrap lower bound of Spearman is NaN (best matches constant in most resamples)")
+    if undefined:
+        out["verdict"] = "undefined"
+        return out
+    failed = False
+    for tag, arrow in (("ab", "A->B"), ("ba", "B->A")):
+        if not out[f"spearman_{tag}"] > 0:
+            failed = True
+            reasons.append(f"Spearman {arrow} = {out[f'spearman_{tag}']:.3f} is not above 0")
+    if lows is None:
+        reasons.append("no bootstrap interval given: judged on point values only")
+    else:
+        for lo, arrow in zip(lows, ("A->B", "B->A"), strict=True):
+            if not lo > 0:
+                failed = True
+                reasons.append(f"bootstrap lower bound of Spearman {arrow} = {lo:.3f} is not above 0")
+    if p_used is None:
+        reasons.append("no permutation p-value given: Spearman not tested against shuffled prompts")
+    elif p_used > alpha:
+        failed = True
+        reasons.append(f"permutation p-value of Spearman {p_used:.4g} > alpha = {alpha:g}")
+    out["verdict"] = "no" if failed else "track"
     return out
 
 
@@ -284,7 +452,7 @@ def percentile_ci(samples: np.ndarray, level: float = 0.95, axis: int = 0) -> tu
 def permutation_pvalues(nbrs_a: np.ndarray, nbrs_b: np.ndarray, k: int, observed: np.ndarray, *,
                         n_perm: int = 1000, seed: int | None = 0,
                         overlap: Callable | None = None,
-                        progress: Callable | None = None) -> np.ndarray:
+                        progress: Callable | None = None, max_bytes: int = 16 << 20) -> np.ndarray:
     """One-sided permutation p-values of every cell against "prompts do not correspond".
 
     Under the null, A's prompt ``i`` is paired with B's prompt ``p(i)`` for a random
@@ -300,28 +468,41 @@ def permutation_pvalues(nbrs_a: np.ndarray, nbrs_b: np.ndarray, k: int, observed
     n_perm : int
     overlap : callable, optional
         ``overlap(a, b, k) -> (La, Lb)`` mean overlaps; default :func:`layerknn.overlap`.
+        It is called with stacks of relabelled copies of B (see
+        :func:`layerknn.calibration.permutation_null`, which also gives family-wise
+        p-values, the null's mean and spread, and Spearman p-values from the same shuffles).
+    progress : callable, optional
+        Called with the number of permutations finished after each chunk.
+    max_bytes : int
+        Memory bound of one chunk of stacked permutations.
 
     Returns
     -------
     float64 array, shape (La, Lb)
+
+    Examples
+    --------
+    >>> import layerknn
+    >>> nb = layerknn.knn(np.random.default_rng(0).standard_normal((2, 50, 4)).astype(np.float32), 3).indices
+    >>> permutation_pvalues(nb, nb, 3, layerknn.overlap(nb, nb), n_perm=19).diagonal().tolist()
+    [0.05, 0.05]
     """
+    from .calibration import _check_int, _check_neighbors, null_chunks
+
     if overlap is None:
         from .overlap import overlap as overlap_impl
 
         overlap = overlap_impl
-    if n_perm < 1:
-        raise ValueError(f"n_perm must be >= 1, got {n_perm}")
-    nbrs_a = np.asarray(nbrs_a)[..., :k]
-    nbrs_b = np.asarray(nbrs_b)[..., :k]
-    n = nbrs_a.shape[1]
-    rng = np.random.default_rng(seed)
-    exceed = np.zeros(np.shape(observed), dtype=np.int64)
-    tol = 1e-12
-    for _ in range(n_perm):
-        null = np.asarray(overlap(nbrs_a, relabel_neighbors(nbrs_b, rng.permutation(n)), k))
-        exceed += null >= observed - tol
+    nbrs_a, nbrs_b, k = _check_neighbors(nbrs_a, nbrs_b, k)
+    n_perm = _check_int(n_perm, "n_perm", 1)
+    observed = np.asarray(observed, dtype=np.float64)
+    if observed.shape != (nbrs_a.shape[0], nbrs_b.shape[0]):
+        raise ValueError(f"observed must have shape {(nbrs_a.shape[0], nbrs_b.shape[0])}, got {observed.shape}")
+    exceed = np.zeros(observed.shape, dtype=np.int64)
+    for chunk in null_chunks(nbrs_a, nbrs_b, k, n_perm, seed, overlap, max_bytes):
+        exceed += (chunk >= observed - 1e-12).sum(axis=0)
         if progress is not None:
-            progress(1)
+            progress(chunk.shape[0])
     return (1.0 + exceed) / (1.0 + n_perm)
 
 

@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 
 import layerknn
-from layerknn import calibration, stats
+from layerknn import calibration, stats, verdict
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def test_depth_tracking_pair_is_significant(rng):
     assert res.spearman_p["spearman_ab"] == pytest.approx(1 / 100)
     assert res.spearman_p["spearman_min"] == pytest.approx(1 / 100)
     assert res.spearman["spearman_min"] > 0.8
-    v = stats.depth_verdict(res.observed, 8, 5, spearman_p=res.spearman_p["spearman_min"])
+    v = verdict.depth_verdict(res.observed, 8, 5, spearman_p=res.spearman_p["spearman_min"])
     assert v["verdict"] == "track"
 
 

@@ -123,7 +123,8 @@ def test_from_matrix_analyses_and_errors():
     c = Comparison.from_matrix(m, n=200, k=10, names=("x", "y"))
     assert c.best_match()["a_to_b"].tolist() == [0, 2, 4, 6]
     assert c.depth_alignment()["spearman_ab"] == pytest.approx(1.0)
-    assert "x" in c.summary() and "no bootstrap CI" in c.summary()
+    assert "x" in c.summary() and "no bootstrap interval given" in c.summary()
+    assert "no permutation p-value given" in c.summary()
     json.dumps(c.to_dict())
     with pytest.raises(ValueError, match="per-prompt"):
         c.bootstrap()
@@ -215,7 +216,8 @@ class FakeExtract(types.ModuleType):
         return types.SimpleNamespace(values=values, model_name=name, num_layers=model.layers, hidden_size=8,
                                      pooling=pooling, token_counts=torch.ones(len(texts), dtype=torch.int64),
                                      truncated=torch.zeros(len(texts), dtype=torch.bool),
-                                     fingerprint=self.fingerprint_for(model, texts, pooling=pooling))
+                                     fingerprint=self.fingerprint_for(model, texts, pooling=pooling),
+                                     max_length=kw.get("max_length"))
 
 
 def fake_model(name, layers):

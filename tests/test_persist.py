@@ -58,7 +58,8 @@ def test_counts_above_k_are_refused_so_bootstrap_cannot_exceed_one(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,pattern", [
-    ("p_values", lambda a: a["p_values"] * 0, "p_values must lie in \\(0, 1\\]"),
+    ("null_p_values", lambda a: a["null_p_values"] * 0, "p-values must lie in \\(0, 1\\]"),
+    ("null_observed", lambda a: a["null_observed"] * 0.5, "calibration was computed on another matrix"),
     ("neighbors_a", lambda a: a["neighbors_a"] + 1000, "neighbors_a must be indices"),
     ("matrix", lambda a: np.full_like(a["matrix"], 1.5), "values must lie in \\[0, 1\\]"),
 ])
@@ -80,7 +81,7 @@ def test_zoo_p_values_are_checked(tmp_path, rng):
     acts = [rng.standard_normal((3, 40, 6)).astype(np.float32) for _ in range(3)]
     path = layerknn.zoo(acts, k=3, bootstrap=0, permutations=5).save(tmp_path / "z.npz")
     arrays, meta = store.read(path, kind="zoo")
-    arrays["p_values_0_2"] = arrays["p_values_0_2"] + 1
+    arrays["null_0_2_p_values"] = arrays["null_0_2_p_values"] + 1
     store.write(path, arrays, meta, kind="zoo")
-    with pytest.raises(ValueError, match="z.npz.*p-values of pair 0,2"):
+    with pytest.raises(ValueError, match="z.npz \\(pair 0,2\\): p-values must lie in"):
         layerknn.Zoo.load(path)

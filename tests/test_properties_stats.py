@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import layerknn
-from layerknn import calibration, stats
+from layerknn import calibration, stats, verdict
 
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=80)
 
@@ -101,7 +101,7 @@ def test_bootstrap_intervals_are_ordered_and_bounded(k, n, n_boot, seed, level):
        st.one_of(st.none(), st.floats(1e-4, 1)))
 def test_constant_matrices_are_never_track(La, Lb, value, include_embeddings, ci_lows, p):
     m = np.full((La + 1, Lb + 1), value)
-    v = stats.depth_verdict(m, La, Lb, ci_lows=ci_lows, spearman_p=p, include_embeddings=include_embeddings)
+    v = verdict.depth_verdict(m, La, Lb, ci_lows=ci_lows, spearman_p=p, include_embeddings=include_embeddings)
     assert v["verdict"] == "undefined" and v["reasons"]
 
 
@@ -111,7 +111,7 @@ def test_constant_matrices_are_never_track(La, Lb, value, include_embeddings, ci
        st.one_of(st.none(), st.floats(1e-4, 1)))
 def test_track_needs_every_criterion(case, include_embeddings, ci_lows, p):
     m, La, Lb = case
-    v = stats.depth_verdict(m, La, Lb, ci_lows=ci_lows, spearman_p=p, include_embeddings=include_embeddings)
+    v = verdict.depth_verdict(m, La, Lb, ci_lows=ci_lows, spearman_p=p, include_embeddings=include_embeddings)
     assert v["verdict"] in ("track", "no", "undefined") and isinstance(v["reasons"], list)
     if v["verdict"] == "track":
         assert v["spearman_ab"] > 0 and v["spearman_ba"] > 0

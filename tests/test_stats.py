@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 
 import layerknn
-from layerknn import stats
+from layerknn import stats, verdict
 
 
 @pytest.fixture
@@ -192,27 +192,27 @@ def band(La, Lb, width=0.1, low=0.05, high=0.4):
 @pytest.mark.parametrize("matrix", [np.full((13, 19), 0.2), np.ones((13, 19)), np.zeros((13, 19))])
 def test_verdict_undefined_without_contrast(matrix):
     # Comparison.from_matrix(np.full((13, 19), 0.2), n=100, k=5).summary() used to say TRACK
-    v = stats.depth_verdict(matrix, 12, 18, ci_lows=(0.5, 0.5), spearman_p=0.001)
+    v = verdict.depth_verdict(matrix, 12, 18, ci_lows=(0.5, 0.5), spearman_p=0.001)
     assert v["verdict"] == "undefined" and "no contrast" in v["reasons"][0]
     assert v["contrast"] == 0 and v["tied_ab"] == 12 and v["tied_ba"] == 18
 
 
 def test_verdict_track_for_a_clear_band():
     m = band(12, 18)
-    v = stats.depth_verdict(m, 12, 18)
+    v = verdict.depth_verdict(m, 12, 18)
     assert v["verdict"] == "track" and v["spearman_ab"] > 0.9 and v["spearman_ba"] > 0.9
     assert any("no permutation p-value" in r for r in v["reasons"])
     assert any("no bootstrap interval" in r for r in v["reasons"])
-    full = stats.depth_verdict(m, 12, 18, ci_lows=(0.8, 0.7), spearman_p=(0.001, 0.01))
+    full = verdict.depth_verdict(m, 12, 18, ci_lows=(0.8, 0.7), spearman_p=(0.001, 0.01))
     assert full["verdict"] == "track" and full["reasons"] == [] and full["spearman_p"] == 0.01
 
 
 def test_verdict_no_when_a_criterion_fails():
     m = band(12, 18)
-    assert stats.depth_verdict(m[::-1], 12, 18)["verdict"] == "no"  # anti-diagonal: Spearman < 0
-    v = stats.depth_verdict(m, 12, 18, ci_lows=(0.5, -0.1))
+    assert verdict.depth_verdict(m[::-1], 12, 18)["verdict"] == "no"  # anti-diagonal: Spearman < 0
+    v = verdict.depth_verdict(m, 12, 18, ci_lows=(0.5, -0.1))
     assert v["verdict"] == "no" and "B->A = -0.100 is not above 0" in v["reasons"][-2]
-    v = stats.depth_verdict(m, 12, 18, spearman_p=0.2, alpha=0.05)
+    v = verdict.depth_verdict(m, 12, 18, spearman_p=0.2, alpha=0.05)
     assert v["verdict"] == "no" and "0.2 > alpha = 0.05" in v["reasons"][-1]
 
 
@@ -220,28 +220,28 @@ def test_verdict_undefined_when_constant_or_tie_driven():
     La, Lb = 6, 6
     m = np.full((La + 1, Lb + 1), 0.1)
     m[:, 3] = 0.5  # every block's best match is B block 3: constant sequence
-    v = stats.depth_verdict(m, La, Lb)
+    v = verdict.depth_verdict(m, La, Lb)
     assert v["verdict"] == "undefined" and "same layer" in v["reasons"][0]
     # upper blocks flat (ties), lower blocks a clean diagonal: the sign of Spearman A->B
     # depends on sending the flat rows to the lowest or the highest column
     m = np.full((La + 1, Lb + 1), 0.1)
     m[np.arange(4, 7), np.arange(4, 7)] = 0.5
     m[4:, :4] = 0.0
-    v = stats.depth_verdict(m, La, Lb)
+    v = verdict.depth_verdict(m, La, Lb)
     assert v["verdict"] == "undefined" and "tie-breaking" in " ".join(v["reasons"])
     assert v["tied_ab"] == 3
-    v = stats.depth_verdict(band(6, 6), 6, 6, ci_lows=(np.nan, 0.5))
+    v = verdict.depth_verdict(band(6, 6), 6, 6, ci_lows=(np.nan, 0.5))
     assert v["verdict"] == "undefined" and "NaN" in v["reasons"][-1]
 
 
 def test_verdict_bad_inputs():
     with pytest.raises(ValueError, match=r"matrix must have shape \(7, 7\), got \(7, 6\)"):
-        stats.depth_verdict(np.ones((7, 6)), 6, 6)
+        verdict.depth_verdict(np.ones((7, 6)), 6, 6)
     with pytest.raises(ValueError, match="alpha must be in"):
-        stats.depth_verdict(np.eye(7), 6, 6, alpha=1.5)
+        verdict.depth_verdict(np.eye(7), 6, 6, alpha=1.5)
     with pytest.raises(ValueError, match="ci_lows must be a number or a pair"):
-        stats.depth_verdict(np.eye(7), 6, 6, ci_lows=(0.1, 0.2, 0.3))
+        verdict.depth_verdict(np.eye(7), 6, 6, ci_lows=(0.1, 0.2, 0.3))
     with pytest.raises(ValueError, match="spearman_p must be in"):
-        stats.depth_verdict(np.eye(7), 6, 6, spearman_p=0.0)
+        verdict.depth_verdict(np.eye(7), 6, 6, spearman_p=0.0)
     with pytest.raises(ValueError, match="finite"):
-        stats.depth_verdict(np.full((7, 7), np.nan), 6, 6)
+        verdict.depth_verdict(np.full((7, 7), np.nan), 6, 6)

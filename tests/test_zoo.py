@@ -51,6 +51,10 @@ def test_reversed_pair_is_the_exact_transpose_statistics_included(models):
     ab, ba = z.comparison("x", "w"), z.comparison("w", "x")
     np.testing.assert_array_equal(ba.matrix, ab.matrix.T)
     np.testing.assert_array_equal(ba.p_values, ab.p_values.T)
+    np.testing.assert_array_equal(ba.calibration.calibrated, ab.calibration.calibrated.T)
+    assert ba.calibration.spearman_p["spearman_ab"] == ab.calibration.spearman_p["spearman_ba"]
+    assert ba.calibration.p_family == ab.calibration.p_family
+    assert ba.verdict()["verdict"] == ab.verdict()["verdict"]
     np.testing.assert_array_equal(ba.per_prompt, np.swapaxes(ab.per_prompt, 0, 1))
     np.testing.assert_array_equal(ba.ci["matrix_low"], ab.ci["matrix_low"].T)
     assert ba.ci["stats"]["spearman_ab"] == ab.ci["stats"]["spearman_ba"]
@@ -72,7 +76,10 @@ def test_save_load_round_trips_everything(tmp_path, models):
     assert back.meta["options"] == z.meta["options"]
     for key in z.pair_stats:
         same_stats(back.pair_stats[key]["ci"], z.pair_stats[key]["ci"])
-        np.testing.assert_array_equal(back.pair_stats[key]["p_values"], z.pair_stats[key]["p_values"])
+        for field in ("p_values", "p_adjusted", "calibrated", "null_mean", "max_null"):
+            np.testing.assert_array_equal(getattr(back.pair_stats[key]["calibration"], field),
+                                          getattr(z.pair_stats[key]["calibration"], field))
+        assert back.pair_stats[key]["calibration"].spearman_p == z.pair_stats[key]["calibration"].spearman_p
     for i, j in ((0, 1), (2, 1)):
         assert back.comparison(i, j).summary() == z.comparison(i, j).summary()
         np.testing.assert_array_equal(back.comparison(i, j).per_prompt, z.comparison(i, j).per_prompt)
@@ -83,7 +90,9 @@ def test_save_load_round_trips_everything(tmp_path, models):
 
 def test_per_prompt_counts_are_computed_one_pair_at_a_time(models, monkeypatch):
     """Peak memory: the zoo never asks the engine for counts of more than one pair."""
-    import layerknn.overlap as overlap_module
+    import sys
+
+    overlap_module = sys.modules["layerknn.overlap"]  # the module (the package re-exports a function)
 
     calls = []
     real = overlap_module.overlap

@@ -300,3 +300,27 @@ def permutation_null(nbrs_a, nbrs_b, k: int, *, n_perm: int = 1000, seed: int | 
                            calibrated=calibrated, max_null=max_null, spearman=spearman, spearman_p=spearman_p,
                            spearman_null=spear_null, n_perm=n_perm, seed=seed, k=k,
                            include_embeddings=include_embeddings)
+
+
+_SWAP = {"spearman_ab": "spearman_ba", "spearman_ba": "spearman_ab"}
+
+
+def transpose_null(null: PermutationNull) -> PermutationNull:
+    """The same null seen as (B, A): matrices transposed, A->B and B->A statistics swapped.
+
+    Examples
+    --------
+    >>> import numpy as np, layerknn
+    >>> nb = layerknn.knn(np.random.default_rng(0).standard_normal((3, 40, 4)).astype(np.float32), k=3).indices
+    >>> null = permutation_null(nb, nb[:2], 3, n_perm=9)
+    >>> transpose_null(null).p_values.shape, null.p_values.shape
+    ((2, 3), (3, 2))
+    """
+    def swap(d: dict) -> dict:
+        return {_SWAP.get(key, key): value for key, value in d.items()}
+
+    return PermutationNull(observed=null.observed.T, null_mean=null.null_mean.T, null_std=null.null_std.T,
+                           p_values=null.p_values.T, p_family=null.p_family, p_adjusted=null.p_adjusted.T,
+                           calibrated=null.calibrated.T, max_null=null.max_null, spearman=swap(null.spearman),
+                           spearman_p=swap(null.spearman_p), spearman_null=swap(null.spearman_null),
+                           n_perm=null.n_perm, seed=null.seed, k=null.k, include_embeddings=null.include_embeddings)

@@ -55,7 +55,9 @@ class Comparison:
     ci : dict or None
         Bootstrap intervals, filled by :meth:`bootstrap`.
     p_values : float array (La + 1, Lb + 1) or None
-        Filled by :meth:`permutation_test`.
+        Per-cell permutation p-values, filled by :meth:`calibrate` / :meth:`permutation_test`.
+    calibration : PermutationNull or None
+        The whole permutation null (family-wise p, calibrated matrix, Spearman p-values).
     meta : dict
         Provenance: each model's extraction settings, timings, the options used.
 
@@ -108,6 +110,7 @@ class Comparison:
         self.ci: dict | None = None
         self.p_values: np.ndarray | None = None
         self.permutation_info: dict | None = None
+        self.calibration = None
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -163,7 +166,7 @@ class Comparison:
 
     # ------------------------------------------------------------------ analyses
     def best_match(self, include_embeddings: bool = True) -> dict:
-        """Best-matching layer of B for every layer of A, and the reverse (see :func:`stats.best_match`).
+        """Best-matching layer of B for every layer of A, and the reverse: argmax, ties to the lowest index.
 
         Returns
         -------
@@ -227,27 +230,59 @@ class Comparison:
                                              include_embeddings=include_embeddings, progress=progress)
         return self.ci
 
-    def permutation_test(self, n_perm: int = 1000, seed: int | None = 0, *, progress: bool = False) -> np.ndarray:
-        """Per-cell p-values against chance by shuffling which prompt of B pairs with which of A.
+    def calibrate(self, n_perm: int = 1000, seed: int | None = 0, *, progress: bool = False):
+        """The permutation null of every cell and of depth tracking, from one set of prompt shuffles.
 
-        See :func:`layerknn.stats.permutation_pvalues`. Stored in ``self.p_values``.
+        Which prompt of B pairs with which of A is shuffled ``n_perm`` times (B's neighbour
+        lists relabelled, no new search); see :func:`layerknn.calibration.permutation_null`.
+        Stored in ``self.calibration``; ``self.p_values`` are its per-cell p-values.
+
+        Returns
+        -------
+        PermutationNull
+            ``null_mean``, ``null_std``, ``p_values``, ``p_family`` (family-wise p of the
+            largest block cell), ``p_adjusted`` (max-statistic adjusted per cell),
+            ``calibrated`` = (matrix - null_mean) / (1 - null_mean), and the Spearman
+            statistics' p-values (``spearman_p["spearman_min"]``: both directions track).
+
+        Examples
+        --------
+        >>> import numpy as np, layerknn
+        >>> acts = np.random.default_rng(0).standard_normal((5, 80, 8)).astype(np.float32)
+        >>> c = layerknn.compare(acts, acts, k=5, bootstrap=0, permutations=0)
+        >>> null = c.calibrate(n_perm=99)
+        >>> null.p_family, float(null.calibrated[1, 1])
+        (0.01, 1.0)
         """
         if self.neighbors_a is None or self.neighbors_b is None:
-            raise ValueError("permutation_test needs the neighbour lists, which this Comparison lacks "
+            raise ValueError("calibrate needs the neighbour lists, which this Comparison lacks "
                              "(it was built from a bare matrix or loaded without them)")
+        from .calibration import permutation_null
         from .overlap import overlap
 
         n_perm = check_count(n_perm, "n_perm", 1)
         bar = _bar(progress, n_perm, "permutations", "perm")
         try:
-            self.p_values = _stats.permutation_pvalues(
-                self.neighbors_a, self.neighbors_b, self.k, self.matrix, n_perm=n_perm, seed=seed,
-                overlap=lambda a, b, k: overlap(a, b, k), progress=bar.update if bar else None)
+            null = permutation_null(self.neighbors_a, self.neighbors_b, self.k, n_perm=n_perm, seed=seed,
+                                    overlap=overlap, observed=self.matrix,
+                                    include_embeddings=self.geometry()["include_embeddings"],
+                                    progress=bar.update if bar else None)
         finally:
             if bar is not None:
                 bar.close()
-        self.permutation_info = {"n_perm": n_perm, "seed": seed}
-        return self.p_values
+        self.set_calibration(null)
+        return null
+
+    def set_calibration(self, null) -> None:
+        """Attach a :class:`~layerknn.calibration.PermutationNull` (and its p-values) to this comparison."""
+        self.calibration = null
+        self.p_values = null.p_values
+        self.permutation_info = {"n_perm": null.n_perm, "seed": null.seed, "p_family": null.p_family,
+                                 "spearman_p": null.spearman_p["spearman_min"]}
+
+    def permutation_test(self, n_perm: int = 1000, seed: int | None = 0, *, progress: bool = False) -> np.ndarray:
+        """Per-cell p-values against chance (see :meth:`calibrate`, which this runs). Returns ``p_values``."""
+        return self.calibrate(n_perm, seed, progress=progress).p_values
 
     def transpose(self) -> "Comparison":
         """The same comparison seen as (B, A): matrix, counts and every statistic transposed or swapped.
@@ -271,7 +306,11 @@ class Comparison:
             ci["matrix_low"], ci["matrix_high"] = self.ci["matrix_low"].T, self.ci["matrix_high"].T
             ci["stats"] = {_SWAPPED_STATS.get(key, key): value for key, value in self.ci["stats"].items()}
             out.ci = ci
-        if self.p_values is not None:
+        if self.calibration is not None:
+            from .calibration import transpose_null
+
+            out.set_calibration(transpose_null(self.calibration))
+        elif self.p_values is not None:
             out.p_values = self.p_values.T
             out.permutation_info = self.permutation_info
         return out

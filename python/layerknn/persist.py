@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only
 
 __all__ = ["comparison_arrays", "comparison_from_arrays", "zoo_arrays", "zoo_from_arrays"]
 
-_OPTIONAL = ("neighbors_a", "neighbors_b", "tie_rate_a", "tie_rate_b", "p_values")
+_OPTIONAL = ("neighbors_a", "neighbors_b", "tie_rate_a", "tie_rate_b")
+_NULL_ARRAYS = ("observed", "null_mean", "null_std", "p_values", "p_adjusted", "calibrated", "max_null")
 
 
 def _ci_split(ci: dict | None, prefix: str) -> tuple[dict, dict | None]:
@@ -43,6 +44,40 @@ def _ci_join(arrays: dict, scalars: dict | None, prefix: str) -> dict | None:
     return ci
 
 
+def _null_split(null, prefix: str) -> tuple[dict, dict | None]:
+    """A PermutationNull as arrays (``prefix`` + field) and JSON (scalars, Spearman statistics)."""
+    if null is None:
+        return {}, None
+    arrays = {f"{prefix}{name}": np.asarray(getattr(null, name)) for name in _NULL_ARRAYS}
+    for key, samples in null.spearman_null.items():
+        arrays[f"{prefix}spearman_null_{key}"] = np.asarray(samples)
+    scalars = {"p_family": null.p_family, "spearman": null.spearman, "spearman_p": null.spearman_p,
+               "n_perm": null.n_perm, "seed": null.seed, "k": null.k, "include_embeddings": null.include_embeddings}
+    return arrays, jsonable(scalars)
+
+
+def _null_join(arrays: dict, scalars: dict | None, prefix: str, shape: tuple, where: str):
+    if scalars is None:
+        return None
+    from .calibration import PermutationNull
+
+    fields = {name: arrays[f"{prefix}{name}"] for name in _NULL_ARRAYS}
+    for name in ("observed", "null_mean", "null_std", "p_values", "p_adjusted", "calibrated"):
+        if fields[name].shape != shape:
+            raise FormatError(f"{where}: {prefix}{name} must have shape {shape}, got {fields[name].shape}")
+    p = fields["p_values"]
+    if not np.all((p > 0) & (p <= 1)) or not 0 < float(scalars["p_family"]) <= 1:
+        raise FormatError(f"{where}: p-values must lie in (0, 1]")
+    spearman_null = {key[len(prefix) + len("spearman_null_"):]: value for key, value in arrays.items()
+                     if key.startswith(f"{prefix}spearman_null_")}
+    nan = float("nan")
+    return PermutationNull(**fields, p_family=float(scalars["p_family"]),
+                           spearman={k: nan if v is None else v for k, v in scalars["spearman"].items()},
+                           spearman_p=dict(scalars["spearman_p"]), spearman_null=spearman_null,
+                           n_perm=int(scalars["n_perm"]), seed=scalars["seed"], k=int(scalars["k"]),
+                           include_embeddings=bool(scalars["include_embeddings"]))
+
+
 def comparison_arrays(c: "Comparison") -> tuple[dict, dict]:
     """(arrays, meta) for :func:`layerknn.store.write`; per-prompt counts only when there are no neighbours."""
     arrays: dict[str, np.ndarray] = {"matrix": c.matrix}
@@ -54,9 +89,11 @@ def comparison_arrays(c: "Comparison") -> tuple[dict, dict]:
         arrays["per_prompt"] = np.asarray(c._per_prompt)
     ci_arrays, ci_meta = _ci_split(c.ci, "ci_")
     arrays.update(ci_arrays)
+    null_arrays, null_meta = _null_split(c.calibration, "null_")
+    arrays.update(null_arrays)
     meta = {"names": list(c.names), "num_layers": [c.num_layers_a, c.num_layers_b], "n": c.n, "k": c.k,
-            "dataset": c.dataset, "pooling": c.pooling, "ci": ci_meta,
-            "permutation": jsonable(c.permutation_info), "meta": jsonable(c.meta)}
+            "dataset": c.dataset, "pooling": c.pooling, "ci": ci_meta, "calibration": null_meta,
+            "meta": jsonable(c.meta)}
     return arrays, meta
 
 
@@ -82,9 +119,6 @@ def _check_values(arrays: dict, n: int, k: int, shape: tuple[int, int], where: s
 
         if not np.allclose(overlap(arrays["neighbors_a"], arrays["neighbors_b"], k), matrix, rtol=0, atol=1e-12):
             raise FormatError(f"{where}: matrix disagrees with its neighbour lists")
-    p = arrays.get("p_values")
-    if p is not None and (p.shape != shape or not np.all((p > 0) & (p <= 1))):
-        raise FormatError(f"{where}: p_values must lie in (0, 1] with shape {shape}")
 
 
 def comparison_from_arrays(arrays: dict, meta: dict, where: str) -> "Comparison":
@@ -103,9 +137,11 @@ def comparison_from_arrays(arrays: dict, meta: dict, where: str) -> "Comparison"
                        tie_rates=(arrays.get("tie_rate_a"), arrays.get("tie_rate_b")),
                        dataset=meta.get("dataset"), pooling=meta.get("pooling"), meta=meta.get("meta"))
         c.ci = _ci_join(arrays, meta.get("ci"), "ci_")
-        if "p_values" in arrays:
-            c.p_values = arrays["p_values"]
-            c.permutation_info = meta.get("permutation")
+        null = _null_join(arrays, meta.get("calibration"), "null_", (la + 1, lb + 1), where)
+        if null is not None:
+            if not np.array_equal(null.observed, c.matrix):
+                raise FormatError(f"{where}: the calibration was computed on another matrix")
+            c.set_calibration(null)
     except FormatError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
@@ -124,10 +160,10 @@ def zoo_arrays(z: "Zoo", include_neighbors: bool = True) -> tuple[dict, dict]:
     pairs = {}
     for (i, j), entry in z.pair_stats.items():
         ci_arrays, ci_meta = _ci_split(entry.get("ci"), f"ci_{i}_{j}_")
+        null_arrays, null_meta = _null_split(entry.get("calibration"), f"null_{i}_{j}_")
         arrays.update(ci_arrays)
-        if entry.get("p_values") is not None:
-            arrays[f"p_values_{i}_{j}"] = entry["p_values"]
-        pairs[f"{i},{j}"] = {"ci": ci_meta, "permutation": jsonable(entry.get("permutation"))}
+        arrays.update(null_arrays)
+        pairs[f"{i},{j}"] = {"ci": ci_meta, "calibration": null_meta}
     meta = {"names": z.names, "num_layers": z.num_layers, "n": z.n, "k": z.k, "dataset": z.dataset,
             "pooling": z.pooling, "pairs": pairs, "meta": jsonable(z.meta)}
     return arrays, meta
@@ -154,11 +190,10 @@ def zoo_from_arrays(arrays: dict, meta: dict, where: str) -> "Zoo":
         pair_stats = {}
         for key, entry in meta["pairs"].items():
             i, j = (int(x) for x in key.split(","))
-            p = arrays.get(f"p_values_{i}_{j}")
-            if p is not None and not np.all((p > 0) & (p <= 1)):
-                raise FormatError(f"{where}: p-values of pair {i},{j} must lie in (0, 1]")
-            pair_stats[(i, j)] = {"ci": _ci_join(arrays, entry.get("ci"), f"ci_{i}_{j}_"), "p_values": p,
-                                  "permutation": entry.get("permutation")}
+            shape = (num_layers[i] + 1, num_layers[j] + 1)
+            pair_stats[(i, j)] = {"ci": _ci_join(arrays, entry.get("ci"), f"ci_{i}_{j}_"),
+                                  "calibration": _null_join(arrays, entry.get("calibration"), f"null_{i}_{j}_",
+                                                            shape, f"{where} (pair {i},{j})")}
     except FormatError:
         raise
     except (KeyError, TypeError, ValueError) as exc:

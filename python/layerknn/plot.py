@@ -86,6 +86,12 @@ def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap:
     if clipped:
         ax.text(0, 0, f"{c.matrix[0, 0]:.2f}", color="black", ha="center", va="center", fontsize=5.5)
     ax.plot([0, lb], [0, la], ls="--", lw=1.2, color="white", alpha=0.8)
+    null = getattr(c, "calibration", None)
+    if null is not None:  # hatch the block cells that are not significant family-wise
+        weak = np.where(np.nan_to_num(null.p_adjusted, nan=1.0) > 0.05, 1.0, np.nan)
+        weak[0, :] = weak[:, 0] = np.nan
+        ax.contourf(np.arange(lb + 1), np.arange(la + 1), weak, levels=[0.5, 1.5], colors="none",
+                    hatches=["////"])
     if show_path:
         bm = c.best_match(include_embeddings=False)
         ax.plot(bm["a_to_b"], bm["layers_a"], "o", ms=3.5, color="white", mec="black", mew=0.5)
@@ -108,6 +114,9 @@ def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap:
     if show_path:
         handles.append(plt.Line2D([], [], ls="none", marker="o", ms=4, mfc="white", mec="black", mew=0.6))
         labels.append("best B block for each A block")
+    if null is not None:
+        handles.append(plt.Rectangle((0, 0), 1, 1, fill=False, hatch="////", ec="0.35"))
+        labels.append(f"not above chance family-wise (max-statistic p > 0.05, {null.n_perm} shuffles)")
     handles.append(plt.Line2D([], [], color="red", lw=2.5))
     labels.append(f"chance k/(n-1) = {c.chance:.4f} (colour bar)")
     if clipped:

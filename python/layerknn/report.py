@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import stats
+from .verdict import depth_verdict
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from .comparison import Comparison
@@ -46,7 +46,7 @@ def jsonable(obj: Any) -> Any:
 
 
 def verdict(c: "Comparison") -> dict:
-    """Whether best matches track normalised depth: "track", "no" or "undefined" (see :func:`stats.depth_verdict`).
+    """Whether best matches track normalised depth: "track", "no" or "undefined" (see :func:`layerknn.verdict.depth_verdict`).
 
     Uses the bootstrap lower bounds of Spearman when :meth:`Comparison.bootstrap` ran and the
     permutation p-value of Spearman when :meth:`Comparison.permutation_test` ran.
@@ -54,14 +54,14 @@ def verdict(c: "Comparison") -> dict:
     Returns
     -------
     dict
-        :func:`stats.depth_verdict`'s result plus ``tracks_depth`` (bool) and ``basis`` (one line).
+        :func:`~layerknn.verdict.depth_verdict`'s result plus ``tracks_depth`` (bool) and ``basis`` (one line).
     """
     geometry = c.geometry()
     lows = None
     if c.ci is not None:
         lows = (c.ci["stats"]["spearman_ab"][0], c.ci["stats"]["spearman_ba"][0])
     spearman_p = (c.permutation_info or {}).get("spearman_p")
-    out = stats.depth_verdict(c.matrix, c.num_layers_a, c.num_layers_b, ci_lows=lows, spearman_p=spearman_p,
+    out = depth_verdict(c.matrix, c.num_layers_a, c.num_layers_b, ci_lows=lows, spearman_p=spearman_p,
                               include_embeddings=geometry["include_embeddings"])
     out["tracks_depth"] = out["verdict"] == "track"
     criteria = ["Spearman > 0 both ways"]
@@ -122,11 +122,7 @@ def summary(c: "Comparison") -> str:
     ]
     word = {"track": "TRACK", "no": "do NOT track", "undefined": "UNDEFINED: cannot tell whether they track"}
     lines.append(f"VERDICT: best matches {word[v['verdict']]} normalised depth ({v['basis']})")
-    if c.p_values is not None:
-        info = c.permutation_info or {}
-        sig = int((c.p_values <= 0.05).sum())
-        lines.append(f"permutation test ({info.get('n_perm')} shuffles): {sig} of {c.p_values.size} cells above "
-                     f"chance at p <= 0.05 (smallest attainable p = {1 / (1 + info.get('n_perm', 0)):.4f})")
+    lines += _calibration_lines(c)
     for label, rates in (("A", c.tie_rate_a), ("B", c.tie_rate_b)):
         if rates is not None:
             block_rates = np.asarray(rates)[1:]
@@ -136,6 +132,25 @@ def summary(c: "Comparison") -> str:
                          f"{rates[0]:.1%}, blocks max {block_rates.max():.1%} "
                          f"(block {int(np.argmax(block_rates)) + 1}){warn}")
     return "\n".join(lines)
+
+
+def _calibration_lines(c: "Comparison") -> list[str]:
+    null = c.calibration
+    if null is None:
+        return []
+    blocks = (slice(1, None), slice(1, None))
+    family = null.p_adjusted[blocks]
+    calibrated = null.calibrated[blocks]
+    i, j = (int(x) + 1 for x in np.unravel_index(np.nanargmax(calibrated), calibrated.shape))
+    return [
+        f"permutation null ({null.n_perm} prompt shuffles, no new search; smallest attainable p = "
+        f"{1 / (1 + null.n_perm):.4f}): {int((null.p_values[blocks] <= 0.05).sum())} of {family.size} block cells "
+        f"above chance at p <= 0.05 per cell, {int((family <= 0.05).sum())} family-wise (max statistic)",
+        f"family-wise p of the largest block cell: {null.p_family:.4f}; Spearman of depth tracking beats "
+        f"shuffled prompts with p = {null.spearman_p['spearman_min']:.4f} (both directions)",
+        f"calibrated similarity (matrix - null mean) / (1 - null mean) over blocks: max {np.nanmax(calibrated):.3f} "
+        f"at A block {i} / B block {j}; mean {np.nanmean(calibrated):.3f}",
+    ]
 
 
 def to_dict(c: "Comparison") -> dict:
@@ -156,6 +171,11 @@ def to_dict(c: "Comparison") -> dict:
         "ci": jsonable(c.ci) if c.ci is not None else None,
         "p_values": None if c.p_values is None else c.p_values.tolist(),
         "permutation": jsonable(c.permutation_info),
+        "calibration": None if c.calibration is None else jsonable({
+            "p_family": c.calibration.p_family, "spearman": c.calibration.spearman,
+            "spearman_p": c.calibration.spearman_p, "null_mean": c.calibration.null_mean,
+            "null_std": c.calibration.null_std, "p_adjusted": c.calibration.p_adjusted,
+            "calibrated": c.calibration.calibrated, **c.calibration.settings}),
         "meta": jsonable(c.meta),
     }
     return out

@@ -78,7 +78,7 @@ class Zoo:
     neighbors : list of int32 arrays (L_i + 1, n, k) or None
     tie_rates : list of float arrays (L_i + 1,) or None
     pair_stats : dict
-        ``(i, j) -> {"ci", "p_values", "permutation"}`` for ``i < j``.
+        ``(i, j) -> {"ci": bootstrap intervals, "calibration": PermutationNull}`` for ``i < j``.
     n, k : int
     dataset, pooling : str or None
     meta : dict
@@ -134,8 +134,8 @@ class Zoo:
                              **{key: v for key, v in self.meta.items() if key != "models"}})
         entry = self.pair_stats.get((i, j), {})
         c.ci = entry.get("ci")
-        if entry.get("p_values") is not None:
-            c.p_values, c.permutation_info = entry["p_values"], entry.get("permutation")
+        if entry.get("calibration") is not None:
+            c.set_calibration(entry["calibration"])
         return c
 
     @property
@@ -350,8 +350,8 @@ def _pair_statistics(z: Zoo, bootstrap: int, permutations: int, seed: int, progr
             if bootstrap:
                 c.bootstrap(bootstrap, seed=seed, progress=progress and bar is None)
             if permutations:
-                c.permutation_test(permutations, seed=seed, progress=progress and bar is None)
-            z.pair_stats[(i, j)] = {"ci": c.ci, "p_values": c.p_values, "permutation": c.permutation_info}
+                c.calibrate(permutations, seed=seed, progress=progress and bar is None)
+            z.pair_stats[(i, j)] = {"ci": c.ci, "calibration": c.calibration}
             if bar is not None:
                 bar.update(1)
     finally:

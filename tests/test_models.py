@@ -327,3 +327,18 @@ def test_garbage_gguf_file_names_the_file(tmp_path, monkeypatch, payload):
     with pytest.raises(ValueError, match="broken.gguf") as info:
         models.load_model(str(path))
     assert not isinstance(info.value, UnicodeDecodeError)
+
+
+def test_extract_loads_a_missing_tokenizer_without_remote_code(monkeypatch):
+    import transformers
+
+    seen = {}
+
+    def fake_from_pretrained(name, **kwargs):
+        seen.update(kwargs, name=name)
+        return tiny_models.char_tokenizer("bos")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_from_pretrained)
+    model, _ = tiny_models.build("llama", seed=3)
+    extract(model, ["hi"], progress=False)  # no tokenizer given or attached: loaded by name
+    assert seen["trust_remote_code"] is False

@@ -139,3 +139,27 @@ def test_bad_resume_dir(tmp_path):
     with pytest.raises(TypeError, match="resume_dir"):
         extract(model, ["a"], tokenizer=tokenizer, resume_dir=3, progress=False)
     assert remove_resume_files(tmp_path / "missing") == 0
+
+
+def test_resume_after_out_of_memory_back_off(tmp_path):
+    # batch_size="auto" halves its limits on OOM and replans; the stored batches follow the
+    # replanned ranges, and a rerun that backs off the same way reuses them.
+    model, tokenizer = tiny_models.build("llama", seed=2)
+
+    def fail_big_batches(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[0] > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    handle = model.model.layers[1].register_forward_pre_hook(fail_big_batches, with_kwargs=True)
+    try:
+        fresh, total = run(model, tokenizer, batch_size="auto", pooling="mean")
+        with pytest.raises(KeyboardInterrupt):
+            run(model, tokenizer, fail_at=total - 2, batch_size="auto", pooling="mean", resume_dir=tmp_path)
+        stored = len(batch_files(tmp_path))
+        assert stored >= 2
+        resumed, calls = run(model, tokenizer, batch_size="auto", pooling="mean", resume_dir=tmp_path)
+    finally:
+        handle.remove()
+    assert calls <= total - stored  # stored batches are not run again, nor the OOM attempts before them
+    assert_identical(resumed, fresh)

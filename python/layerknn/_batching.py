@@ -4,9 +4,9 @@ The prompts are sorted longest first and cut into consecutive batches. ``plan_ba
 the cost model behind ``batch_size="auto"`` (padding traded against the fixed cost of a
 forward pass, within a token budget); ``fixed_batches`` serves an integer ``batch_size``.
 ``Planner`` holds the current limits, halves them on out-of-memory and replans from any
-position. A plan depends only on the token counts and the options, so a rerun of the same
-extraction plans the same batches: that is what lets resumable extraction name a batch by
-its rows.
+position. A plan depends only on the token counts, the options and the limits, so a rerun
+of the same extraction plans the same batches; a resumed run also takes the limits and the
+remaining plan stored with the last finished batch, so it replays even a backed-off schedule.
 """
 
 from __future__ import annotations
@@ -110,6 +110,13 @@ class Planner:
         else:
             ends = fixed_batches(widths, self.max_batch, self.equal_widths_only)
         return [start + end for end in ends]
+
+    def limits(self) -> tuple:
+        """``(max_batch, token_budget)`` now (token_budget 0: none); ``set_limits`` restores them."""
+        return self.max_batch, self.token_budget or 0
+
+    def set_limits(self, max_batch: int, token_budget: int) -> None:
+        self.max_batch, self.token_budget = int(max_batch), (int(token_budget) or None)
 
     def back_off(self, failed_rows: int) -> bool:
         """Halve the limits after a batch of ``failed_rows`` ran out of memory; False if impossible."""

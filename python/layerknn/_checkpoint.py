@@ -7,7 +7,8 @@ tokenizer, texts, pooling, layers, ...) and of the options that change the batch
 stored numbers (batch size, output dtype, device type); ``<start>-<end>`` are the batch's
 positions in the length-sorted order, which a rerun plans identically. Each file holds the
 batch's row indices, pooled values of every requested layer, token counts and truncation
-flags, plus a JSON header with a format tag, the full run digest and a SHA-256 of the arrays.
+flags, the rest of the batch plan at that point and the planner's limits (so a resumed run
+replays the same schedule, out-of-memory back-offs included), plus a JSON header with a format tag, the full run digest and a SHA-256 of the arrays.
 A rerun loads a file only when all of that agrees with what it would compute; otherwise the
 file is named in a warning, deleted and its batch recomputed. Files of other runs (another
 ``<run>``) are left alone. ``remove_resume_files`` clears the directory once the result is
@@ -17,6 +18,7 @@ safe elsewhere.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import warnings
@@ -84,8 +86,12 @@ class ResumeDir:
         """Ends of the stored batches that begin at position ``start`` (largest first)."""
         return sorted(self._ends.get(start, ()), reverse=True)
 
-    def save(self, start: int, end: int, rows, values: torch.Tensor, token_counts, truncated) -> None:
-        """Store the finished batch ``[start, end)``: ``values`` is the (S, n, d) buffer, ``rows`` its row ids."""
+    def save(self, start: int, end: int, rows, values: torch.Tensor, token_counts, truncated, next_ends,
+             limits) -> None:
+        """Store the finished batch ``[start, end)``: ``values`` is the (S, n, d) buffer, ``rows`` its row ids.
+
+        ``next_ends`` are the planned ends of the batches after it, ``limits`` the planner's limits.
+        """
         rows = np.asarray(rows, dtype=np.int64)
         index = torch.from_numpy(rows).to(values.device)
         arrays = {
@@ -93,40 +99,44 @@ class ResumeDir:
             "values": values.index_select(1, index).to(self.storage).cpu().numpy(),
             "token_counts": np.asarray(token_counts, dtype=np.int64),
             "truncated": np.asarray(truncated, dtype=bool),
+            "next_ends": np.asarray(next_ends, dtype=np.int64),
+            "limits": np.asarray(limits, dtype=np.int64),
         }
         meta = {"format": _FORMAT, "version": _VERSION, "run": self.digest, "start": start, "end": end,
                 "sha256": _digest(arrays)}
         write_npz_atomic(self._file(start, end), arrays, meta)
         self._ends.setdefault(start, set()).add(end)
 
-    def load(self, start: int, end: int, rows, token_counts, truncated, shape) -> torch.Tensor | None:
-        """The stored values (S, B, d) of batch ``[start, end)`` in ``out_dtype``, or None (warned, deleted).
+    def load(self, start: int, end: int, rows, token_counts, truncated, shape, n: int):
+        """``(values, next_ends, limits)`` of the stored batch ``[start, end)``, or None (warned, deleted).
 
-        ``rows``, ``token_counts`` and ``truncated`` are what this run computed for the batch; the
-        file must agree with them, with the run digest, the shape and its own checksum.
+        ``values`` (S, B, d) come in ``out_dtype``. ``rows``, ``token_counts`` and ``truncated`` are
+        what this run computed for the batch; the file must agree with them, with the run digest,
+        the shape, a plan that ends at ``n`` and its own checksum.
         """
         path = self._file(start, end)
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 arrays = {name: data[name] for name in data.files if name != "meta"}
-            problem = self._problem(meta, arrays, start, end, rows, token_counts, truncated, shape)
+            problem = self._problem(meta, arrays, start, end, rows, token_counts, truncated, shape, n)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             problem = f"unreadable ({type(error).__name__}: {error})"
         if problem is None:
-            return torch.from_numpy(arrays["values"]).to(self.out_dtype)
+            values = torch.from_numpy(arrays["values"]).to(self.out_dtype)
+            return values, [int(e) for e in arrays["next_ends"]], tuple(int(v) for v in arrays["limits"])
         warnings.warn(f"layerknn resume file {path} is {problem}; deleting it and recomputing its batch",
                       CacheCorruptionWarning, stacklevel=3)
         path.unlink(missing_ok=True)
         self._ends.get(start, set()).discard(end)
         return None
 
-    def _problem(self, meta, arrays, start, end, rows, token_counts, truncated, shape) -> str | None:
+    def _problem(self, meta, arrays, start, end, rows, token_counts, truncated, shape, n) -> str | None:
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
             return f"not a version-{_VERSION} layerknn batch file"
         if meta.get("run") != self.digest or (meta.get("start"), meta.get("end")) != (start, end):
             return "from another extraction (its fingerprint or options differ)"
-        if set(arrays) != {"rows", "values", "token_counts", "truncated"} or meta.get("sha256") != _digest(arrays):
+        if set(arrays) != {"rows", "values", "token_counts", "truncated", "next_ends", "limits"} or meta.get("sha256") != _digest(arrays):
             return "corrupt (checksum mismatch)"
         expected_dtype = torch.empty(0, dtype=self.storage).numpy().dtype
         if arrays["values"].shape != tuple(shape) or arrays["values"].dtype != expected_dtype:
@@ -135,6 +145,11 @@ class ResumeDir:
                 and np.array_equal(arrays["token_counts"], np.asarray(token_counts))
                 and np.array_equal(arrays["truncated"], np.asarray(truncated, dtype=bool))):
             return "for other rows or tokens than this run's batch"
+        plan = [end, *arrays["next_ends"].tolist()]
+        limits = arrays["limits"].tolist()
+        increasing = all(b > a for a, b in itertools.pairwise(plan))
+        if plan[-1] != n or not increasing or len(limits) != 2 or limits[0] < 1 or limits[1] < 0:
+            return "holding an invalid batch plan"
         return None
 
 

@@ -107,7 +107,7 @@ def _resolve_tokenizer(model, tokenizer):
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)  # never prompts on stdin
     except Exception as error:
         raise ValueError(
             f"no tokenizer given and none could be loaded for {name!r} ({error}); "
@@ -340,10 +340,10 @@ def _run_plan(planner, batch, order, lengths, truncated, resume, bar) -> None:
     while start < n:
         end = ends[0]
         restored = None if resume is None else _restore(resume, batch.values, order, lengths, truncated, start, end)
-        if restored is not None:
-            bar.update(restored - start)
-            start = restored
-            ends = [e for e in ends if e > start] if restored in ends else planner.plan(start)
+        if restored is not None:  # replay the stored schedule from here on
+            bar.update(restored[0] - start)
+            start, ends = restored[0], restored[1]
+            planner.set_limits(*restored[2])
             continue
         rows = order[start:end]
         try:
@@ -362,21 +362,25 @@ def _run_plan(planner, batch, order, lengths, truncated, resume, bar) -> None:
             ends = planner.plan(start)
             continue
         if resume is not None:
-            resume.save(start, end, rows, batch.values, [lengths[i] for i in rows], [truncated[i] for i in rows])
+            resume.save(start, end, rows, batch.values, [lengths[i] for i in rows], [truncated[i] for i in rows],
+                        ends[1:], planner.limits())
         bar.update(len(rows))
         start = end
         ends = ends[1:]
 
 
 def _restore(resume, values, order, lengths, truncated, start, planned_end):
-    """Copy a stored batch that begins at ``start`` into ``values`` (the planned one first); its end, or None."""
+    """Copy a stored batch that begins at ``start`` (the planned one first) into ``values``.
+
+    Returns ``(end, remaining plan, planner limits)`` stored with it, or None.
+    """
     for end in sorted(resume.ends_at(start), key=lambda e: e != planned_end):
         rows = order[start:end]
         stored = resume.load(start, end, rows, [lengths[i] for i in rows], [truncated[i] for i in rows],
-                             (values.shape[0], len(rows), values.shape[2]))
+                             (values.shape[0], len(rows), values.shape[2]), len(order))
         if stored is not None:
-            values.index_copy_(1, torch.tensor(rows, device=values.device), stored.to(values.device))
-            return end
+            values.index_copy_(1, torch.tensor(rows, device=values.device), stored[0].to(values.device))
+            return end, stored[1], stored[2]
     return None
 
 

@@ -342,3 +342,26 @@ def test_extract_loads_a_missing_tokenizer_without_remote_code(monkeypatch):
     model, _ = tiny_models.build("llama", seed=3)
     extract(model, ["hi"], progress=False)  # no tokenizer given or attached: loaded by name
     assert seen["trust_remote_code"] is False
+
+
+def test_custom_tokenizer_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    import io
+
+    marker = tmp_path / "marker.txt"
+    monkeypatch.setenv("LAYERKNN_TEST_MARKER", str(marker))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 10))
+    model, tokenizer = tiny_models.build("llama", seed=3)
+    path = tmp_path / "custom-tokenizer-model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "marker_tokenizer.py").write_text(_MARKER_CODE.split("from transformers")[0] + (
+        "from transformers import PreTrainedTokenizerFast\n\n\n"
+        "class MarkerTokenizer(PreTrainedTokenizerFast):\n    pass\n"))
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "MarkerTokenizer"
+    config["auto_map"] = {"AutoTokenizer": [None, "marker_tokenizer.MarkerTokenizer"]}
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"custom-tokenizer-model.*trust_remote_code=True.*--trust-remote-code"):
+        models.load_model(str(path))
+    assert not marker.exists()
+    assert sys.stdin.read() == "y\n" * 10

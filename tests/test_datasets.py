@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from layerknn.datasets import RANDOM_ALPHABET, load_texts, parse_spec, stdlib_paragraphs
 
 
@@ -85,3 +84,34 @@ def test_spec_str_round_trip():
     assert str(spec) == "builtin:stdlib-docs?n=10&seed=2"
     assert parse_spec(str(spec)) == spec
     assert str(spec.with_options(n=5)) == "builtin:stdlib-docs?n=5&seed=2"
+
+
+_NOT_UTF8 = b"caf\xe9 au lait\n\xff\xfe\x00garbage\n"  # Latin-1 bytes, then binary junk
+
+
+@pytest.mark.parametrize("suffix, expected", [(".txt", "a text file"), (".jsonl", "JSON Lines"), (".csv", "CSV")])
+def test_files_that_are_not_utf8_name_the_file_and_the_format(tmp_path, suffix, expected):
+    path = tmp_path / f"latin1{suffix}"
+    path.write_bytes(b"text\n" + _NOT_UTF8 if suffix == ".csv" else _NOT_UTF8)
+    with pytest.raises(ValueError, match=rf"latin1\{suffix}: expected {expected}.*UTF-8"):
+        load_texts(str(path))
+
+
+def test_csv_that_is_not_csv_names_the_file(tmp_path):
+    path = tmp_path / "nul.csv"
+    path.write_bytes(b"text\nok\n\"unterminated\x00 quote\n")
+    with pytest.raises(ValueError, match=r"nul\.csv.*CSV"):
+        load_texts(str(path))
+
+
+@pytest.mark.parametrize("suffix, body", [
+    (".txt", "first prompt\nsecond\n"),
+    (".jsonl", '{"text": "first prompt"}\n{"text": "second"}\n'),
+    (".csv", "text\nfirst prompt\nsecond\n"),
+])
+def test_a_utf8_byte_order_mark_is_dropped(tmp_path, suffix, body):
+    path = tmp_path / f"bom{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    texts = load_texts(str(path))
+    assert texts == ["first prompt", "second"]
+    assert not texts[0].startswith("\ufeff")

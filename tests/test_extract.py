@@ -19,8 +19,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
-import tiny_models  # noqa: E402
-from layerknn.extract import Activations, extract, fingerprint_for  # noqa: E402
+import tiny_models
+from layerknn.extract import Activations, extract, fingerprint_for
 
 POOLINGS = ["last", "mean", "mean_no_bos"]
 
@@ -562,7 +562,7 @@ def test_auto_batch_plan_is_optimal_and_within_limits():
     import itertools
     import random
 
-    from layerknn.extract import _plan_batches
+    from layerknn._batching import plan_batches as _plan_batches
 
     rng = random.Random(5)
     for _ in range(300):

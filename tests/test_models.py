@@ -19,9 +19,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
-import tiny_models  # noqa: E402
-from layerknn import models  # noqa: E402
-from layerknn.extract import extract  # noqa: E402
+import tiny_models
+from layerknn import models
+from layerknn.extract import extract
 
 KEYS = {"alias", "package", "pip", "installed", "architecture", "num_layers", "hidden_size", "description"}
 
@@ -187,7 +187,7 @@ def test_gguf_file_path_goes_through_the_cache(monkeypatch, tmp_path):
         return target
 
     monkeypatch.setattr(models, "_cached_gguf_dir", fake_cached)
-    model, tokenizer = models.load_model(str(fake_gguf))
+    model, _ = models.load_model(str(fake_gguf))
     assert seen["label"] == "tiny" and seen["key"]["size"] == 4
     assert model.config._name_or_path == str(fake_gguf.resolve())
     assert next(model.parameters()).dtype == torch.float32 and not model.training
@@ -224,3 +224,144 @@ def test_real_alias_loads(alias, class_name, num_layers, hidden_size):
         assert logits.isfinite().all() and logits.std() > 0.5
     acts = extract(model, ["a short prompt", "another one"], progress=False, max_length=16)
     assert acts.values.shape == (num_layers + 1, 2, hidden_size) and acts.model_name == alias
+
+
+# ---- models that ship their own code (auto_map) --------------------------------------------------
+
+_MARKER_CODE = '''
+import os
+from pathlib import Path
+
+Path(os.environ["LAYERKNN_TEST_MARKER"]).write_text("the model directory's code ran")
+
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+class MarkerConfig(LlamaConfig):
+    model_type = "layerknn_marker"
+
+
+class MarkerModel(LlamaForCausalLM):
+    config_class = MarkerConfig
+'''
+
+
+def _custom_code_dir(tmp_path, model_type="layerknn_marker"):
+    """A tiny model directory whose config.json has an auto_map to a .py file that writes a marker."""
+    model, tokenizer = tiny_models.build("llama", seed=3)
+    path = tmp_path / "custom-code-model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "marker_model.py").write_text(_MARKER_CODE)
+    config = json.loads((path / "config.json").read_text())
+    config["model_type"] = model_type
+    config["auto_map"] = {"AutoConfig": "marker_model.MarkerConfig", "AutoModel": "marker_model.MarkerModel",
+                          "AutoModelForCausalLM": "marker_model.MarkerModel"}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_custom_code_directory_is_refused_without_running_it(tmp_path, monkeypatch):
+    import io
+
+    marker = tmp_path / "marker.txt"
+    monkeypatch.setenv("LAYERKNN_TEST_MARKER", str(marker))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 10))  # an `echo y |` must not be taken as consent
+    path = _custom_code_dir(tmp_path)
+    with pytest.raises(ValueError, match=r"custom-code-model.*trust_remote_code=True.*--trust-remote-code") as info:
+        models.load_model(str(path))
+    assert "auto_map" in str(info.value)
+    assert not marker.exists()
+    assert sys.stdin.read() == "y\n" * 10  # nothing asked on stdin
+    with pytest.raises(TypeError, match="trust_remote_code"):
+        models.load_model(str(path), trust_remote_code="yes")
+    assert not marker.exists()
+
+
+def test_auto_map_with_a_known_model_type_loads_the_builtin_class(tmp_path, monkeypatch):
+    marker = tmp_path / "marker.txt"
+    monkeypatch.setenv("LAYERKNN_TEST_MARKER", str(marker))
+    path = _custom_code_dir(tmp_path, model_type="llama")
+    with pytest.warns(UserWarning, match="does not run"):
+        model, _ = models.load_model(str(path))
+    assert type(model).__name__ == "LlamaForCausalLM" and not marker.exists()
+
+
+def test_trust_remote_code_reaches_every_transformers_call(tiny_dir, monkeypatch):
+    import transformers
+
+    seen = []
+    for cls in (transformers.AutoConfig, transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        real = cls.from_pretrained
+
+        def spy(*args, _real=real, _name=cls.__name__, **kwargs):
+            seen.append((_name, kwargs.get("trust_remote_code", "unset")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", spy)
+    models.load_model(str(tiny_dir[0]))
+    assert {name for name, _ in seen} == {"AutoConfig", "AutoModelForCausalLM", "AutoTokenizer"}
+    assert all(value is False for _, value in seen), seen
+
+
+# ---- files that only look like GGUF ----------------------------------------------------------------
+
+
+def _gguf_bytes(key: bytes) -> bytes:
+    import struct
+
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key + b"\x08\x00\x00\x00"
+
+
+@pytest.mark.parametrize("payload", [
+    pytest.param(_gguf_bytes(b"\xff\xfe\x80\x81"), id="key-not-utf8"),
+    pytest.param(b"GGUF\x03\x00\x00\x00\xff\xfe garbage \x80\x81 more garbage here", id="garbage"),
+    pytest.param(b"GGUF", id="magic-only"),
+    pytest.param(b"PK\x03\x04 a zip file", id="no-magic"),
+])
+def test_garbage_gguf_file_names_the_file(tmp_path, monkeypatch, payload):
+    pytest.importorskip("gguf")
+    monkeypatch.setenv("LAYERKNN_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(payload)
+    with pytest.raises(ValueError, match="broken.gguf") as info:
+        models.load_model(str(path))
+    assert not isinstance(info.value, UnicodeDecodeError)
+
+
+def test_extract_loads_a_missing_tokenizer_without_remote_code(monkeypatch):
+    import transformers
+
+    seen = {}
+
+    def fake_from_pretrained(name, **kwargs):
+        seen.update(kwargs, name=name)
+        return tiny_models.char_tokenizer("bos")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_from_pretrained)
+    model, _ = tiny_models.build("llama", seed=3)
+    extract(model, ["hi"], progress=False)  # no tokenizer given or attached: loaded by name
+    assert seen["trust_remote_code"] is False
+
+
+def test_custom_tokenizer_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    import io
+
+    marker = tmp_path / "marker.txt"
+    monkeypatch.setenv("LAYERKNN_TEST_MARKER", str(marker))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 10))
+    model, tokenizer = tiny_models.build("llama", seed=3)
+    path = tmp_path / "custom-tokenizer-model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "marker_tokenizer.py").write_text(_MARKER_CODE.split("from transformers")[0] + (
+        "from transformers import PreTrainedTokenizerFast\n\n\n"
+        "class MarkerTokenizer(PreTrainedTokenizerFast):\n    pass\n"))
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "MarkerTokenizer"
+    config["auto_map"] = {"AutoTokenizer": [None, "marker_tokenizer.MarkerTokenizer"]}
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"custom-tokenizer-model.*trust_remote_code=True.*--trust-remote-code"):
+        models.load_model(str(path))
+    assert not marker.exists()
+    assert sys.stdin.read() == "y\n" * 10

@@ -56,6 +56,11 @@ def to_backend_array(x: Any, name: str) -> tuple[Any, Origin]:
     Nothing is converted yet apart from wrapping foreign arrays; dtype and layout are handled by
     :func:`as_float32` / :func:`as_int32`.
     """
+    if isinstance(x, np.ma.MaskedArray):  # a subclass of ndarray: its mask would be silently dropped
+        raise TypeError(
+            f"{name} must be a plain NumPy array, got a masked array (numpy.ma.MaskedArray); layerknn cannot "
+            f"honour a mask: drop the masked rows, or pass {name}.filled(value) / {name}.data explicitly"
+        )
     if isinstance(x, np.ndarray):
         return x, Origin("numpy")
     if _is_torch(x):
@@ -99,7 +104,7 @@ def as_float32(x: Any, name: str) -> Any:
 def as_int32(x: Any, name: str) -> Any:
     """Contiguous int32 copy of an integer index array; TypeError for other dtypes."""
     dtype = _dtype_name(x)
-    if not (dtype.startswith("int") or dtype.startswith("uint")):
+    if not dtype.startswith(("int", "uint")):
         raise TypeError(f"{name} must have an integer dtype, got {dtype}")
     if x.size == 0 if isinstance(x, np.ndarray) else x.numel() == 0:
         return np.ascontiguousarray(x, dtype=np.int32) if isinstance(x, np.ndarray) else x.to(torch.int32)
@@ -135,6 +140,6 @@ def restore(result: Any, origin: Origin) -> Any:
             module = importlib.import_module(origin.module)
             if hasattr(module, "from_dlpack"):
                 return module.from_dlpack(tensor)
-        except Exception:  # noqa: BLE001 - fall back to the torch tensor
+        except Exception:  # noqa: BLE001, S110 - fall back to the torch tensor
             pass
     return tensor

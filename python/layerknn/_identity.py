@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-_FINGERPRINT_SCHEMA = "layerknn-extract-v1"
+# v2: extraction forwards every tokenizer output the model takes (token_type_ids, ...).
+_FINGERPRINT_SCHEMA = "layerknn-extract-v2"
 
 
 _VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "quantization_config", "dtype", "torch_dtype"}
@@ -86,6 +87,6 @@ def _fingerprint(model, tokenizer, texts, pooling, max_length, chat_template, la
 
 def _tokenizer_size(tokenizer) -> int | None:
     try:
-        return int(len(tokenizer))
+        return len(tokenizer)
     except TypeError:
         return None

@@ -17,7 +17,8 @@ Spec syntax
   docstrings (deduplicated, sorted-file order); options ``n``, ``seed``;
 * a path ending in ``.txt`` (one prompt per non-empty line), ``.jsonl`` (option
   ``field``, default ``text``) or ``.csv`` (option ``column``, default ``text``);
-  options ``n``, ``seed``.
+  options ``n``, ``seed``. Files must be UTF-8 (a leading byte-order mark is dropped);
+  anything else raises ValueError naming the file and the format expected.
 
 ``n`` keeps a seeded random subset of ``n`` items (seed 0 unless ``seed`` is given),
 in their original order; without ``n`` every item is kept.
@@ -29,6 +30,7 @@ import ast
 import csv
 import functools
 import inspect
+import io
 import json
 import os
 import re
@@ -39,7 +41,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-__all__ = ["DatasetSpec", "parse_spec", "load_texts", "BUILTINS", "RANDOM_ALPHABET"]
+__all__ = ["BUILTINS", "RANDOM_ALPHABET", "DatasetSpec", "load_texts", "parse_spec"]
 
 #: Characters of the random-string control set (letters, digits and `` .,!?``).
 RANDOM_ALPHABET = (
@@ -80,7 +82,7 @@ class DatasetSpec:
             return self.source[len("builtin:"):]
         return Path(self.source).suffix.lower()
 
-    def with_options(self, **options) -> "DatasetSpec":
+    def with_options(self, **options) -> DatasetSpec:
         """Return a copy with some options replaced (``None`` values are ignored)."""
         merged = dict(self.options)
         merged.update({k: v for k, v in options.items() if v is not None})
@@ -93,7 +95,7 @@ class DatasetSpec:
         return f"{self.source}?{query}"
 
 
-def parse_spec(spec: "str | DatasetSpec") -> DatasetSpec:
+def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
     """Parse a dataset spec string.
 
     Parameters
@@ -163,7 +165,7 @@ def parse_spec(spec: "str | DatasetSpec") -> DatasetSpec:
     return DatasetSpec(source, options)
 
 
-def load_texts(spec: "str | DatasetSpec", *, n: int | None = None, seed: int | None = None) -> list[str]:
+def load_texts(spec: str | DatasetSpec, *, n: int | None = None, seed: int | None = None) -> list[str]:
     """Build the list of prompts a spec describes.
 
     Parameters
@@ -241,35 +243,52 @@ def _subsample(items: list[str], n: int | None, seed: int, what: str) -> list[st
     return [items[i] for i in keep]
 
 
+def _read_text(path: Path, expected: str) -> str:
+    """The file as text: UTF-8, a leading byte-order mark dropped; ValueError naming the file if not."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: expected {expected} encoded as UTF-8, but byte {exc.start} "
+            f"(0x{data[exc.start]:02x}) is not valid UTF-8; is this a text file? (re-save it as UTF-8)"
+        ) from None
+
+
 def _read_txt(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as fh:
-        return [line.rstrip("\r\n") for line in fh if line.strip()]
+    text = _read_text(path, "a text file with one prompt per line")
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def _read_jsonl(path: Path, key: str) -> list[str]:
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or key not in record:
-                raise ValueError(f"{path}:{lineno}: record has no field {key!r} (choose one with ?field=NAME)")
-            out.append(str(record[key]))
+    text = _read_text(path, "JSON Lines (one JSON object per line)")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg}); expected one JSON object per line") \
+                from None
+        if not isinstance(record, dict) or key not in record:
+            raise ValueError(f"{path}:{lineno}: record has no field {key!r} (choose one with ?field=NAME)")
+        out.append(str(record[key]))
     return out
 
 
 def _read_csv(path: Path, key: str) -> list[str]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
+    text = _read_text(path, "CSV with a header row")
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)  # bad quoting: an error
+    try:
         if reader.fieldnames is None or key not in reader.fieldnames:
             raise ValueError(
                 f"{path}: no column {key!r} (columns: {reader.fieldnames}); choose one with ?column=NAME"
             )
         return [row[key] for row in reader if row[key] is not None and row[key].strip()]
+    except csv.Error as exc:
+        raise ValueError(f"{path}:{reader.line_num}: not valid CSV ({exc}); expected CSV with a header row") \
+            from None
 
 
 # --------------------------------------------------------------------------------------

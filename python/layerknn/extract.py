@@ -6,33 +6,29 @@ the headless base model with forward hooks on its block list; each hook pools it
 buffer, and the pass stops after the last layer needed, so no logits and no full hidden
 states are ever kept. The result (``Activations``, in activations.py) matches pooling HF's
 per-prompt ``output_hidden_states``; ``fingerprint_for`` gives its cache key up front.
+Helpers: tokenisation and padding (_encoding.py), the hooks (_hooks.py), the batch plan
+(_batching.py) and resumable batches (_checkpoint.py).
 """
 
 from __future__ import annotations
 
 import inspect
 import warnings
-from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from ._blocks import (
-    embedding_rows,
-    find_model_parts,
-    hidden_size_of,
-    input_embedding_device,
-    max_positions_of,
-)
+from ._batching import Planner, is_out_of_memory
+from ._blocks import embedding_rows, find_model_parts, hidden_size_of, input_embedding_device
+from ._checkpoint import ResumeDir, check_resume_dir, remove_resume_files, run_digest
+from ._encoding import batch_inputs, check_token_ids, effective_max_length, tokenize
+from ._hooks import HookSet, StopForward
 from ._identity import _fingerprint, _model_name, _tokenizer_size
 from ._pooling import BatchPooler, check_pooling
 from .activations import Activations
 
-__all__ = ["Activations", "extract", "fingerprint_for"]
-
-# Tokenizers report "no limit" as a huge model_max_length; ignore values above this.
-_HUGE_LENGTH = 10**7
+__all__ = ["Activations", "extract", "fingerprint_for", "remove_resume_files"]
 
 
 # --------------------------------------------------------------------------------------
@@ -111,7 +107,7 @@ def _resolve_tokenizer(model, tokenizer):
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)  # never prompts on stdin
     except Exception as error:
         raise ValueError(
             f"no tokenizer given and none could be loaded for {name!r} ({error}); "
@@ -158,201 +154,6 @@ def fingerprint_for(
     return _fingerprint(model, tokenizer, texts, pooling, max_length, bool(chat_template), layer_list)
 
 
-# --------------------------------------------------------------------------------------
-# Tokenisation
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Encoded:
-    ids: list  # list of lists of int, truncated
-    truncated: list  # list of bool
-    skip_first: list  # list of bool: position 0 is a tokenizer-inserted BOS/CLS
-    max_length: int | None
-
-
-def _effective_max_length(model, tokenizer, max_length):
-    limits = [value for value in (max_positions_of(model), max_length) if value is not None]
-    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < _HUGE_LENGTH:
-        limits.append(tokenizer_limit)
-    return min(limits) if limits else None
-
-
-def _tokenize(texts, tokenizer, max_len, chat_template: bool) -> _Encoded:
-    add_special = True
-    if chat_template:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("chat_template=True but the tokenizer has no chat template")
-        texts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-            for text in texts
-        ]
-        add_special = False  # the template already holds BOS etc.
-    kwargs = dict(add_special_tokens=add_special, return_attention_mask=False, verbose=False)
-    encoded = tokenizer(texts, return_special_tokens_mask=True, **kwargs)
-    ids = [list(row) for row in encoded["input_ids"]]
-    special = encoded.get("special_tokens_mask")
-    truncated = [False] * len(ids)
-    if max_len is not None:
-        long_rows = [i for i, row in enumerate(ids) if len(row) > max_len]
-        if long_rows:
-            again = tokenizer(
-                [texts[i] for i in long_rows],
-                truncation=True,
-                max_length=max_len,
-                return_special_tokens_mask=True,
-                **kwargs,
-            )
-            for position, i in enumerate(long_rows):
-                ids[i] = list(again["input_ids"][position])
-                if special is not None:
-                    special[i] = again["special_tokens_mask"][position]
-                truncated[i] = True
-    zero = [i for i, row in enumerate(ids) if len(row) == 0]
-    if zero:
-        raise ValueError(f"texts at indices {zero[:20]} produce no tokens with this tokenizer")
-    bos = getattr(tokenizer, "bos_token_id", None)
-    skip_first = []
-    for i, row in enumerate(ids):
-        inserted = special is not None and len(special[i]) > 0 and bool(special[i][0])
-        skip_first.append(bool(inserted or (bos is not None and row[0] == bos)))
-    return _Encoded(ids=ids, truncated=truncated, skip_first=skip_first, max_length=max_len)
-
-
-# --------------------------------------------------------------------------------------
-# The forward pass with hooks
-# --------------------------------------------------------------------------------------
-
-
-class _StopForward(Exception):
-    """Raised inside a hook once the last needed layer is pooled (not a RuntimeError)."""
-
-
-def _first_tensor(output):
-    if isinstance(output, torch.Tensor):
-        return output
-    hidden = getattr(output, "last_hidden_state", None)
-    if isinstance(hidden, torch.Tensor):
-        return hidden
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise RuntimeError(f"cannot find the hidden states in a block output of type {type(output).__name__}")
-
-
-class _HookSet:
-    """Forward hooks writing each needed hidden state into the current batch's pooler."""
-
-    def __init__(self, parts, layer_list):
-        self.parts = parts
-        self.slot_of = {layer: slot for slot, layer in enumerate(layer_list)}
-        self.last_needed = max(layer_list)
-        self.pooler: BatchPooler | None = None
-        self.calls = [0] * len(layer_list)
-        self.handles = []
-
-    def _record(self, layer: int, hidden: torch.Tensor):
-        slot = self.slot_of[layer]
-        self.calls[slot] += 1
-        self.pooler.write(slot, hidden)
-        if layer == self.last_needed:
-            raise _StopForward
-
-    def install(self):
-        parts, L = self.parts, self.parts.num_layers
-        if 0 in self.slot_of:
-
-            def first_input(module, args, kwargs):
-                hidden = args[0] if args else kwargs.get("hidden_states")
-                if not isinstance(hidden, torch.Tensor):
-                    hidden = next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
-                self._record(0, hidden)
-
-            self.handles.append(parts.blocks[0].register_forward_pre_hook(first_input, with_kwargs=True))
-        for block_index, block in enumerate(parts.blocks):
-            layer = block_index + 1
-            if layer not in self.slot_of or (layer == L and parts.last_from_stack):
-                continue
-            self.handles.append(
-                block.register_forward_hook(lambda m, a, out, layer=layer: self._record(layer, _first_tensor(out)))
-            )
-        if L in self.slot_of and parts.last_from_stack:
-            self.handles.append(
-                parts.stack.register_forward_hook(lambda m, a, out: self._record(L, _first_tensor(out)))
-            )
-
-    def remove(self):
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
-
-    def start_batch(self, pooler: BatchPooler):
-        self.pooler = pooler
-        self.calls = [0] * len(self.calls)
-
-    def check_batch(self, model_name: str):
-        if any(count != 1 for count in self.calls):
-            raise RuntimeError(
-                f"extraction hooks of {model_name} fired {self.calls} times per layer for one batch "
-                "(expected once each); this architecture reuses or skips blocks and is not supported"
-            )
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    out_of_memory = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError  # torch < 2.5
-    if isinstance(error, out_of_memory):
-        return True
-    message = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
-
-
-def _plan_batches(widths, max_batch: int, token_budget: int | None, overhead_tokens: float,
-                  equal_widths_only: bool = False) -> list:
-    """End index of each batch that splits prompts sorted longest-first with the least work.
-
-    ``widths`` are the prompts' token counts in batch order (non-increasing). A batch of
-    rows ``[i, j)`` is padded to ``widths[i]``, so it costs ``(j - i) * widths[i]`` tokens
-    plus a fixed ``overhead_tokens`` per forward pass (Python, reading every weight once).
-    Dynamic programming over the split points minimises the total; a batch holds at most
-    ``max_batch`` rows and ``token_budget`` padded tokens (a lone prompt always fits).
-    """
-    widths = np.asarray(widths, dtype=np.float64)
-    n = len(widths)
-    best = np.zeros(n + 1)  # best[j]: least cost of the first j prompts
-    first = np.zeros(n + 1, dtype=np.int64)  # first row of the last batch in that plan
-    for j in range(1, n + 1):
-        lo = max(0, j - max_batch)
-        rows = np.arange(j - lo, 0, -1)  # batch sizes j - i for i = lo .. j-1
-        padded = rows * widths[lo:j]
-        cost = best[lo:j] + overhead_tokens + padded
-        if token_budget is not None:
-            cost[(padded > token_budget) & (rows > 1)] = np.inf
-        if equal_widths_only:
-            cost[widths[lo:j] != widths[j - 1]] = np.inf
-        k = int(np.argmin(cost))
-        best[j], first[j] = cost[k], lo + k
-    ends = []
-    j = n
-    while j > 0:
-        ends.append(j)
-        j = int(first[j])
-    return ends[::-1]
-
-
-def _fixed_batches(widths, batch_size: int, equal_widths_only: bool = False) -> list:
-    """End index of each batch of ``batch_size`` consecutive prompts (cut where widths change if asked)."""
-    ends, start = [], 0
-    while start < len(widths):
-        end = min(start + batch_size, len(widths))
-        while equal_widths_only and widths[end - 1] != widths[start]:
-            end -= 1
-        ends.append(end)
-        start = end
-    return ends
-
-
 def extract(
     model,
     texts: Sequence[str],
@@ -366,6 +167,7 @@ def extract(
     device=None,
     out_dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    resume_dir=None,
 ) -> Activations:
     """Pooled hidden states of every layer of ``model`` for each text.
 
@@ -380,6 +182,9 @@ def extract(
         Defaults to the tokenizer ``layerknn.load_model`` attached, else
         ``AutoTokenizer.from_pretrained(model.name_or_path)``. A missing pad token is fine:
         batches are right-padded with any id and the attention mask excludes the pads.
+        Every tokenizer output the model's forward takes by name (``token_type_ids``, ...)
+        is passed on, right-padded the same way, so the values equal pooling
+        ``model(**tokenizer(text), output_hidden_states=True)`` prompt by prompt.
     pooling : {"last", "mean", "mean_no_bos"}
         Last real token; mean over real tokens; or mean over real tokens leaving out a
         leading token the tokenizer inserts (BOS, or [CLS] for BERT-style tokenizers).
@@ -403,6 +208,13 @@ def extract(
         dtype of ``values``; pooling always accumulates in float32.
     progress : bool
         Show a tqdm bar (prompts/s).
+    resume_dir : str or path, optional
+        Keep each finished batch in this directory (one small checksummed file per
+        batch, written atomically), so an interrupted run, called again with the same
+        arguments, computes only the missing batches and gives the same values bit for
+        bit. Files of another extraction are never used; a corrupt or mismatching file
+        is named in a warning, deleted and recomputed. The files stay after success:
+        ``remove_resume_files(resume_dir)`` deletes them once the result is saved.
 
     Returns
     -------
@@ -456,24 +268,14 @@ def extract(
     chat_template = bool(chat_template)
     hidden_size = hidden_size_of(model)
 
-    max_len = _effective_max_length(model, tokenizer, max_length)
-    encoded = _tokenize(texts, tokenizer, max_len, chat_template)
+    resume_path = check_resume_dir(resume_dir)
+    parameters = inspect.signature(parts.base.forward).parameters
+    accepts = set(parameters)
+    takes_kwargs = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    max_len = effective_max_length(model, tokenizer, max_length)
+    encoded = tokenize(texts, tokenizer, max_len, chat_template, forward_names=accepts)
     n = len(texts)
-    rows_limit = embedding_rows(model)
-    vocabulary = _tokenizer_size(tokenizer)
-    if rows_limit is not None and vocabulary is not None and vocabulary > rows_limit:
-        raise ValueError(
-            f"the tokenizer has {vocabulary} tokens but the model's input embedding has only {rows_limit} "
-            "rows: tokenizer and model do not match"
-        )
-    if rows_limit is not None:
-        largest = max(max(row) for row in encoded.ids)
-        smallest = min(min(row) for row in encoded.ids)
-        if largest >= rows_limit or smallest < 0:
-            raise ValueError(
-                f"the tokenizer produced token id {largest if largest >= rows_limit else smallest} but the "
-                f"model's input embedding has {rows_limit} rows: tokenizer and model do not match"
-            )
+    check_token_ids(encoded, embedding_rows(model), _tokenizer_size(tokenizer))
     n_truncated = sum(encoded.truncated)
     if n_truncated:
         warnings.warn(
@@ -489,70 +291,27 @@ def extract(
 
     lengths = [len(row) for row in encoded.ids]
     order = sorted(range(n), key=lambda i: (-lengths[i], i))  # longest first: OOM shows early
-    pad_id = _pad_id(tokenizer)
-    accepts = set(inspect.signature(parts.base.forward).parameters)
-    takes_kwargs = any(
-        p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(parts.base.forward).parameters.values()
-    )
     pass_mask = "attention_mask" in accepts
-    equal_widths_only = not pass_mask  # without a mask only equal-length prompts may share a batch
     call_kwargs = {"use_cache": False} if ("use_cache" in accepts or takes_kwargs) else {}
+    planner = Planner([lengths[i] for i in order], batch_size, on_gpu=input_device.type == "cuda",
+                      equal_widths_only=not pass_mask)  # without a mask only equal lengths may share a batch
+    resume = None
+    if resume_path is not None:
+        digest = run_digest(fingerprint, out_dtype=out_dtype, batch_size=batch_size, device_type=input_device.type)
+        resume = ResumeDir(resume_path, digest, out_dtype)
 
-    if batch_size == "auto":
-        on_gpu = input_device.type == "cuda"
-        # CPU: up to ~2k tokens per batch keeps activations cache-friendly (measured on
-        # smollm2), and each forward pass costs about as much as ~32 more tokens, which the
-        # plan trades against padding. GPUs want big batches and back off on OOM.
-        max_batch, token_budget = (256, 131072) if on_gpu else (32, 2048)
-        overhead_tokens = 4096.0 if on_gpu else 32.0
-    else:
-        max_batch, token_budget, overhead_tokens = batch_size, None, None
-
-    hooks = _HookSet(parts, layer_list)
+    hooks = HookSet(parts, layer_list)
     was_training = model.training
     model.eval()
     hooks.install()
     name = _model_name(model)
+    batch = _BatchRunner(parts, hooks, encoded, values, pooling, _pad_id(tokenizer), input_device, pass_mask,
+                         call_kwargs, name)
     try:
         from tqdm.auto import tqdm
 
         with tqdm(total=n, unit="prompt", desc="extract", disable=not progress) as bar, torch.inference_mode():
-            widths = [lengths[i] for i in order]
-
-            def plan(start):
-                if overhead_tokens is None:
-                    ends = _fixed_batches(widths[start:], max_batch, equal_widths_only)
-                else:
-                    ends = _plan_batches(widths[start:], max_batch, token_budget, overhead_tokens, equal_widths_only)
-                return iter([start + end for end in ends])
-
-            start = 0
-            ends = plan(start)
-            while start < n:
-                end = next(ends)
-                batch_rows = order[start:end]
-                try:
-                    _run_batch(parts, hooks, encoded, batch_rows, values, pooling, pad_id, input_device,
-                               pass_mask, call_kwargs)
-                except Exception as error:
-                    if batch_size != "auto" or not _is_out_of_memory(error) or (max_batch == 1):
-                        if _is_out_of_memory(error):
-                            raise RuntimeError(
-                                f"out of memory extracting a batch of {len(batch_rows)} prompts of up to "
-                                f"{lengths[batch_rows[0]]} tokens; use batch_size='auto' or a smaller "
-                                "batch_size / max_length"
-                            ) from error
-                        raise
-                    del error
-                    max_batch = max(1, min(max_batch, len(batch_rows)) // 2)
-                    token_budget = max(1, token_budget // 2) if token_budget else None
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
-                    ends = plan(start)
-                    continue
-                hooks.check_batch(name)
-                bar.update(len(batch_rows))
-                start = end
+            _run_plan(planner, batch, order, lengths, encoded.truncated, resume, bar)
     finally:
         hooks.remove()
         if was_training:
@@ -573,6 +332,58 @@ def extract(
     )
 
 
+def _run_plan(planner, batch, order, lengths, truncated, resume, bar) -> None:
+    """Run (or, with ``resume``, restore) every batch of the plan in order, backing off on OOM."""
+    n = len(order)
+    start = 0
+    ends = planner.plan(start)
+    while start < n:
+        end = ends[0]
+        restored = None if resume is None else _restore(resume, batch.values, order, lengths, truncated, start, end)
+        if restored is not None:  # replay the stored schedule from here on
+            bar.update(restored[0] - start)
+            start, ends = restored[0], restored[1]
+            planner.set_limits(*restored[2])
+            continue
+        rows = order[start:end]
+        try:
+            batch.run(rows)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            if not planner.back_off(len(rows)):
+                raise RuntimeError(
+                    f"out of memory extracting a batch of {len(rows)} prompts of up to {lengths[rows[0]]} "
+                    "tokens; use batch_size='auto' or a smaller batch_size / max_length"
+                ) from error
+            del error
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            ends = planner.plan(start)
+            continue
+        if resume is not None:
+            resume.save(start, end, rows, batch.values, [lengths[i] for i in rows], [truncated[i] for i in rows],
+                        ends[1:], planner.limits())
+        bar.update(len(rows))
+        start = end
+        ends = ends[1:]
+
+
+def _restore(resume, values, order, lengths, truncated, start, planned_end):
+    """Copy a stored batch that begins at ``start`` (the planned one first) into ``values``.
+
+    Returns ``(end, remaining plan, planner limits)`` stored with it, or None.
+    """
+    for end in sorted(resume.ends_at(start), key=lambda e: e != planned_end):
+        rows = order[start:end]
+        stored = resume.load(start, end, rows, [lengths[i] for i in rows], [truncated[i] for i in rows],
+                             (values.shape[0], len(rows), values.shape[2]), len(order))
+        if stored is not None:
+            values.index_copy_(1, torch.tensor(rows, device=values.device), stored[0].to(values.device))
+            return end, stored[1], stored[2]
+    return None
+
+
 def _pad_id(tokenizer) -> int:
     for attribute in ("pad_token_id", "eos_token_id", "unk_token_id"):
         value = getattr(tokenizer, attribute, None)
@@ -581,27 +392,22 @@ def _pad_id(tokenizer) -> int:
     return 0  # any valid id works: the attention mask hides pads and pooling skips them
 
 
-def _run_batch(parts, hooks, encoded, batch_rows, values, pooling, pad_id, input_device, pass_mask, call_kwargs):
-    batch_lengths = [len(encoded.ids[i]) for i in batch_rows]
-    width = max(batch_lengths)
-    input_ids = torch.full((len(batch_rows), width), pad_id, dtype=torch.long)
-    for b, i in enumerate(batch_rows):
-        input_ids[b, : batch_lengths[b]] = torch.tensor(encoded.ids[i], dtype=torch.long)
-    counts = torch.tensor(batch_lengths, dtype=torch.long)
-    kwargs = dict(call_kwargs)
-    if pass_mask:
-        mask = (torch.arange(width)[None, :] < counts[:, None]).to(torch.long)
-        kwargs["attention_mask"] = mask.to(input_device)
-    pooler = BatchPooler(
-        values,
-        torch.tensor(batch_rows, dtype=torch.long),
-        counts,
-        torch.tensor([encoded.skip_first[i] for i in batch_rows], dtype=torch.bool),
-        pooling,
-    )
-    hooks.start_batch(pooler)
-    try:
-        parts.base(input_ids=input_ids.to(input_device), **kwargs)
-    except _StopForward:
-        pass
+class _BatchRunner:
+    """One forward pass over some rows, pooling the hooked layers into ``values``."""
 
+    def __init__(self, parts, hooks, encoded, values, pooling, pad_id, input_device, pass_mask, call_kwargs,
+                 model_name):
+        self.parts, self.hooks, self.encoded, self.values = parts, hooks, encoded, values
+        self.pooling, self.pad_id, self.input_device = pooling, pad_id, input_device
+        self.pass_mask, self.call_kwargs, self.model_name = pass_mask, call_kwargs, model_name
+
+    def run(self, rows) -> None:
+        inputs, counts = batch_inputs(self.encoded, rows, self.pad_id, self.input_device, self.pass_mask)
+        skip_first = torch.tensor([self.encoded.skip_first[i] for i in rows], dtype=torch.bool)
+        pooler = BatchPooler(self.values, torch.tensor(rows, dtype=torch.long), counts, skip_first, self.pooling)
+        self.hooks.start_batch(pooler)
+        try:
+            self.parts.base(**inputs, **self.call_kwargs)
+        except StopForward:
+            pass
+        self.hooks.check_batch(self.model_name)

@@ -14,12 +14,14 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 import tempfile
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["load_model", "list_aliases", "cache_dir"]
+__all__ = ["cache_dir", "list_aliases", "load_model"]
 
 _PIP_EXTRA = "pip install 'layerknn[models]'"
 
@@ -128,7 +130,7 @@ def _package_dir(module: str) -> Path:
     if spec is None:
         raise ImportError(f"package module {module!r} is not installed")
     if spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
+        return Path(next(iter(spec.submodule_search_locations)))
     return Path(spec.origin).parent
 
 
@@ -184,9 +186,10 @@ def _cached_gguf_dir(label: str, get_gguf, key: dict) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         gguf_path = Path(get_gguf(staging))
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                  trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, trust_remote_code=False
         )
         if gguf_path.parent == staging:
             gguf_path.unlink()
@@ -208,6 +211,17 @@ def _cached_gguf_dir(label: str, get_gguf, key: dict) -> Path:
     return target
 
 
+def _check_gguf_magic(path: Path) -> None:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        raise ValueError(f"cannot read the GGUF file {str(path)!r}: {error}") from error
+    if head != b"GGUF":
+        raise ValueError(f"{str(path)!r} ends in .gguf but does not start with the GGUF magic bytes "
+                         f"(got {head!r}); it is not a GGUF model file")
+
+
 # ---- loading --------------------------------------------------------------------------------
 
 
@@ -218,7 +232,7 @@ def _offline() -> bool:
         from huggingface_hub import constants
 
         return bool(constants.HF_HUB_OFFLINE)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure to read the flag means "not offline"
         return False
 
 
@@ -232,26 +246,81 @@ def _resolve_dtype(dtype):
     raise TypeError(f"dtype must be a torch.dtype, its name (e.g. 'bfloat16') or None, got {dtype!r}")
 
 
-def _load_pretrained(source: str, *, dtype, device, local_only: bool):
+class _CustomCodeError(ValueError):
+    """A model would need its own Python code to load, and trust_remote_code is off."""
+
+
+def _custom_code_error(source: str, detail: str) -> _CustomCodeError:
+    return _CustomCodeError(
+        f"{source!r} needs its own Python code to load ({detail}); layerknn never runs a model's code "
+        "unless you allow it: pass trust_remote_code=True to load_model (--trust-remote-code on the "
+        "command line) only if you trust that code"
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return {}  # transformers reports unreadable configs itself
+    return data if isinstance(data, dict) else {}
+
+
+def _check_custom_code(directory: str) -> None:
+    """Refuse a local model directory whose config can only be loaded by running its own code.
+
+    ``auto_map`` in config.json points transformers at Python files shipped with the model. When
+    transformers knows the ``model_type`` it uses its built-in classes with trust_remote_code=False
+    (no code runs; a warning says so); otherwise the code would be required, so we raise first.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config = _read_json(Path(directory) / "config.json")
+    auto_map = config.get("auto_map")
+    if not auto_map:
+        return
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        classes = ", ".join(f"{key} -> {value}" for key, value in dict(auto_map).items())
+        raise _custom_code_error(directory, f"config.json has model_type {model_type!r}, which transformers does "
+                                            f"not know, and an auto_map to the directory's code: {classes}")
+    warnings.warn(
+        f"{directory!r} ships its own model code (auto_map in config.json), which layerknn does not run; "
+        f"loading transformers' built-in {model_type!r} classes instead (trust_remote_code=True would run "
+        "the directory's code)",
+        stacklevel=3,
+    )
+
+
+def _load_pretrained(source: str, *, dtype, device, local_only: bool, trust_remote_code: bool = False):
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(source, local_files_only=local_only)
-    architectures = getattr(config, "architectures", None) or []
-    causal = any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
-    auto_class = AutoModelForCausalLM if causal else AutoModel
-    kwargs = {"local_files_only": local_only}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if device == "auto":
-        kwargs["device_map"] = "auto"
-    model = auto_class.from_pretrained(source, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    # trust_remote_code is always passed explicitly: left unset, transformers asks y/N on stdin.
+    common = {"local_files_only": local_only, "trust_remote_code": bool(trust_remote_code)}
+    if not trust_remote_code and os.path.isdir(source):
+        _check_custom_code(source)
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+        architectures = getattr(config, "architectures", None) or []
+        causal = any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
+        auto_class = AutoModelForCausalLM if causal else AutoModel
+        kwargs = dict(common)
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        if device == "auto":
+            kwargs["device_map"] = "auto"
+        model = auto_class.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    except ValueError as error:
+        if not trust_remote_code and "trust_remote_code" in str(error):
+            raise _custom_code_error(source, "transformers says: " + " ".join(str(error).split())) from error
+        raise
     if device not in (None, "auto"):
         model = model.to(device)
     return model, tokenizer
 
 
-def load_model(name_or_path, *, device=None, dtype=None):
+def load_model(name_or_path, *, device=None, dtype=None, trust_remote_code=False):
     """Load ``(model, tokenizer)`` from an alias, a local directory/GGUF file, or the hub.
 
     Parameters
@@ -264,6 +333,11 @@ def load_model(name_or_path, *, device=None, dtype=None):
         Where to put the model; "auto" spreads it with ``device_map="auto"``. Default CPU.
     dtype : torch.dtype or str, optional
         Parameter dtype (e.g. ``torch.bfloat16``). GGUF/alias models default to float32.
+    trust_remote_code : bool
+        Allow a model directory or hub repository to run its own Python code (``auto_map`` in
+        its config). Off by default: such a model raises ValueError instead, and transformers
+        never asks on stdin. A directory with ``auto_map`` whose ``model_type`` transformers
+        knows loads transformers' built-in classes (with a warning) and runs no code.
 
     Returns
     -------
@@ -278,7 +352,9 @@ def load_model(name_or_path, *, device=None, dtype=None):
         gives the pip command.
     ValueError
         The name is no alias, no existing path, and cannot be loaded from the hub
-        (e.g. offline); the message lists the aliases.
+        (e.g. offline); the message lists the aliases. A model that needs its own code
+        while ``trust_remote_code`` is False (the message names the path and the option).
+        A ``.gguf`` file that is not a readable GGUF model (the message names the file).
 
     Examples
     --------
@@ -291,6 +367,8 @@ def load_model(name_or_path, *, device=None, dtype=None):
 
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be a str or path, got {type(name_or_path).__name__}")
+    if not isinstance(trust_remote_code, bool):
+        raise TypeError(f"trust_remote_code must be a bool, got {trust_remote_code!r}")
     dtype = _resolve_dtype(dtype)
     name = os.fspath(name_or_path)
     label = None
@@ -307,14 +385,20 @@ def load_model(name_or_path, *, device=None, dtype=None):
         model, tokenizer = _load_pretrained(str(source), dtype=dtype, device=device, local_only=True)
     elif os.path.isfile(name) and name.lower().endswith(".gguf"):
         path = Path(name).resolve()
+        _check_gguf_magic(path)
         stat = path.stat()
         key = {"path": str(path), "size": stat.st_size, "mtime": int(stat.st_mtime)}
-        source = _cached_gguf_dir(path.stem, lambda work_dir: path, key)
+        try:
+            source = _cached_gguf_dir(path.stem, lambda work_dir: path, key)
+        except (struct.error, UnicodeDecodeError, ValueError, KeyError, IndexError, OverflowError, EOFError) as error:
+            raise ValueError(f"{str(path)!r} is not a readable GGUF model file: {type(error).__name__}: "
+                             f"{error}") from error
         model, tokenizer = _load_pretrained(str(source), dtype=dtype or torch.float32, device=device,
                                             local_only=True)
         label = str(path)
     elif os.path.isdir(name):
-        model, tokenizer = _load_pretrained(name, dtype=dtype, device=device, local_only=True)
+        model, tokenizer = _load_pretrained(name, dtype=dtype, device=device, local_only=True,
+                                            trust_remote_code=trust_remote_code)
     else:
         known = ", ".join(_ALIASES)
         if os.path.isfile(name):
@@ -322,7 +406,10 @@ def load_model(name_or_path, *, device=None, dtype=None):
                              f"or an alias ({known})")
         offline = _offline()
         try:
-            model, tokenizer = _load_pretrained(name, dtype=dtype, device=device, local_only=offline)
+            model, tokenizer = _load_pretrained(name, dtype=dtype, device=device, local_only=offline,
+                                                trust_remote_code=trust_remote_code)
+        except _CustomCodeError:
+            raise
         except (OSError, ValueError) as error:
             where = "offline (HF_HUB_OFFLINE=1) and not in the local HF cache" if offline else \
                 "and could not be loaded from the Hugging Face hub"

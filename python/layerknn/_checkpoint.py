@@ -1,14 +1,14 @@
 """Resumable extraction: every finished batch of pooled values is kept as one small file.
 
 With ``extract(..., resume_dir=...)`` each batch writes ``batch-<run>-<start>-<end>.npz``
-into the directory as soon as it finishes (through the cache's atomic writer: a temporary
-name, fsync, ``os.replace``). ``<run>`` is a digest of the extraction fingerprint (model,
+into the directory as soon as it finishes (through :mod:`layerknn.store`: a temporary name,
+fsync, ``os.replace``, a kind tag and a checksum). ``<run>`` is a digest of the extraction fingerprint (model,
 tokenizer, texts, pooling, layers, ...) and of the options that change the batch plan or the
 stored numbers (batch size, output dtype, device type); ``<start>-<end>`` are the batch's
 positions in the length-sorted order, which a rerun plans identically. Each file holds the
 batch's row indices, pooled values of every requested layer, token counts and truncation
 flags, the rest of the batch plan at that point and the planner's limits (so a resumed run
-replays the same schedule, out-of-memory back-offs included), plus a JSON header with a format tag, the full run digest and a SHA-256 of the arrays.
+replays the same schedule, out-of-memory back-offs included) and the full run digest.
 A rerun loads a file only when all of that agrees with what it would compute; otherwise the
 file is named in a warning, deleted and its batch recomputed. Files of other runs (another
 ``<run>``) are left alone. ``remove_resume_files`` clears the directory once the result is
@@ -22,16 +22,17 @@ import itertools
 import json
 import re
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cache import CacheCorruptionWarning, _digest, write_npz_atomic
+from . import store
+from .cache import CacheCorruptionWarning
 
 _FORMAT = "layerknn-extract-batch"
 _VERSION = 1
+_KIND = "extraction-batch"
 _NAME_RE = re.compile(r"^batch-([0-9a-f]{16})-(\d{9})-(\d{9})\.npz$")
 _TEMP_RE = re.compile(r"^\.batch-[0-9a-f]{16}-\d{9}-\d{9}\.npz\..*\.tmp$")
 
@@ -102,9 +103,7 @@ class ResumeDir:
             "next_ends": np.asarray(next_ends, dtype=np.int64),
             "limits": np.asarray(limits, dtype=np.int64),
         }
-        meta = {"format": _FORMAT, "version": _VERSION, "run": self.digest, "start": start, "end": end,
-                "sha256": _digest(arrays)}
-        write_npz_atomic(self._file(start, end), arrays, meta)
+        store.write(self._file(start, end), arrays, {"run": self.digest, "start": start, "end": end}, kind=_KIND)
         self._ends.setdefault(start, set()).add(end)
 
     def load(self, start: int, end: int, rows, token_counts, truncated, shape, n: int):
@@ -116,11 +115,9 @@ class ResumeDir:
         """
         path = self._file(start, end)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                arrays = {name: data[name] for name in data.files if name != "meta"}
+            arrays, meta = store.read(path, kind=_KIND)
             problem = self._problem(meta, arrays, start, end, rows, token_counts, truncated, shape, n)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        except (OSError, store.FormatError) as error:
             problem = f"unreadable ({type(error).__name__}: {error})"
         if problem is None:
             values = torch.from_numpy(arrays["values"]).to(self.out_dtype)
@@ -132,12 +129,10 @@ class ResumeDir:
         return None
 
     def _problem(self, meta, arrays, start, end, rows, token_counts, truncated, shape, n) -> str | None:
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            return f"not a version-{_VERSION} layerknn batch file"
         if meta.get("run") != self.digest or (meta.get("start"), meta.get("end")) != (start, end):
             return "from another extraction (its fingerprint or options differ)"
-        if set(arrays) != {"rows", "values", "token_counts", "truncated", "next_ends", "limits"} or meta.get("sha256") != _digest(arrays):
-            return "corrupt (checksum mismatch)"
+        if set(arrays) != {"rows", "values", "token_counts", "truncated", "next_ends", "limits"}:
+            return "missing arrays"
         expected_dtype = torch.empty(0, dtype=self.storage).numpy().dtype
         if arrays["values"].shape != tuple(shape) or arrays["values"].dtype != expected_dtype:
             return f"of the wrong shape {arrays['values'].shape} / dtype {arrays['values'].dtype}"

@@ -92,7 +92,8 @@ def tokenize(texts, tokenizer, max_len, chat_template: bool, forward_names=froze
     if zero:
         raise ValueError(f"texts at indices {zero[:20]} produce no tokens with this tokenizer")
     for name, rows in extra.items():
-        bad = [i for i, row in enumerate(rows) if len(row) != len(ids[i]) or not all(isinstance(v, Integral) for v in row)]
+        bad = [i for i, row in enumerate(rows)
+               if len(row) != len(ids[i]) or not all(isinstance(v, Integral) for v in row)]
         if bad:
             raise ValueError(
                 f"the tokenizer's output {name!r} (an argument of the model's forward) must hold one int per "

@@ -47,7 +47,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", default=DEFAULTS.batch_size, metavar="B",
                    help="extraction batch size (default auto)")
     p.add_argument("--cache-dir", default=None, metavar="D",
-                   help="cache root (default $LAYERKNN_CACHE_DIR or ~/.cache/layerknn)")
+                   help="cache root for activations, neighbour lists and dequantised models "
+                        "(default $LAYERKNN_CACHE_DIR or ~/.cache/layerknn)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--bootstrap", type=int, default=DEFAULTS.bootstrap, metavar="B",
                    help=f"bootstrap resamples for confidence intervals (default {DEFAULTS.bootstrap}; 0 = none)")
@@ -153,6 +154,8 @@ def _options(args, main_job: bool = False) -> dict:
     """Library keyword arguments from the parsed command line."""
     from .cache import Cache
 
+    if args.cache_dir:  # one cache root: dequantised models live under it too
+        os.environ["LAYERKNN_CACHE_DIR"] = str(Path(args.cache_dir).expanduser())
     if args.max_length is not None and args.max_length < 0:
         raise ValueError(f"--max-length must be >= 0, got {args.max_length}")
     max_length = args.max_length if args.max_length is not None else (MAIN_JOB["max_length"] if main_job else None)
@@ -160,7 +163,7 @@ def _options(args, main_job: bool = False) -> dict:
         "pooling": args.pooling, "bootstrap": args.bootstrap, "permutations": args.permutations,
         "seed": args.seed, "device": args.device, "dtype": args.dtype, "trust_remote_code": args.trust_remote_code,
         "max_length": max_length or None, "batch_size": _batch_size(args.batch_size),
-        "cache": False if args.no_cache else (Cache(args.cache_dir) if args.cache_dir else True),
+        "cache": False if args.no_cache else Cache(),
         "progress": not args.no_progress,
     }
 

@@ -74,7 +74,7 @@ def _check_finite_and_norms(x: Any, name: str, metric: str, num_threads: int | N
         tiny = sq_norms < 1e-30
         if tiny.any():
             where = np.argwhere(tiny)
-            shown = ", ".join(f"(layer {l}, row {r})" for l, r in where[:5])
+            shown = ", ".join(f"(layer {layer}, row {row})" for layer, row in where[:5])
             more = f" and {len(where) - 5} more" if len(where) > 5 else ""
             what = "zero-norm rows" if (sq_norms[tiny] == 0).all() else "zero or near-zero-norm rows (norm < 1e-15)"
             raise ValueError(

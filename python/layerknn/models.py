@@ -101,9 +101,10 @@ def _installed(spec: _Alias) -> bool:
 
 
 def cache_dir() -> Path:
-    """Root of the dequantised-model cache: $LAYERKNN_CACHE_DIR or ~/.cache/layerknn/models."""
-    root = os.environ.get("LAYERKNN_CACHE_DIR")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "layerknn" / "models"
+    """Folder of dequantised models: ``models/`` under the cache root (see :mod:`layerknn.cache`)."""
+    from .cache import default_cache_dir
+
+    return default_cache_dir() / "models"
 
 
 def _require(spec: _Alias) -> None:

@@ -46,7 +46,9 @@ def jsonable(obj: Any) -> Any:
 
 
 def verdict(c: "Comparison") -> dict:
-    """Whether best matches track normalised depth: "track", "no" or "undefined" (see :func:`layerknn.verdict.depth_verdict`).
+    """Whether best matches track normalised depth: "track", "no" or "undefined".
+
+    See :func:`layerknn.verdict.depth_verdict`.
 
     Uses the bootstrap lower bounds of Spearman when :meth:`Comparison.bootstrap` ran and the
     permutation p-value of Spearman when :meth:`Comparison.permutation_test` ran.

@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 
 import layerknn
-from layerknn import stats, verdict
+from layerknn import calibration, stats, verdict
 
 
 @pytest.fixture
@@ -132,10 +132,10 @@ def test_permutation_pvalues_identical_and_independent(rng):
     a = layerknn.knn(rng.standard_normal((2, n, 6)).astype(np.float32), k=k).indices
     b = layerknn.knn(rng.standard_normal((2, n, 6)).astype(np.float32), k=k).indices
     obs_same = layerknn.overlap(a, a, k)
-    p_same = stats.permutation_pvalues(a, a, k, obs_same, n_perm=99, seed=1)
+    p_same = calibration.permutation_pvalues(a, a, k, obs_same, n_perm=99, seed=1)
     np.testing.assert_allclose(np.diag(p_same), 1 / 100)
     obs_ind = layerknn.overlap(a, b, k)
-    p_ind = stats.permutation_pvalues(a, b, k, obs_ind, n_perm=99, seed=1)
+    p_ind = calibration.permutation_pvalues(a, b, k, obs_ind, n_perm=99, seed=1)
     assert p_ind.min() > 0.01  # nothing looks significant at the resolution of 99 shuffles
 
 

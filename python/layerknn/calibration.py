@@ -25,7 +25,7 @@ import numpy as np
 
 from .stats import _block_slices, depth_alignment_stats
 
-__all__ = ["SPEARMAN_STATS", "PermutationNull", "permutation_null"]
+__all__ = ["SPEARMAN_STATS", "PermutationNull", "permutation_null", "permutation_pvalues", "transpose_null"]
 
 #: Names of the Spearman statistics tested by :func:`permutation_null`.
 SPEARMAN_STATS = ("spearman_ab", "spearman_ba", "spearman_mean", "spearman_min")
@@ -324,3 +324,58 @@ def transpose_null(null: PermutationNull) -> PermutationNull:
                            calibrated=null.calibrated.T, max_null=null.max_null, spearman=swap(null.spearman),
                            spearman_p=swap(null.spearman_p), spearman_null=swap(null.spearman_null),
                            n_perm=null.n_perm, seed=null.seed, k=null.k, include_embeddings=null.include_embeddings)
+
+
+def permutation_pvalues(nbrs_a: np.ndarray, nbrs_b: np.ndarray, k: int, observed: np.ndarray, *,
+                        n_perm: int = 1000, seed: int | None = 0,
+                        overlap: Callable | None = None,
+                        progress: Callable | None = None, max_bytes: int = 16 << 20) -> np.ndarray:
+    """One-sided permutation p-values of every cell against "prompts do not correspond".
+
+    Under the null, A's prompt ``i`` is paired with B's prompt ``p(i)`` for a random
+    permutation ``p``.  B's neighbour set of ``p(i)`` is relabelled into A's numbering
+    (``j -> p^{-1}(j)``) and intersected with A's set of ``i``.  The p-value of a cell is
+    ``(1 + #{null >= observed}) / (1 + n_perm)``.
+
+    Parameters
+    ----------
+    nbrs_a, nbrs_b : int arrays, shapes (La, n, >=k), (Lb, n, >=k)
+    k : int
+    observed : float array, shape (La, Lb)
+    n_perm : int
+    overlap : callable, optional
+        ``overlap(a, b, k) -> (La, Lb)`` mean overlaps; default :func:`layerknn.overlap`.
+        It is called with stacks of relabelled copies of B (see
+        :func:`layerknn.calibration.permutation_null`, which also gives family-wise
+        p-values, the null's mean and spread, and Spearman p-values from the same shuffles).
+    progress : callable, optional
+        Called with the number of permutations finished after each chunk.
+    max_bytes : int
+        Memory bound of one chunk of stacked permutations.
+
+    Returns
+    -------
+    float64 array, shape (La, Lb)
+
+    Examples
+    --------
+    >>> import layerknn
+    >>> nb = layerknn.knn(np.random.default_rng(0).standard_normal((2, 50, 4)).astype(np.float32), 3).indices
+    >>> permutation_pvalues(nb, nb, 3, layerknn.overlap(nb, nb), n_perm=19).diagonal().tolist()
+    [0.05, 0.05]
+    """
+    if overlap is None:
+        from .overlap import overlap as overlap_impl
+
+        overlap = overlap_impl
+    nbrs_a, nbrs_b, k = _check_neighbors(nbrs_a, nbrs_b, k)
+    n_perm = _check_int(n_perm, "n_perm", 1)
+    observed = np.asarray(observed, dtype=np.float64)
+    if observed.shape != (nbrs_a.shape[0], nbrs_b.shape[0]):
+        raise ValueError(f"observed must have shape {(nbrs_a.shape[0], nbrs_b.shape[0])}, got {observed.shape}")
+    exceed = np.zeros(observed.shape, dtype=np.int64)
+    for chunk in null_chunks(nbrs_a, nbrs_b, k, n_perm, seed, overlap, max_bytes):
+        exceed += (chunk >= observed - 1e-12).sum(axis=0)
+        if progress is not None:
+            progress(chunk.shape[0])
+    return (1.0 + exceed) / (1.0 + n_perm)

@@ -376,10 +376,15 @@ class Comparison:
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "Comparison":
         """Read a file written by :meth:`save`, checking its values (ValueError naming the file)."""
-        from .persist import comparison_from_arrays
+        from .persist import comparison_parts
 
         arrays, meta = store.read(path, kind=_KIND)
-        return comparison_from_arrays(arrays, meta, str(path))
+        parts = comparison_parts(arrays, meta, str(path))
+        c = cls(**parts["init"])
+        c.ci = parts["ci"]
+        if parts["calibration"] is not None:
+            c.set_calibration(parts["calibration"])
+        return c
 
 
 def _swap_models(meta: dict) -> dict:

@@ -1,5 +1,8 @@
 """What a Comparison or a Zoo file holds, and the value checks applied when one is read.
 
+Objects go in, plain arrays and checked constructor arguments come out: this module builds
+no Comparison or Zoo itself (the classes' ``load`` do), so it imports nothing above it.
+
 :mod:`layerknn.store` guarantees a file is intact and of the right kind; this module maps
 the objects to arrays + JSON metadata and back, and refuses contents that cannot be right
 (counts above k, a matrix that disagrees with its counts or neighbour lists, p-values
@@ -19,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only
     from .comparison import Comparison
     from .zoo import Zoo
 
-__all__ = ["comparison_arrays", "comparison_from_arrays", "zoo_arrays", "zoo_from_arrays"]
+__all__ = ["comparison_arrays", "comparison_parts", "zoo_arrays", "zoo_parts"]
 
 _OPTIONAL = ("neighbors_a", "neighbors_b", "tie_rate_a", "tie_rate_b")
 _NULL_ARRAYS = ("observed", "null_mean", "null_std", "p_values", "p_adjusted", "calibrated", "max_null")
@@ -121,10 +124,11 @@ def _check_values(arrays: dict, n: int, k: int, shape: tuple[int, int], where: s
             raise FormatError(f"{where}: matrix disagrees with its neighbour lists")
 
 
-def comparison_from_arrays(arrays: dict, meta: dict, where: str) -> "Comparison":
-    """Rebuild a Comparison from a file's contents, checking every value (FormatError naming ``where``)."""
-    from .comparison import Comparison
+def comparison_parts(arrays: dict, meta: dict, where: str) -> dict:
+    """A Comparison file's checked contents: ``init`` (constructor arguments), ``ci`` and ``calibration``.
 
+    Every value is checked first (FormatError naming ``where``).
+    """
     try:
         la, lb = (int(x) for x in meta["num_layers"])
         n, k = int(meta["n"]), int(meta["k"])
@@ -132,21 +136,18 @@ def comparison_from_arrays(arrays: dict, meta: dict, where: str) -> "Comparison"
         neighbors = None
         if "neighbors_a" in arrays and "neighbors_b" in arrays:
             neighbors = (arrays["neighbors_a"], arrays["neighbors_b"])
-        c = Comparison(arrays["matrix"], n=n, k=k, names=meta["names"], num_layers=(la, lb),
-                       per_prompt=arrays.get("per_prompt"), neighbors=neighbors,
-                       tie_rates=(arrays.get("tie_rate_a"), arrays.get("tie_rate_b")),
-                       dataset=meta.get("dataset"), pooling=meta.get("pooling"), meta=meta.get("meta"))
-        c.ci = _ci_join(arrays, meta.get("ci"), "ci_")
+        init = {"matrix": arrays["matrix"], "n": n, "k": k, "names": meta["names"], "num_layers": (la, lb),
+                "per_prompt": arrays.get("per_prompt"), "neighbors": neighbors,
+                "tie_rates": (arrays.get("tie_rate_a"), arrays.get("tie_rate_b")),
+                "dataset": meta.get("dataset"), "pooling": meta.get("pooling"), "meta": meta.get("meta")}
         null = _null_join(arrays, meta.get("calibration"), "null_", (la + 1, lb + 1), where)
-        if null is not None:
-            if not np.array_equal(null.observed, c.matrix):
-                raise FormatError(f"{where}: the calibration was computed on another matrix")
-            c.set_calibration(null)
+        if null is not None and not np.array_equal(null.observed, arrays["matrix"]):
+            raise FormatError(f"{where}: the calibration was computed on another matrix")
+        return {"init": init, "ci": _ci_join(arrays, meta.get("ci"), "ci_"), "calibration": null}
     except FormatError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{where}: not a valid layerknn comparison ({type(exc).__name__}: {exc})") from None
-    return c
 
 
 def zoo_arrays(z: "Zoo", include_neighbors: bool = True) -> tuple[dict, dict]:
@@ -169,10 +170,8 @@ def zoo_arrays(z: "Zoo", include_neighbors: bool = True) -> tuple[dict, dict]:
     return arrays, meta
 
 
-def zoo_from_arrays(arrays: dict, meta: dict, where: str) -> "Zoo":
-    """Rebuild a Zoo from a file's contents (FormatError naming ``where``)."""
-    from .zoo import Zoo
-
+def zoo_parts(arrays: dict, meta: dict, where: str) -> dict:
+    """A Zoo file's checked contents as the Zoo constructor's arguments (FormatError naming ``where``)."""
     try:
         names, num_layers = list(meta["names"]), [int(x) for x in meta["num_layers"]]
         n, k = int(meta["n"]), int(meta["k"])
@@ -198,5 +197,6 @@ def zoo_from_arrays(arrays: dict, meta: dict, where: str) -> "Zoo":
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{where}: not a valid layerknn zoo ({type(exc).__name__}: {exc})") from None
-    return Zoo(names, num_layers, matrix, neighbors=neighbors, tie_rates=ties, pair_stats=pair_stats, n=n, k=k,
-               dataset=meta.get("dataset"), pooling=meta.get("pooling"), meta=meta.get("meta"))
+    return {"names": names, "num_layers": num_layers, "matrix": matrix, "neighbors": neighbors, "tie_rates": ties,
+            "pair_stats": pair_stats, "n": n, "k": k, "dataset": meta.get("dataset"), "pooling": meta.get("pooling"),
+            "meta": meta.get("meta")}

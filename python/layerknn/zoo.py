@@ -200,10 +200,11 @@ class Zoo:
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "Zoo":
         """Read a file written by :meth:`save` (ValueError naming the file when it is damaged)."""
-        from .persist import zoo_from_arrays
+        from .persist import zoo_parts
 
         arrays, meta = store.read(path, kind=_KIND)
-        return zoo_from_arrays(arrays, meta, str(path))
+        parts = zoo_parts(arrays, meta, str(path))
+        return cls(parts.pop("names"), parts.pop("num_layers"), parts.pop("matrix"), **parts)
 
 
 def _common_n(models: Sequence[Any], labels: Sequence[str], texts: list[str] | None) -> int:

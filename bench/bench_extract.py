@@ -144,7 +144,7 @@ def main() -> None:
                 f"{wall / wall_x:.1f}× | {cpu / cpu_x:.1f}× | {memory:.0f} | {buffer_mib:.1f} | "
                 f"{f'{worst_all:.1e}' if seconds is t_extract else ''} |"
             )
-        del model, tokenizer, acts, loop
+        model = tokenizer = acts = loop = None  # free before the next model loads
 
     table = "\n".join(
         [

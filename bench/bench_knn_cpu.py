@@ -38,13 +38,13 @@ def make_activations(L: int, n: int, d: int, seed: int = 0) -> np.ndarray:
     neighbourhoods have structure (as pooled LM activations do) instead of being uniform."""
     rng = np.random.default_rng(seed)
     x = np.empty((L, n, d), dtype=np.float32)
-    for l in range(L):
+    for layer in range(L):
         base = rng.standard_normal((16, d), dtype=np.float32)
         mix = rng.standard_normal((n, 16), dtype=np.float32)
         # einsum without BLAS: numpy's OpenBLAS threads would otherwise keep spinning and
         # steal the cores from whichever engine is timed first.
-        x[l] = np.einsum("nr,rd->nd", mix, base)
-        x[l] += 2.0 * rng.standard_normal((n, d), dtype=np.float32)
+        x[layer] = np.einsum("nr,rd->nd", mix, base)
+        x[layer] += 2.0 * rng.standard_normal((n, d), dtype=np.float32)
     return x
 
 
@@ -67,15 +67,15 @@ def faiss_knn(x: np.ndarray) -> np.ndarray:
 
     L, n, d = x.shape
     out = np.empty((L, n, K), dtype=np.int64)
-    for l in range(L):
-        xl = np.ascontiguousarray(x[l])
+    for layer in range(L):
+        xl = np.ascontiguousarray(x[layer])
         xl = xl / np.linalg.norm(xl, axis=1, keepdims=True)
         index = faiss.IndexFlatIP(d)
         index.add(xl)
         _, found = index.search(xl, K + 1)
         not_self = found != np.arange(n)[:, None]
         not_self[not_self.all(axis=1), -1] = False  # self absent: drop the last instead
-        out[l] = found[not_self].reshape(n, K)
+        out[layer] = found[not_self].reshape(n, K)
     return out
 
 

@@ -132,9 +132,9 @@ def run_check(torch, layerknn) -> int:
             rows = np.flatnonzero((gi != c.indices).any(-1).reshape(-1))
             bad = 0
             for r in rows:
-                l, i = divmod(int(r), n)
-                scale = max(1.0, float(np.abs(c.scores[l, i]).max()))
-                if not np.allclose(gs[l, i], c.scores[l, i], rtol=0, atol=1e-5 * scale):
+                layer, i = divmod(int(r), n)
+                scale = max(1.0, float(np.abs(c.scores[layer, i]).max()))
+                if not np.allclose(gs[layer, i], c.scores[layer, i], rtol=0, atol=1e-5 * scale):
                     bad += 1
             failures += bad > 0
             print(f"  gauss   {metric:6s} L={L} n={n} d={d} k={k}: {L * n - len(rows)}/{L * n} rows "
@@ -143,7 +143,8 @@ def run_check(torch, layerknn) -> int:
     b = rng.integers(0, 40, size=(45, 333, 10)).astype(np.int32)
     mg, cg = layerknn.overlap(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda(), 10, per_prompt=True)
     mc, cc = layerknn.overlap(a, b, 10, per_prompt=True)
-    same = np.array_equal(mg.cpu().numpy(), mc) and np.array_equal(cg.cpu().numpy().astype(np.int64), cc.astype(np.int64))
+    same = np.array_equal(mg.cpu().numpy(), mc) and \
+        np.array_equal(cg.cpu().numpy().astype(np.int64), cc.astype(np.int64))
     failures += not same
     print(f"  overlap 7x45 layers n=333 k=10 (duplicates): {'identical' if same else 'DIFFERENT'}")
     print("check:", "PASS" if failures == 0 else f"FAIL ({failures})")
@@ -186,7 +187,7 @@ def bench_knn(torch, layerknn, configs, k, repeats, peak, faiss):
         print(f"  {r['config']}: layerknn {t_ours:.1f} ms ({tflops:.1f} TFLOP/s), torch fp32 "
               f"{t_fp32:.1f} ms (x{t_fp32 / t_ours:.2f}), torch tf32 {t_tf32:.1f} ms "
               f"(agreement {agree_tf32:.4f}), layerknn vs torch fp32 agreement {agree_fp32:.5f}")
-        del x, ours, ref, tf
+        x = ours = ref = tf = None  # free before the next shape
         torch.cuda.empty_cache()
     return rows
 

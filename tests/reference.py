@@ -52,22 +52,22 @@ def assert_neighbors_exact(indices, scores, x, k, metric="cosine", exclude_self=
         key[:, np.arange(n), np.arange(n)] = -np.inf
     scale = max(1.0, float(np.abs(ref).max()))
     atol = tol * scale
-    for l in range(L):
+    for layer in range(L):
         for i in range(n):
-            row, got = key[l, i], indices[l, i]
-            assert len(set(got.tolist())) == k, f"duplicate neighbours in layer {l} row {i}: {got}"
+            row, got = key[layer, i], indices[layer, i]
+            assert len(set(got.tolist())) == k, f"duplicate neighbours in layer {layer} row {i}: {got}"
             assert got.min() >= 0 and got.max() < m
             if y is None and exclude_self:
-                assert i not in got, f"row {i} of layer {l} lists itself"
+                assert i not in got, f"row {i} of layer {layer} lists itself"
             kth = np.sort(row)[::-1][k - 1]
             assert (row[got] >= kth - atol).all(), (
-                f"layer {l} row {i}: returned a neighbour clearly worse than the k-th best"
+                f"layer {layer} row {i}: returned a neighbour clearly worse than the k-th best"
             )
             must = np.flatnonzero(row > kth + atol)
-            assert set(must.tolist()) <= set(got.tolist()), f"layer {l} row {i}: missed {must}"
-            np.testing.assert_allclose(scores[l, i], ref[l, i, got], rtol=1e-4, atol=10 * atol)
-            got_key = -scores[l, i] if metric == "l2" else scores[l, i]
+            assert set(must.tolist()) <= set(got.tolist()), f"layer {layer} row {i}: missed {must}"
+            np.testing.assert_allclose(scores[layer, i], ref[layer, i, got], rtol=1e-4, atol=10 * atol)
+            got_key = -scores[layer, i] if metric == "l2" else scores[layer, i]
             for c in range(k - 1):
                 assert got_key[c] > got_key[c + 1] or (
                     got_key[c] == got_key[c + 1] and got[c] < got[c + 1]
-                ), f"layer {l} row {i}: not best-first with lower-index ties: {got}, {got_key}"
+                ), f"layer {layer} row {i}: not best-first with lower-index ties: {got}, {got_key}"

@@ -3,7 +3,6 @@ behaviour under the null (independent models) and the alternative (identical / d
 
 from __future__ import annotations
 
-import zlib
 
 import numpy as np
 import pytest
@@ -11,11 +10,6 @@ import scipy.stats
 
 import layerknn
 from layerknn import calibration, stats, verdict
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 def gaussian_knn(rng, layers, n, k, d=8):

@@ -58,35 +58,16 @@ def act_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    """Two tiny random HuggingFace models (Llama, GPT-2) with a character tokenizer, saved offline."""
-    import string
-
-    import torch
-    from tokenizers import Regex, Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Split
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """Two tiny random HuggingFace models (Llama, GPT-2) from tests/tiny_models.py, saved offline."""
+    import tiny_models as tiny
 
     root = tmp_path_factory.mktemp("models")
-    vocab = {"[UNK]": 0, "[PAD]": 1, "[BOS]": 2}
-    for ch in string.ascii_letters + string.digits + " .,!?":
-        vocab[ch] = len(vocab)
-    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = Split(Regex("."), behavior="isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                        bos_token="[BOS]")
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=128, bos_token_id=2, eos_token_id=2,
-                                         pad_token_id=1))
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=4, n_positions=128,
-                                      bos_token_id=2, eos_token_id=2))
     paths = []
-    for name, model in (("tiny-llama", llama), ("tiny-gpt2", gpt2)):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-        paths.append(root / name)
+    for family in ("llama", "gpt2"):
+        model, tokenizer = tiny.build(family)
+        model.save_pretrained(root / family)
+        tokenizer.save_pretrained(root / family)
+        paths.append(root / family)
     return paths
 
 
@@ -119,11 +100,7 @@ def test_compare_activation_files(tmp_path, act_files):
     assert report["names"] == ["alpha", "beta"] and report["k"] == 5 and report["n"] == 120
     assert np.asarray(report["matrix"]).shape == (6, 4)
     assert report["ci"]["n_boot"] == 100 and report["permutation"]["n_perm"] == 20
-    # the hidden --activations flag is the same path
-    proc2 = run_cli("compare", "--activations", a, b, "--k", 5, "--bootstrap", 100, "--permutations", 0,
-                    "--out", tmp_path / "out2")
-    assert proc2.returncode == 0, proc2.stderr
-    assert json.loads((tmp_path / "out2" / "report.json").read_text())["matrix"] == report["matrix"]
+    assert json.loads((out / "manifest.json").read_text())["layerknn"] is True
 
 
 def test_zoo_activation_files(tmp_path, act_files):
@@ -146,7 +123,8 @@ def test_bad_inputs_one_line_errors(tmp_path, act_files):
 @pytest.mark.parametrize("args,pattern", [
     (["--k", "120"], "--k must be in [1, n-1]"),
     (["--k", "0"], "--k must be >= 1"),
-    (["--bootstrap", "-1"], "--bootstrap must be >= 0"),
+    (["--bootstrap", "-1"], "--bootstrap must be an integer >= 0"),
+    (["--k", "ten"], "--k must be an integer or a comma-separated list"),
     (["--batch-size", "many"], "--batch-size must be an integer"),
 ])
 def test_bad_options_in_process(tmp_path, act_files, capsys, args, pattern):
@@ -177,7 +155,7 @@ def test_argparse_errors_exit_2(capsys):
     from layerknn.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["compare", "--k", "ten"])
+        main(["compare", "--bootstrap", "ten"])
     assert exit_info.value.code == 2
 
 
@@ -215,7 +193,7 @@ def test_real_compare_with_tiny_models_and_cache(tmp_path, tiny_models):
     first = run_cli(*args, "--out", tmp_path / "o1")
     assert first.returncode == 0, first.stderr
     r1 = json.loads((tmp_path / "o1" / "report.json").read_text())
-    assert r1["num_layers"] == [3, 2] and r1["n"] == 48
+    assert r1["num_layers"] == [2, 2] and r1["n"] == 48
     assert r1["meta"]["model_a"]["cache"] == "miss"
     assert list((tmp_path / "cache" / "neighbours").glob("*-k6.npz"))
     assert list((tmp_path / "cache" / "activations").glob("*.npz"))
@@ -282,8 +260,9 @@ def test_interrupted_run_leaves_the_previous_complete_output(tmp_path, act_files
 
 
 def test_out_is_checked_before_any_work(tmp_path, act_files, capsys, monkeypatch):
-    import layerknn.zoo as zoo_module
     from layerknn.cli import main
+
+    zoo_module = sys.modules["layerknn.zoo"]  # the module (the package re-exports a function)
 
     (a, b, _), _ = act_files
     mine = tmp_path / "thesis"
@@ -325,3 +304,20 @@ def test_library_and_cli_share_defaults(tmp_path, act_files, capsys):
     assert report["matrix"] == ref.matrix.tolist() and report["p_values"] == ref.p_values.tolist()
     assert report["ci"]["stats"] == json.loads(json.dumps(ref.to_dict()["ci"]["stats"]))
     assert report["meta"]["options"] == json.loads(json.dumps(ref.meta["options"]))
+
+
+def test_no_progress_silences_transformers_bars_too(tmp_path, act_files):
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    from layerknn.cli import main
+
+    (a, b, _), _ = act_files
+    hf_logging.enable_progress_bar()
+    try:
+        assert hf_logging.is_progress_bar_enabled()
+        assert main(["compare", str(a), str(b), "--k", "3", "--bootstrap", "0", "--permutations", "0",
+                     "--no-progress", "--out", str(tmp_path / "o")]) == 0
+        assert not hf_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
+    finally:
+        hf_logging.enable_progress_bar()

@@ -254,3 +254,32 @@ def test_cache_reuses_and_recomputes_only_new_models(tmp_path, fake_extract):
     with pytest.warns(UserWarning, match="unusable"):
         c3 = compare(m1, m2, texts, k=4, cache=cache, bootstrap=0)
     np.testing.assert_array_equal(c3.matrix, c1.matrix)
+
+
+def test_no_verdict_from_ties_or_a_matrix_without_contrast():
+    """Issue 10.1: a constant matrix used to say TRACK (Spearman 1.0 from the diagonal tie rule)."""
+    c = Comparison.from_matrix(np.full((13, 19), 0.2), n=100, k=5)
+    assert c.verdict()["verdict"] == "undefined" and not c.verdict()["tracks_depth"]
+    assert "UNDEFINED" in c.summary() and "TRACK normalised" not in c.summary()
+    assert np.isnan(c.depth_alignment()["spearman_ab"])  # best matches: all the lowest index
+
+
+def test_k_equal_n_minus_one_gives_undefined_not_track(rng):
+    """Every cell is 1.0 at k = n - 1: no depth information, so never TRACK (nor a CI lower bound of 1)."""
+    a = rng.standard_normal((5, 40, 8)).astype(np.float32)
+    b = rng.standard_normal((7, 40, 8)).astype(np.float32)
+    c = compare(a, b, k=39, bootstrap=50, permutations=20)
+    np.testing.assert_array_equal(c.matrix, 1.0)
+    v = c.verdict()
+    assert v["verdict"] == "undefined" and any("no contrast" in reason for reason in v["reasons"])
+
+
+def test_track_needs_the_permutation_test_of_spearman(rng):
+    base = rng.standard_normal((200, 24))
+    c = compare(drifting_model(base, 8, 0.3, 1), drifting_model(base, 5, 0.3, 2), k=8, bootstrap=100,
+                permutations=49)
+    assert c.calibration.spearman_p["spearman_min"] == pytest.approx(1 / 50)
+    assert c.verdict()["verdict"] == "track" and "permutation p of Spearman" in c.verdict()["basis"]
+    shuffled = compare(drifting_model(base, 8, 0.3, 1), drifting_model(base[rng.permutation(200)], 5, 0.3, 2),
+                       k=8, bootstrap=100, permutations=49)
+    assert shuffled.verdict()["verdict"] != "track"

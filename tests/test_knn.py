@@ -7,7 +7,6 @@ form, non-contiguous and low-precision inputs; plus every bad-input error.
 
 from __future__ import annotations
 
-import zlib
 
 import numpy as np
 import pytest
@@ -16,11 +15,6 @@ import torch
 import layerknn
 from conftest import on_device, to_numpy
 from reference import assert_neighbors_exact, reference_knn
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])

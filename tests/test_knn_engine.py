@@ -10,7 +10,6 @@ re-scoring promises.
 
 from __future__ import annotations
 
-import zlib
 
 import numpy as np
 import pytest
@@ -20,11 +19,6 @@ from reference import assert_neighbors_exact, reference_knn
 
 METRIC_CODES = {"ip": 0, "cosine": 1, "l2": 2}
 LOW_PRECISIONS = [p for p in _core.tile_precisions() if p != "fp32"]
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 def engine(x, k, metric="cosine", exclude_self=True, y=None, threads=2):

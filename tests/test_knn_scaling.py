@@ -9,7 +9,6 @@ indices before that.
 
 from __future__ import annotations
 
-import zlib
 
 import numpy as np
 import pytest
@@ -19,11 +18,6 @@ import layerknn
 from conftest import on_device, to_numpy
 from layerknn import _backend, _scaling
 from reference import assert_neighbors_exact, reference_knn
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 def gaussian(rng, shape, scale):

@@ -86,7 +86,7 @@ def test_bad_argument_types():
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("LAYERKNN_CACHE_DIR", str(tmp_path / "c"))
-    assert models.cache_dir() == tmp_path / "c"
+    assert models.cache_dir() == tmp_path / "c" / "models"  # the models/ folder of the one cache root
     monkeypatch.delenv("LAYERKNN_CACHE_DIR")
     assert models.cache_dir().parts[-3:] == (".cache", "layerknn", "models")
 
@@ -157,7 +157,7 @@ def test_gguf_cache_is_written_once_and_atomically(monkeypatch, tmp_path):
     assert first == again and loader.calls == 1
     assert json.loads((first / "layerknn.json").read_text())["source"] == "fake"
     assert (first / "config.json").is_file() and (first / "tokenizer.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, "fake.gguf"])  # no staging left
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [first.name]  # no staging left
     config = json.loads((first / "config.json").read_text())
     assert "quantization_config" not in config
 
@@ -170,7 +170,7 @@ def test_gguf_cache_failure_leaves_nothing(monkeypatch, tmp_path):
         _stub(patch, _StubLoader(fail=True))
         with pytest.raises(RuntimeError, match="simulated"):
             models._cached_gguf_dir("fake", lambda work: fake_gguf, {"size": 4})
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert not (tmp_path / "cache" / "models").exists() or list((tmp_path / "cache" / "models").iterdir()) == []
 
 
 def test_gguf_file_path_goes_through_the_cache(monkeypatch, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zlib
 
 import numpy as np
 import pytest
@@ -10,11 +9,6 @@ import torch
 
 import layerknn
 from conftest import on_device, to_numpy
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 def set_reference(a, b, k):

@@ -3,7 +3,6 @@ own layer counter (``_core.knn_cpu(..., progress=callable)``), on every availabl
 
 from __future__ import annotations
 
-import zlib
 
 import numpy as np
 import pytest
@@ -11,11 +10,6 @@ import pytest
 import layerknn
 from conftest import on_device, to_numpy
 from layerknn import _core
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 def recorder():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-import zlib
 
 import numpy as np
 import pytest
@@ -11,11 +10,6 @@ import scipy.stats
 
 import layerknn
 from layerknn import calibration, stats, verdict
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 def test_rankdata_and_spearman_match_scipy(rng):

@@ -22,7 +22,6 @@ engine), so values stay below ~1e15.
 from __future__ import annotations
 
 import math
-import zlib
 
 import numpy as np
 import pytest
@@ -38,11 +37,6 @@ TINY = 2.0**-126  # smallest normal float32
 KINDS = ["gaussian", "dynamic_range", "massive_features", "cancellation", "tiny", "staircase"]
 DIMS = [1, 2, 3, 17, 255, 4097]
 PAIRS = 3
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture(params=["scalar", "avx2"])
@@ -250,7 +244,8 @@ def attack(kind, d, metric, precision, rng) -> float:
         exact = float(T.exact_scores(x[i], y[i : i + 1], METRIC[metric], sx, np.array([sy], F32))[0])
         truth = true_sqdist(ox, oy) if metric == "l2" else dot
         bound = T.exact_error(METRIC[metric], d, true_ax, true_ay)
-        assert abs(exact - truth) <= bound + underflow(d), f"exact bound broken: {where}: {abs(exact - truth)} > {bound}"
+        assert abs(exact - truth) <= bound + underflow(d), \
+            f"exact bound broken: {where}: {abs(exact - truth)} > {bound}"
 
         if metric == "l2":  # the scan's key: 2 tile - (|x|^2 + |y|^2), in float32
             t32 = tiles.astype(F32)

@@ -170,7 +170,7 @@ def build(family: str, seed: int = 0):
     model, style = FAMILIES[family]()
     # Larger-than-default init so layers differ clearly from each other.
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.dim() >= 2:
                 parameter.normal_(0.0, 0.2)
     model.eval()

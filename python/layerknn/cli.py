@@ -169,14 +169,14 @@ def _options(args, main_job: bool = False) -> dict:
 
 
 def _quiet_transformers() -> None:
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    os.environ["TQDM_DISABLE"] = "1"
+    """--no-progress: transformers' and the hub's own bars (e.g. GGUF dequantisation) stay hidden too."""
     try:
+        from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     except ImportError:
-        pass
+        return
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
 
 
 def _cpu_seconds() -> float:

@@ -363,7 +363,7 @@ class Comparison:
         Examples
         --------
         >>> import numpy as np, tempfile, os
-        >>> c = Comparison.from_matrix(np.eye(3) + 0.1, n=20, k=3)
+        >>> c = Comparison.from_matrix(np.eye(3) * 0.8 + 0.1, n=20, k=3)
         >>> p = c.save(os.path.join(tempfile.mkdtemp(), "c.npz"))
         >>> np.allclose(Comparison.load(p).matrix, c.matrix)
         True

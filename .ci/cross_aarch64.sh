@@ -12,8 +12,9 @@ if ! command -v "$CXX" >/dev/null 2>&1; then
     echo "cross_aarch64: $CXX is missing and installing it needs root" >&2
     exit 1
   fi
-  apt-get update
-  apt-get install -y g++-aarch64-linux-gnu
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq g++-aarch64-linux-gnu >/dev/null
 fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

@@ -120,6 +120,21 @@ def test_repeated_ids_and_duplicated_rows(rng, measure, n, width, k):
 
 
 @pytest.mark.parametrize("measure", MEASURES)
+@pytest.mark.parametrize("k", [63, 64, 65, 90])
+def test_long_rows(rng, measure, k):
+    # LCS and edit distance switch from 64-bit column masks to the dynamic programme above k = 64.
+    n = 100  # ids are prompt indices in [0, n); only the first 10 prompts vary
+    a = np.stack([np.stack([rng.permutation(n)[:k] for _ in range(10)]) for _ in range(2)]).astype(np.int32)
+    b = a[::-1].copy()
+    b[0, :4] = a[0, :4]                                  # identical rows
+    b[1, 4:7] = np.roll(a[1, 4:7], 5, axis=-1)           # same ids, shifted order
+    mixed = rng.random(b[1, 7:].shape) < 0.3
+    b[1, 7:] = np.where(mixed, a[1, 7:], b[1, 7:])       # partly shared, repeats possible
+    a, b = (np.concatenate([x, np.repeat(x[:, :1], n - 10, axis=1)], axis=1) for x in (a, b))
+    check(measure, a, b, None)
+
+
+@pytest.mark.parametrize("measure", MEASURES)
 def test_self_join_neighbours(rng, measure):
     x = rng.standard_normal((3, 60, 5)).astype(np.float32)
     y = rng.standard_normal((2, 60, 7)).astype(np.float32)

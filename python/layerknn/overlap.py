@@ -32,14 +32,15 @@ def _indices_of(x: Any, name: str) -> tuple[Any, Any, bool]:
     return as_int32(arr[None] if single else arr, name), origin, single
 
 
-def _compact_ids(a: Any, b: Any, k: int) -> tuple[Any, Any]:
+def _compact_ids(a: Any, b: Any, k: int, spread: int = 64) -> tuple[Any, Any]:
     """Relabel neighbour ids densely when they are far larger than the prompt count.
 
-    The CPU engine indexes a table by id, so ids from a huge database (or arbitrary labels) are
-    first mapped to 0..u-1 over the ids actually used; intersections are unchanged.
+    The CPU engines index a table by id, so ids from a huge database (or arbitrary labels) are
+    first mapped to 0..u-1 over the ids actually used; every measure except cycle (whose ids are
+    prompt indices) is unchanged by the relabelling.
     """
     n = a.shape[1]
-    if max(int(a.max()), int(b.max())) < 64 * n + 4096 or _backend.is_cuda(a):
+    if max(int(a.max()), int(b.max())) < spread * n + 4096 or _backend.is_cuda(a):
         return a, b
     used_a = np.asarray(a)[..., :k]
     used_b = np.asarray(b)[..., :k]
@@ -123,8 +124,8 @@ def overlap(a: Any, b: Any, k: int | None = None, *, measure: str = "mutual",
         Only with ``per_prompt=True``: uint16 intersection sizes ("mutual") or float32 scores
         (the float32 roundings of the float64 values that ``mean`` averages).
 
-    Results come back as the array type of ``a``. Cost per layer pair and prompt: O(k) for
-    mutual, jaccard, rank and cycle (plus a sort per row), O(k²) for lcs and edit.
+    Results come back as the array type of ``a``. Cost per layer pair and prompt: O(k) for every
+    measure (bit-parallel LCS and edit distance for k <= 64), O(k²) for lcs and edit beyond.
 
     Examples
     --------
@@ -157,11 +158,12 @@ def overlap(a: Any, b: Any, k: int | None = None, *, measure: str = "mutual",
         raise ValueError(f"k must be in [1, {limit}] (the columns of a and b), got {k}")
     measure = _check_measure(measure)
     _backend.check_num_threads(num_threads)
-    if measure == "mutual":
-        a32, b32 = _compact_ids(a32, b32, int(k))  # only the counting engines tabulate ids
-    elif measure == "cycle":
+    a32, b32 = _backend.host_for_measure(a32, measure), _backend.host_for_measure(b32, measure)
+    if measure == "cycle":
         _check_prompt_ids(a32, int(k), "a")
         _check_prompt_ids(b32, int(k), "b")
+    else:  # the measures engine's per-thread id table holds 16 bytes per id
+        a32, b32 = _compact_ids(a32, b32, int(k), 64 if measure == "mutual" else 4)
     mean, counts = _backend.overlap(a32, b32, int(k), bool(per_prompt), num_threads, measure)
     index = (0 if a_single else slice(None), 0 if b_single else slice(None))
     mean = restore(mean[index], origin)

@@ -59,13 +59,13 @@ void sort_chunk(const int32_t* rows,  // [L, n, width] neighbour ids
 }
 
 // For every A layer and prompt i, the prompts j whose A row lists i (ascending): the reverse
-// k-NN graph, which turns the cycle test into one merge per pair.
+// k-NN graph: looked up like an A row, it turns the cycle test into k probes per pair.
 struct ReverseLists {
   std::vector<int64_t> offsets;  // [La, n + 1] start of prompt i's list in `sources`
   std::vector<int32_t> sources;  // [La * n * k] listing prompts, ascending within each list
   int64_t n = 0;
 
-  const int32_t* list(int64_t la, int64_t i) const { return &sources[offsets[la * (n + 1) + i]]; }
+  const int32_t* list(int64_t la, int64_t i) const { return sources.data() + offsets[la * (n + 1) + i]; }
   int64_t size(int64_t la, int64_t i) const {
     return offsets[la * (n + 1) + i + 1] - offsets[la * (n + 1) + i];
   }
@@ -136,14 +136,15 @@ struct Worker {
   }
 };
 
-// Scores prompts [i0, i1) of every layer pair: score(lookup of A row (la, i), la, lb, i, worker) is
-// the numerator (for cycle, `reverse` is given and the lookup holds prompt i's reverse list); of the pair's score for prompt i, `denominator` maps it to [0, 1]. Adds the
-// numerators, summed over i in order, into sums [La, Lb]; writes float32 scores [La, Lb, n]
-// when asked. Tiles are one A layer and a run of B layers, about four per thread.
+// Scores prompts [i0, i1) of every layer pair: score(lookup, la, lb, i, worker) is the numerator
+// of the pair's score for prompt i, where the lookup holds A's row (la, i) or, when `reverse` is
+// given (cycle), prompt i's reverse list; `denominator` maps it to [0, 1]. Adds the numerators,
+// summed over i in order, into sums [La, Lb]; writes float32 scores [La, Lb, n] when asked.
+// Tiles are one A layer and a run of B layers, about four per thread.
 template <class Score>
 void score_chunk(const OverlapProblem& p, const ReverseLists* reverse, int64_t i0, int64_t i1,
-                 double denominator, double* sums, float* scores, std::vector<Worker>& workers, int threads,
-                 const std::atomic<bool>& cancel, const Score& score) {
+                 double denominator, double* sums, float* scores, std::vector<Worker>& workers,
+                 int threads, const std::atomic<bool>& cancel, const Score& score) {
   const int64_t per_la = std::clamp<int64_t>((4 * threads + p.La - 1) / p.La, 1, p.Lb);
   const int64_t lb_block = (p.Lb + per_la - 1) / per_la;
   const int64_t tiles_per_la = (p.Lb + lb_block - 1) / lb_block;
@@ -187,7 +188,7 @@ bool valid_measure(int code) { return code >= 0 && code <= static_cast<int>(Meas
 void overlap_measure(const OverlapProblem& p, Measure measure, double* mean, float* scores,
                      int num_threads, const std::atomic<bool>& cancel) {
   if (num_threads <= 0) num_threads = default_num_threads();
-  const int threads = num_threads;
+  const int threads = static_cast<int>(std::min<int64_t>(num_threads, p.La * p.Lb));  // tiles at most
   const int k = p.k;
   const bool cycle = measure == Measure::Cycle;
   const bool sequence = measure == Measure::Lcs || measure == Measure::Edit;
@@ -200,7 +201,7 @@ void overlap_measure(const OverlapProblem& p, Measure measure, double* mean, flo
   if (sort_b) keys_b.reserve(p.Lb, P, k);
   ReverseLists reverse;
   if (cycle) reverse = reverse_lists(p, threads, cancel);
-  // The lookup covers A's ids, or for cycle the prompts (which its ids are, checked in Python).
+  // The lookup covers A's ids, or for cycle the prompts j < n of the reverse lists.
   const int64_t ids = cycle ? p.n : int64_t{max_id(p.a, p.La * p.n, p.ka, k)} + 1;
   std::vector<Worker> workers;
   workers.reserve(threads);

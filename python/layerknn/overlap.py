@@ -162,7 +162,7 @@ def overlap(a: Any, b: Any, k: int | None = None, *, measure: str = "mutual",
     if measure == "cycle":
         _check_prompt_ids(a32, int(k), "a")
         _check_prompt_ids(b32, int(k), "b")
-    else:  # the measures engine's per-thread id table holds 16 bytes per id
+    else:  # the CPU engines tabulate ids (16 bytes each per thread for the measures engine)
         a32, b32 = _compact_ids(a32, b32, int(k), 64 if measure == "mutual" else 4)
     mean, counts = _backend.overlap(a32, b32, int(k), bool(per_prompt), num_threads, measure)
     index = (0 if a_single else slice(None), 0 if b_single else slice(None))

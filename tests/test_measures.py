@@ -275,3 +275,22 @@ def test_cycle_rejects_ids_that_are_not_prompts():
     assert layerknn.overlap(a + 1, a, measure="jaccard") == pytest.approx(2 / 9, rel=1e-15)  # any ids
     huge = 2_000_000_000
     assert layerknn.overlap(a + huge, a + huge, measure="rank") == 1.0
+
+
+@pytest.mark.parametrize("measure", OTHER)
+def test_one_hundred_thousand_layers_of_b(measure):
+    # Scratch is per thread and per chunk of prompts, never [La, Lb]-sized beyond the outputs.
+    import resource
+
+    rng = np.random.default_rng(3)
+    La, Lb, n, k = 2, 100_000, 12, 10
+    a = rng.integers(0, n, (La, n, k), dtype=np.int32)
+    b = rng.integers(0, n, (Lb, n, k), dtype=np.int32)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    mean, scores = layerknn.overlap(a, b, measure=measure, per_prompt=True)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    assert grown < 256 << 20, f"peak RSS grew by {grown / 2**20:.0f} MiB"  # inputs + outputs ~ 15 MB
+    for la, lb in [(0, 0), (1, 63), (0, 64), (1, 50_000), (1, Lb - 1)]:
+        expected = [score_ref(measure, a, b, la, lb, i, k) for i in range(n)]
+        np.testing.assert_array_equal(scores[la, lb], np.float32(expected))
+        assert mean[la, lb] == pytest.approx(np.mean(expected), rel=1e-12)

@@ -55,12 +55,12 @@ MEASURES = tuple(_backend.MEASURE_CODES)
 
 
 def _check_measure(measure: Any) -> str:
+    if isinstance(measure, str) and measure in _backend.MEASURE_CODES:
+        return measure
     allowed = ", ".join(repr(m) for m in MEASURES)
     if not isinstance(measure, str):
         raise TypeError(f"measure must be a string, one of {allowed}; got {type(measure).__name__}")
-    if measure not in MEASURES:
-        raise ValueError(f"measure must be one of {allowed}; got {measure!r}")
-    return measure
+    raise ValueError(f"measure must be one of {allowed}; got {measure!r}")
 
 
 def _check_prompt_ids(x: Any, k: int, name: str) -> None:

@@ -140,6 +140,9 @@ def overlap(a: Any, b: Any, k: int | None = None, *, measure: str = "mutual",
     >>> x, y = np.array([[1, 2, 3]]), np.array([[3, 2, 1]])   # one prompt, same ids reversed
     >>> [round(float(layerknn.overlap(x, y, measure=m)), 4) for m in ("mutual", "jaccard", "rank", "lcs", "edit")]
     [1.0, 1.0, 0.5, 0.3333, 0.3333]
+    >>> chain = np.array([[1], [2], [0]])     # prompt i's one neighbour is i + 1: nobody points back
+    >>> float(layerknn.overlap(chain, chain, measure="cycle")), float(layerknn.overlap(chain, chain))
+    (0.0, 1.0)
     """
     a32, origin, a_single = _indices_of(a, "a")
     b32, b_origin, b_single = _indices_of(b, "b")

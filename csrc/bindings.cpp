@@ -14,6 +14,7 @@
 #include "cpu/engine_options.h"
 #include "cpu/knn_cpu.h"
 #include "cpu/overlap_cpu.h"
+#include "cpu/overlap_measures.h"
 #include "cpu/parallel.h"
 #include "cpu/row_norms.h"
 #include "interrupt.h"
@@ -145,6 +146,34 @@ py::tuple overlap_cpu(IndexArray a, IndexArray b, int k, bool per_prompt, int nu
   return py::make_tuple(mean, counts);
 }
 
+py::tuple overlap_measure_cpu(IndexArray a, IndexArray b, int k, int measure, bool per_prompt,
+                              int num_threads) {
+  require_rank3(a, "a");
+  require_rank3(b, "b");
+  if (a.shape(1) != b.shape(1)) throw std::invalid_argument("a and b differ in n");
+  if (!cpu::valid_measure(measure)) {
+    throw std::invalid_argument("unknown measure code " + std::to_string(measure));
+  }
+  OverlapProblem p = overlap_problem(a.shape(0), b.shape(0), a.shape(1),
+                                     static_cast<int>(a.shape(2)), static_cast<int>(b.shape(2)), k);
+  p.a = a.data();
+  p.b = b.data();
+  py::array_t<double> mean({p.La, p.Lb});
+  py::object scores = py::none();
+  float* ps = nullptr;
+  if (per_prompt) {
+    py::array_t<float> s({p.La, p.Lb, p.n});
+    ps = s.mutable_data();
+    scores = s;
+  }
+  double* pm = mean.mutable_data();
+  const auto code = static_cast<cpu::Measure>(measure);
+  run_interruptible([&](const std::atomic<bool>& cancel) {
+    cpu::overlap_measure(p, code, pm, ps, num_threads, cancel);
+  });
+  return py::make_tuple(mean, scores);
+}
+
 [[noreturn]] void no_cuda() {
   throw std::runtime_error(
       "layerknn was built without CUDA support; reinstall with nvcc on PATH "
@@ -243,6 +272,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("overlap_cpu", &overlap_cpu, py::arg("a"), py::arg("b"), py::arg("k"),
         py::arg("per_prompt"), py::arg("num_threads") = 0,
         "neighbour overlap of a [La, n, ka] and b [Lb, n, kb] -> (mean [La, Lb], counts or None)");
+  m.def("overlap_measure_cpu", &overlap_measure_cpu, py::arg("a"), py::arg("b"), py::arg("k"),
+        py::arg("measure"), py::arg("per_prompt"), py::arg("num_threads") = 0,
+        "neighbourhood measure (code, see _backend.MEASURE_CODES) of a [La, n, ka] and b [Lb, n, kb]"
+        " -> (mean [La, Lb] float64, per-prompt scores [La, Lb, n] float32 or None)");
   m.def("knn_cuda", &knn_cuda, "exact k-NN on device pointers (see layerknn._backend)");
   m.def("overlap_cuda", &overlap_cuda, "neighbour overlap on device pointers");
   bind_testing_hooks(m.def_submodule("_testing", "the CPU engine's pure cores, for tests only"));

@@ -18,6 +18,8 @@ import numpy as np
 from . import _core
 
 METRIC_CODES = {"ip": 0, "cosine": 1, "l2": 2}
+# Neighbourhood measures of layerknn.overlap; codes shared with csrc/cpu/overlap_measures.h.
+MEASURE_CODES = {"mutual": 0, "jaccard": 1, "rank": 2, "cycle": 3, "lcs": 4, "edit": 5}
 
 NO_CUDA_MESSAGE = (
     "layerknn was built without CUDA support; reinstall with nvcc on PATH "
@@ -135,9 +137,30 @@ def knn(x: Any, y: Any | None, k: int, metric: str, exclude_self: bool,
                          progress)
 
 
-def overlap(a: Any, b: Any, k: int, per_prompt: bool,
-            num_threads: int | None = None) -> tuple[Any, Any | None]:
-    """Neighbour overlap of a (La, n, ka) and b (Lb, n, kb) -> (mean (La, Lb), counts or None)."""
+def host_for_measure(x: Any, measure: str) -> Any:
+    """x as a host array when ``measure`` has no CUDA kernel (every measure but "mutual")."""
+    if measure != "mutual" and is_cuda(x):
+        return x.cpu().numpy()
+    return x
+
+
+def overlap(a: Any, b: Any, k: int, per_prompt: bool, num_threads: int | None = None,
+            measure: str = "mutual") -> tuple[Any, Any | None]:
+    """Neighbourhood measure of a (La, n, ka) and b (Lb, n, kb) -> (mean (La, Lb), per-prompt or None).
+
+    "mutual" runs the counting engines (CPU or CUDA) and gives uint16 counts per prompt; every
+    other measure runs the CPU measures engine and gives float32 scores per prompt. CUDA inputs
+    with another measure are copied to the host first (see host_for_measure; there are no CUDA
+    kernels for them); the results come back as host arrays, which the caller restores to the
+    input's device.
+    """
+    if measure != "mutual":
+        a_host = host_for_measure(a, measure)
+        b_host = host_for_measure(b, measure)
+        a_host = a_host if isinstance(a_host, np.ndarray) else a_host.numpy()
+        b_host = b_host if isinstance(b_host, np.ndarray) else b_host.numpy()
+        return _core.overlap_measure_cpu(a_host, b_host, k, MEASURE_CODES[measure], per_prompt,
+                                         _threads(num_threads))
     if is_cuda(a):
         import torch
 

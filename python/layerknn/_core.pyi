@@ -25,6 +25,10 @@ def overlap_cpu(
     a: npt.NDArray[np.int32], b: npt.NDArray[np.int32], k: int, per_prompt: bool,
     num_threads: int = 0,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint16] | None]: ...
+def overlap_measure_cpu(
+    a: npt.NDArray[np.int32], b: npt.NDArray[np.int32], k: int, measure: int, per_prompt: bool,
+    num_threads: int = 0,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32] | None]: ...
 def knn_cuda(
     x: int, y: int, L: int, n: int, m: int, d: int, k: int, metric: int, exclude_self: bool,
     indices: int, scores: int, device: int, stream: int,

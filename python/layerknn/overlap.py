@@ -1,10 +1,12 @@
-"""Neighbour-set overlap between every pair of layers: ``layerknn.overlap``.
+"""Neighbourhood similarity between every pair of layers: ``layerknn.overlap``.
 
 Given the k nearest neighbours of the same n prompts at La layers of one model and Lb layers of
 another, the overlap of a layer pair is the mean over prompts of |N_a(i) ∩ N_b(i)| / k — the
 similarity measure of "Layers at Similar Depths Generate Similar Activations Across LLM
-Architectures". Only the first k columns of each row are used, so one k_max search serves any
-smaller k.
+Architectures". ``measure=`` swaps in other per-prompt scores of the two neighbour rows (Jaccard,
+rank-aware overlap, and the cycle / LCS / edit-distance k-NN measures of platonic-rep), all
+computed by the same batched engine. Only the first k columns of each row are used, so one k_max
+search serves any smaller k.
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ def _indices_of(x: Any, name: str) -> tuple[Any, Any, bool]:
     return as_int32(arr[None] if single else arr, name), origin, single
 
 
-def _compact_ids(a: Any, b: Any, k: int) -> tuple[Any, Any]:
+def _compact_ids(a: Any, b: Any, k: int, spread: int = 64) -> tuple[Any, Any]:
     """Relabel neighbour ids densely when they are far larger than the prompt count.
 
-    The CPU engine indexes a table by id, so ids from a huge database (or arbitrary labels) are
-    first mapped to 0..u-1 over the ids actually used; intersections are unchanged.
+    The CPU engines index a table by id, so ids from a huge database (or arbitrary labels) are
+    first mapped to 0..u-1 over the ids actually used; every measure except cycle (whose ids are
+    prompt indices) is unchanged by the relabelling.
     """
     n = a.shape[1]
-    if max(int(a.max()), int(b.max())) < 64 * n + 4096 or _backend.is_cuda(a):
+    if max(int(a.max()), int(b.max())) < spread * n + 4096 or _backend.is_cuda(a):
         return a, b
     used_a = np.asarray(a)[..., :k]
     used_b = np.asarray(b)[..., :k]
@@ -47,9 +50,33 @@ def _compact_ids(a: Any, b: Any, k: int) -> tuple[Any, Any]:
             inverse[used_a.size:].reshape(used_b.shape).copy())
 
 
-def overlap(a: Any, b: Any, k: int | None = None, *, per_prompt: bool = False,
-            num_threads: int | None = None) -> Any:
-    """Mean fraction of shared neighbours for every pair of layers.
+MEASURES = tuple(_backend.MEASURE_CODES)
+"""Names accepted by ``overlap(measure=...)``; the first is the default."""
+
+
+def _check_measure(measure: Any) -> str:
+    if isinstance(measure, str) and measure in _backend.MEASURE_CODES:
+        return measure
+    allowed = ", ".join(repr(m) for m in MEASURES)
+    if not isinstance(measure, str):
+        raise TypeError(f"measure must be a string, one of {allowed}; got {type(measure).__name__}")
+    raise ValueError(f"measure must be one of {allowed}; got {measure!r}")
+
+
+def _check_prompt_ids(x: Any, k: int, name: str) -> None:
+    """Cycle follows neighbour ids as prompt indices: every used id must lie in [0, n)."""
+    n = x.shape[1]
+    high = int(x[..., :k].max())
+    if high >= n:
+        raise ValueError(
+            f"measure='cycle' follows neighbour ids as prompt indices, so {name} must hold ids in "
+            f"[0, n) = [0, {n - 1}] (neighbours of the prompts among themselves); got id {high}"
+        )
+
+
+def overlap(a: Any, b: Any, k: int | None = None, *, measure: str = "mutual",
+            per_prompt: bool = False, num_threads: int | None = None) -> Any:
+    """Mean neighbourhood similarity (by default the fraction of shared neighbours) of every layer pair.
 
     Parameters
     ----------
@@ -59,19 +86,46 @@ def overlap(a: Any, b: Any, k: int | None = None, *, per_prompt: bool = False,
         Neighbour indices of model B's layers, for the same n prompts in the same order.
     k : int, optional
         Leading columns used from each row; default ``min(ka, kb)``.
+    measure : {"mutual", "jaccard", "rank", "cycle", "lcs", "edit"}, default "mutual"
+        How prompt i's two rows A = N_a(i) and B = N_b(i) (first k ids, best first) are scored.
+        Every score lies in [0, 1], 1 for identical duplicate-free rows (but see "cycle"):
+
+        - ``"mutual"``: |A ∩ B| / k, the shared fraction (platonic-rep's ``mutual_knn``).
+        - ``"jaccard"``: |A ∩ B| / |A ∪ B| of the id sets, c / (2k − c) for c shared ids.
+        - ``"rank"``: average overlap over depths, (1/k) Σ_{d=1..k} |A_d ∩ B_d| / d with A_d
+          the first d ids, so agreeing on the nearest neighbours counts most. Its d = k term alone
+          is the mutual overlap (order ignored); rows sharing all ids in another order score < 1.
+        - ``"cycle"``: 1 when i is among the a-neighbours of at least one of its b-neighbours
+          (i ∈ N_a(j) for some j ∈ B), else 0 — platonic-rep's ``cycle_knn`` (``knn_A[knn_B]``),
+          already a 0/1 score. It reads the rows of all prompts, so ids must be prompt indices
+          in [0, n) (the self-join ``knn(x)``); it is not symmetric in a and b, and identical
+          lists score 1 only for prompts with a reciprocal neighbour.
+        - ``"lcs"``: length of the longest common subsequence of the two rows, divided by k
+          (platonic-rep's ``lcs_knn`` reports the raw length).
+        - ``"edit"``: 1 − (Levenshtein distance of the two rows) / k, platonic-rep's
+          ``edit_distance_knn`` taken per prompt (the mean is the same).
+
+        Repeated ids in a row count once for mutual, jaccard and rank (rows as sets, an id at
+        its first column) and as they stand for lcs and edit (rows as sequences). Only "mutual"
+        runs on the GPU; CUDA inputs with another measure are copied to the host, scored by
+        the CPU engine, and the results come back on the input's device.
     per_prompt : bool, default False
-        Also return the per-prompt intersection sizes, for bootstrap / permutation statistics.
+        Also return per-prompt values, for bootstrap / permutation statistics: the uint16
+        intersection sizes for "mutual", the float32 scores for every other measure.
     num_threads : int, optional
-        CPU threads (default: all cores).
+        CPU threads (default: all cores). Results do not depend on it.
 
     Returns
     -------
     mean : float64 array, shape (La, Lb)
-        Mean over prompts of ``|A_i ∩ B_i| / k``. Dimensions of 2-D inputs are dropped.
-    counts : uint16 array, shape (La, Lb, n)
-        Only with ``per_prompt=True``: the intersection sizes.
+        Mean over prompts of the score (for "mutual", ``|A_i ∩ B_i| / k``). Dimensions of 2-D
+        inputs are dropped.
+    per_prompt : array, shape (La, Lb, n)
+        Only with ``per_prompt=True``: uint16 intersection sizes ("mutual") or float32 scores
+        (the float32 roundings of the float64 values that ``mean`` averages).
 
-    A row's duplicate indices count once. Results come back as the array type of ``a``.
+    Results come back as the array type of ``a``. Cost per layer pair and prompt: O(k) for every
+    measure (bit-parallel LCS and edit distance for k <= 64), O(k²) for lcs and edit beyond.
 
     Examples
     --------
@@ -83,6 +137,12 @@ def overlap(a: Any, b: Any, k: int | None = None, *, per_prompt: bool = False,
     >>> mean, counts = layerknn.overlap(a, b, per_prompt=True)
     >>> counts[0, 0].tolist()
     [2, 1, 1]
+    >>> x, y = np.array([[1, 2, 3]]), np.array([[3, 2, 1]])   # one prompt, same ids reversed
+    >>> [round(float(layerknn.overlap(x, y, measure=m)), 4) for m in ("mutual", "jaccard", "rank", "lcs", "edit")]
+    [1.0, 1.0, 0.5, 0.3333, 0.3333]
+    >>> chain = np.array([[1], [2], [0]])     # prompt i's one neighbour is i + 1: nobody points back
+    >>> float(layerknn.overlap(chain, chain, measure="cycle")), float(layerknn.overlap(chain, chain))
+    (0.0, 1.0)
     """
     a32, origin, a_single = _indices_of(a, "a")
     b32, b_origin, b_single = _indices_of(b, "b")
@@ -99,9 +159,15 @@ def overlap(a: Any, b: Any, k: int | None = None, *, per_prompt: bool = False,
         raise TypeError(f"k must be an integer or None, got {type(k).__name__}")
     if not 1 <= k <= limit:
         raise ValueError(f"k must be in [1, {limit}] (the columns of a and b), got {k}")
+    measure = _check_measure(measure)
     _backend.check_num_threads(num_threads)
-    a32, b32 = _compact_ids(a32, b32, int(k))
-    mean, counts = _backend.overlap(a32, b32, int(k), bool(per_prompt), num_threads)
+    a32, b32 = _backend.host_for_measure(a32, measure), _backend.host_for_measure(b32, measure)
+    if measure == "cycle":
+        _check_prompt_ids(a32, int(k), "a")
+        _check_prompt_ids(b32, int(k), "b")
+    else:  # the CPU engines tabulate ids (16 bytes each per thread for the measures engine)
+        a32, b32 = _compact_ids(a32, b32, int(k), 64 if measure == "mutual" else 4)
+    mean, counts = _backend.overlap(a32, b32, int(k), bool(per_prompt), num_threads, measure)
     index = (0 if a_single else slice(None), 0 if b_single else slice(None))
     mean = restore(mean[index], origin)
     if not per_prompt:

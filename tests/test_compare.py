@@ -283,3 +283,21 @@ def test_track_needs_the_permutation_test_of_spearman(rng):
     shuffled = compare(drifting_model(base, 8, 0.3, 1), drifting_model(base[rng.permutation(200)], 5, 0.3, 2),
                        k=8, bootstrap=100, permutations=49)
     assert shuffled.verdict()["verdict"] != "track"
+
+
+@pytest.mark.parametrize("measure", ["jaccard", "rank", "cycle", "lcs", "edit"])
+def test_other_measures_run_the_same_path(rng, tmp_path, measure):
+    base = rng.standard_normal((90, 12))
+    a, b = drifting_model(base, 5, 0.3, 1), drifting_model(base, 3, 0.3, 2)
+    c = compare(a, b, k=6, measure=measure, bootstrap=30, permutations=9)
+    want = layerknn.overlap(layerknn.knn(a, k=6), layerknn.knn(b, k=6), measure=measure)
+    np.testing.assert_array_equal(c.matrix, want)
+    assert c.per_prompt.dtype == np.float32 and c.per_prompt.max() <= 1
+    np.testing.assert_allclose(c.per_prompt.mean(-1), c.matrix, atol=1e-6)
+    assert np.all((0 <= c.ci["matrix_low"]) & (c.ci["matrix_high"] <= 1))
+    assert f"measure = {measure}" in c.summary() and c.to_dict()["measure"] == measure
+    back = Comparison.load(c.save(tmp_path / "m.npz"))
+    assert back.measure == measure and back.summary() == c.summary()
+    assert c.transpose().measure == measure
+    with pytest.raises(ValueError, match="measure must be one of"):
+        compare(a, b, k=6, measure="cosine")

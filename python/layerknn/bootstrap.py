@@ -22,8 +22,9 @@ def bootstrap_intervals(counts: np.ndarray, k: int, num_layers_a: int, num_layer
 
     Parameters
     ----------
-    counts : uint16 array, shape (La + 1, Lb + 1, n)
-        Per-prompt intersection sizes.
+    counts : array, shape (La + 1, Lb + 1, n)
+        Per-prompt intersection sizes (uint16, divided by k), or per-prompt scores in [0, 1]
+        of another measure (float, pass ``k=1``).
     k, num_layers_a, num_layers_b : int
     n_boot, seed, level : bootstrap settings.
     near, far, include_embeddings : geometry of the depth statistics.

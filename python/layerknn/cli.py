@@ -39,6 +39,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", default=str(DEFAULTS.k), metavar="K",
                    help=f"neighbours per prompt (default {DEFAULTS.k}); compare also takes a list such as 1,5,10,20 "
                         "(one search at the largest; a comparison per k and a figure of the statistics against k)")
+    p.add_argument("--measure", default=DEFAULTS.measure,
+                   choices=("mutual", "jaccard", "rank", "cycle", "lcs", "edit"),
+                   help=f"how two neighbour lists are compared (default {DEFAULTS.measure}: |N_A ∩ N_B| / k, the "
+                        "paper's); see layerknn.overlap")
     p.add_argument("--pooling", default=DEFAULTS.pooling, choices=("last", "mean", "mean_no_bos"),
                    help=f"token pooling of activations (default {DEFAULTS.pooling})")
     p.add_argument("--max-length", type=int, default=None, metavar="T",
@@ -160,7 +164,7 @@ def _options(args, main_job: bool = False) -> dict:
         raise ValueError(f"--max-length must be >= 0, got {args.max_length}")
     max_length = args.max_length if args.max_length is not None else (MAIN_JOB["max_length"] if main_job else None)
     return {
-        "pooling": args.pooling, "bootstrap": args.bootstrap, "permutations": args.permutations,
+        "measure": args.measure, "pooling": args.pooling, "bootstrap": args.bootstrap, "permutations": args.permutations,
         "seed": args.seed, "device": args.device, "dtype": args.dtype, "trust_remote_code": args.trust_remote_code,
         "max_length": max_length or None, "batch_size": _batch_size(args.batch_size),
         "cache": False if args.no_cache else Cache(),

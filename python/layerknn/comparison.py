@@ -37,7 +37,11 @@ class Comparison:
     Attributes
     ----------
     matrix : float64 array, shape (La + 1, Lb + 1)
-        Mean over prompts of ``|N_a(i) ∩ N_b(i)| / k`` (row/column 0: embeddings).
+        Mean over prompts of ``|N_a(i) ∩ N_b(i)| / k`` (row/column 0: embeddings), or of another
+        neighbourhood measure's per-prompt score (see :data:`measure`).
+    measure : str
+        ``"mutual"`` (the paper's), or ``"jaccard"``, ``"rank"``, ``"cycle"``, ``"lcs"``, ``"edit"``
+        (see :func:`layerknn.overlap`).
     k, n : int
     chance : float
         ``k / (n - 1)``, the expected overlap of unrelated neighbour sets.
@@ -75,8 +79,14 @@ class Comparison:
                  num_layers: Sequence[int] | None = None, per_prompt: np.ndarray | None = None,
                  neighbors: tuple[np.ndarray, np.ndarray] | None = None,
                  tie_rates: tuple[np.ndarray | None, np.ndarray | None] | None = None,
-                 dataset: str | None = None, pooling: str | None = None, meta: dict | None = None):
+                 dataset: str | None = None, pooling: str | None = None, meta: dict | None = None,
+                 measure: str = "mutual"):
+        from .overlap import MEASURES
+
         matrix = np.asarray(matrix, dtype=np.float64)
+        if measure not in MEASURES:
+            raise ValueError(f"measure must be one of {', '.join(map(repr, MEASURES))}, got {measure!r}")
+        self.measure = measure
         if matrix.ndim != 2 or min(matrix.shape) < 2:
             raise ValueError(f"matrix must have shape (La + 1, Lb + 1) with La, Lb >= 1, got {matrix.shape}")
         if not np.all(np.isfinite(matrix)):
@@ -100,9 +110,10 @@ class Comparison:
                                  f"got {np.shape(nb)}")
         if per_prompt is not None and np.shape(per_prompt) != matrix.shape + (self.n,):
             raise ValueError(f"per_prompt must have shape {matrix.shape + (self.n,)}, got {np.shape(per_prompt)}")
-        if per_prompt is not None and np.size(per_prompt) and (np.min(per_prompt) < 0 or np.max(per_prompt) > self.k):
-            raise ValueError(f"per_prompt must hold counts in [0, k] = [0, {self.k}], "
-                             f"got values in [{np.min(per_prompt)}, {np.max(per_prompt)}]")
+        top = self.k if measure == "mutual" else 1
+        if per_prompt is not None and np.size(per_prompt) and (np.min(per_prompt) < 0 or np.max(per_prompt) > top):
+            what = f"counts in [0, k] = [0, {self.k}]" if measure == "mutual" else f"{measure} scores in [0, 1]"
+            raise ValueError(f"per_prompt must hold {what}, got values in [{np.min(per_prompt)}, {np.max(per_prompt)}]")
         self._per_prompt = per_prompt
         self.tie_rate_a, self.tie_rate_b = tie_rates if tie_rates is not None else (None, None)
         self.dataset, self.pooling = dataset, pooling
@@ -149,7 +160,8 @@ class Comparison:
         if self._per_prompt is None and self.neighbors_a is not None and self.neighbors_b is not None:
             from .overlap import overlap
 
-            self._per_prompt = np.asarray(overlap(self.neighbors_a, self.neighbors_b, self.k, per_prompt=True)[1])
+            self._per_prompt = np.asarray(overlap(self.neighbors_a, self.neighbors_b, self.k, measure=self.measure,
+                                                  per_prompt=True)[1])
         return self._per_prompt
 
     def __repr__(self) -> str:
@@ -225,7 +237,8 @@ class Comparison:
         """
         counts = self._need_counts("bootstrap")
         n_boot = check_count(n_boot, "n_boot", 1)
-        self.ci = bootstrap_intervals(counts, self.k, self.num_layers_a, self.num_layers_b,
+        self.ci = bootstrap_intervals(counts, self.k if self.measure == "mutual" else 1,
+                                      self.num_layers_a, self.num_layers_b,
                                              n_boot=n_boot, seed=seed, level=level, near=near, far=far,
                                              include_embeddings=include_embeddings, progress=progress)
         return self.ci
@@ -264,7 +277,8 @@ class Comparison:
         bar = _bar(progress, n_perm, "permutations", "perm")
         try:
             null = permutation_null(self.neighbors_a, self.neighbors_b, self.k, n_perm=n_perm, seed=seed,
-                                    overlap=overlap, observed=self.matrix,
+                                    overlap=lambda a, b, k: overlap(a, b, k, measure=self.measure),
+                                    observed=self.matrix,
                                     include_embeddings=self.geometry()["include_embeddings"],
                                     progress=bar.update if bar else None)
         finally:
@@ -300,7 +314,7 @@ class Comparison:
                          num_layers=(self.num_layers_b, self.num_layers_a), per_prompt=counts,
                          neighbors=None if self.neighbors_a is None else (self.neighbors_b, self.neighbors_a),
                          tie_rates=(self.tie_rate_b, self.tie_rate_a), dataset=self.dataset, pooling=self.pooling,
-                         meta=_swap_models(self.meta))
+                         meta=_swap_models(self.meta), measure=self.measure)
         if self.ci is not None:
             ci = {_SWAPPED_CI.get(key, key): value for key, value in self.ci.items()}
             ci["matrix_low"], ci["matrix_high"] = self.ci["matrix_low"].T, self.ci["matrix_high"].T

@@ -24,6 +24,7 @@ class Defaults:
     """Defaults of every option that both the library and the CLI take."""
 
     k: int = 10
+    measure: str = "mutual"
     pooling: str = "last"
     max_length: int | None = None
     batch_size: Any = "auto"

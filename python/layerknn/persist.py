@@ -95,12 +95,12 @@ def comparison_arrays(c: "Comparison") -> tuple[dict, dict]:
     null_arrays, null_meta = _null_split(c.calibration, "null_")
     arrays.update(null_arrays)
     meta = {"names": list(c.names), "num_layers": [c.num_layers_a, c.num_layers_b], "n": c.n, "k": c.k,
-            "dataset": c.dataset, "pooling": c.pooling, "ci": ci_meta, "calibration": null_meta,
+            "measure": c.measure, "dataset": c.dataset, "pooling": c.pooling, "ci": ci_meta, "calibration": null_meta,
             "meta": jsonable(c.meta)}
     return arrays, meta
 
 
-def _check_values(arrays: dict, n: int, k: int, shape: tuple[int, int], where: str) -> None:
+def _check_values(arrays: dict, n: int, k: int, shape: tuple[int, int], where: str, measure: str) -> None:
     matrix = arrays["matrix"]
     if matrix.shape != shape:
         raise FormatError(f"{where}: matrix has shape {matrix.shape}, its metadata says {shape}")
@@ -112,15 +112,18 @@ def _check_values(arrays: dict, n: int, k: int, shape: tuple[int, int], where: s
             raise FormatError(f"{where}: neighbors_{side} must be indices in [0, {n}) of shape {(layers, n, k)}, "
                               f"got shape {nb.shape}")
     counts = arrays.get("per_prompt")
+    top = k if measure == "mutual" else 1
     if counts is not None:
-        if counts.shape != shape + (n,) or counts.max(initial=0) > k:
-            raise FormatError(f"{where}: per_prompt must hold counts in [0, k={k}] of shape {shape + (n,)}")
-        if not np.allclose(counts.sum(axis=-1, dtype=np.float64) / (n * k), matrix, rtol=0, atol=1e-12):
+        if counts.shape != shape + (n,) or counts.max(initial=0) > top or counts.min(initial=0) < 0:
+            raise FormatError(f"{where}: per_prompt must hold counts in [0, k={k}] of shape {shape + (n,)}"
+                              if measure == "mutual" else f"{where}: per_prompt must hold scores in [0, 1]")
+        if not np.allclose(counts.sum(axis=-1, dtype=np.float64) / (n * top), matrix, rtol=0, atol=1e-6):
             raise FormatError(f"{where}: matrix disagrees with its per-prompt counts")
     if "neighbors_a" in arrays and "neighbors_b" in arrays:
         from .overlap import overlap
 
-        if not np.allclose(overlap(arrays["neighbors_a"], arrays["neighbors_b"], k), matrix, rtol=0, atol=1e-12):
+        if not np.allclose(overlap(arrays["neighbors_a"], arrays["neighbors_b"], k, measure=measure), matrix,
+                           rtol=0, atol=1e-12):
             raise FormatError(f"{where}: matrix disagrees with its neighbour lists")
 
 
@@ -132,14 +135,16 @@ def comparison_parts(arrays: dict, meta: dict, where: str) -> dict:
     try:
         la, lb = (int(x) for x in meta["num_layers"])
         n, k = int(meta["n"]), int(meta["k"])
-        _check_values(arrays, n, k, (la + 1, lb + 1), where)
+        measure = str(meta.get("measure", "mutual"))
+        _check_values(arrays, n, k, (la + 1, lb + 1), where, measure)
         neighbors = None
         if "neighbors_a" in arrays and "neighbors_b" in arrays:
             neighbors = (arrays["neighbors_a"], arrays["neighbors_b"])
         init = {"matrix": arrays["matrix"], "n": n, "k": k, "names": meta["names"], "num_layers": (la, lb),
                 "per_prompt": arrays.get("per_prompt"), "neighbors": neighbors,
                 "tie_rates": (arrays.get("tie_rate_a"), arrays.get("tie_rate_b")),
-                "dataset": meta.get("dataset"), "pooling": meta.get("pooling"), "meta": meta.get("meta")}
+                "dataset": meta.get("dataset"), "pooling": meta.get("pooling"), "meta": meta.get("meta"),
+                "measure": measure}
         null = _null_join(arrays, meta.get("calibration"), "null_", (la + 1, lb + 1), where)
         if null is not None and not np.array_equal(null.observed, arrays["matrix"]):
             raise FormatError(f"{where}: the calibration was computed on another matrix")
@@ -165,7 +170,8 @@ def zoo_arrays(z: "Zoo", include_neighbors: bool = True) -> tuple[dict, dict]:
         arrays.update(ci_arrays)
         arrays.update(null_arrays)
         pairs[f"{i},{j}"] = {"ci": ci_meta, "calibration": null_meta}
-    meta = {"names": z.names, "num_layers": z.num_layers, "n": z.n, "k": z.k, "dataset": z.dataset,
+    meta = {"names": z.names, "num_layers": z.num_layers, "n": z.n, "k": z.k, "measure": z.measure,
+            "dataset": z.dataset,
             "pooling": z.pooling, "pairs": pairs, "meta": jsonable(z.meta)}
     return arrays, meta
 
@@ -199,4 +205,4 @@ def zoo_parts(arrays: dict, meta: dict, where: str) -> dict:
         raise FormatError(f"{where}: not a valid layerknn zoo ({type(exc).__name__}: {exc})") from None
     return {"names": names, "num_layers": num_layers, "matrix": matrix, "neighbors": neighbors, "tie_rates": ties,
             "pair_stats": pair_stats, "n": n, "k": k, "dataset": meta.get("dataset"), "pooling": meta.get("pooling"),
-            "meta": meta.get("meta")}
+            "meta": meta.get("meta"), "measure": str(meta.get("measure", "mutual"))}

@@ -106,14 +106,16 @@ def summary(c: "Comparison") -> str:
     lines = [
         f"layerknn comparison: A = {c.name_a} ({c.num_layers_a} blocks), B = {c.name_b} ({c.num_layers_b} blocks)",
         f"data: {c.dataset or 'n/a'}; n = {c.n} prompts; k = {c.k}; pooling = {c.pooling or 'n/a'}; "
-        f"chance = k/(n-1) = {c.chance:.4f}",
+        + (f"chance = k/(n-1) = {c.chance:.4f}" if c.measure == "mutual" else
+           f"measure = {c.measure} (its chance level is the permutation null's mean, below)"),
     ]
     run = _run_line(c)
     if run:
         lines.append(run)
     lines += [
         f"similarity over blocks: max {blocks.max():.3f} at A block {i} / B block {j} "
-        f"({blocks.max() / c.chance:.1f}x chance); mean {blocks.mean():.3f}; "
+        + (f"({blocks.max() / c.chance:.1f}x chance); " if c.measure == "mutual" else "; ")
+        + f"mean {blocks.mean():.3f}; "
         f"embeddings (row/col 0) x embeddings {c.matrix[0, 0]:.3f}",
         f"near-diagonal mean (|depth difference| <= {geometry['near']}): {fmt('near_mean')}",
         f"off-diagonal mean  (|depth difference| >  {geometry['far']}): {fmt('far_mean')}",
@@ -161,7 +163,8 @@ def to_dict(c: "Comparison") -> dict:
     out = {
         "format": FORMAT,
         "names": list(c.names), "num_layers": [c.num_layers_a, c.num_layers_b],
-        "n": c.n, "k": c.k, "chance": c.chance, "dataset": c.dataset, "pooling": c.pooling,
+        "n": c.n, "k": c.k, "measure": c.measure, "chance": c.chance if c.measure == "mutual" else None,
+        "dataset": c.dataset, "pooling": c.pooling,
         "matrix": c.matrix.tolist(),
         "best_match": {key: np.asarray(v).tolist() for key, v in c.best_match().items()},
         "best_match_blocks": {key: np.asarray(v).tolist()

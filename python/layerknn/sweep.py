@@ -19,7 +19,8 @@ SWEEP_KS = (1, 2, 5, 10, 20, 50)
 
 
 def sweep_k(model_a: Any, model_b: Any, texts: Any = None, *, ks: Sequence[int] = SWEEP_KS,
-            names: Sequence[str] | None = None, cache: Any = DEFAULTS.cache, bootstrap: int = DEFAULTS.bootstrap,
+            measure: str = DEFAULTS.measure, names: Sequence[str] | None = None, cache: Any = DEFAULTS.cache,
+            bootstrap: int = DEFAULTS.bootstrap,
             permutations: int = DEFAULTS.permutations, seed: int = DEFAULTS.seed, progress: bool = False,
             device: Any = None, dtype: Any = DEFAULTS.dtype, pooling: str = DEFAULTS.pooling,
             max_length: int | None = DEFAULTS.max_length, batch_size: Any = DEFAULTS.batch_size,
@@ -58,5 +59,6 @@ def sweep_k(model_a: Any, model_b: Any, texts: Any = None, *, ks: Sequence[int] 
     extract = ExtractOptions(pooling=pooling, max_length=max_length, batch_size=batch_size,
                              chat_template=chat_template)
     found = zoos([model_a, model_b], texts, ks=ks, names=names, cache=cache, bootstrap=bootstrap,
-                 permutations=permutations, seed=seed, progress=progress, load=load, extract=extract)
+                 permutations=permutations, seed=seed, progress=progress, load=load, extract=extract,
+                 measure=measure)
     return {k: z.comparison(0, 1) for k, z in found.items()}

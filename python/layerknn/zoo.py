@@ -86,7 +86,7 @@ class Zoo:
     """
 
     def __init__(self, names, num_layers, matrix, *, neighbors=None, tie_rates=None, pair_stats=None,
-                 n: int, k: int, dataset=None, pooling=None, meta=None):
+                 n: int, k: int, dataset=None, pooling=None, meta=None, measure: str = "mutual"):
         self.names = [str(x) for x in names]
         self.num_layers = [int(x) for x in num_layers]
         self.offsets = [int(x) for x in np.cumsum([0] + [x + 1 for x in self.num_layers[:-1]])]
@@ -97,6 +97,7 @@ class Zoo:
         self.n, self.k = int(n), int(k)
         self.dataset, self.pooling = dataset, pooling
         self.meta = dict(meta or {})
+        self.measure = measure
 
     def __repr__(self) -> str:
         return f"Zoo({self.names}, n={self.n}, k={self.k})"
@@ -131,7 +132,7 @@ class Zoo:
                        neighbors=(self.neighbors[i], self.neighbors[j]) if has_nbrs else None,
                        tie_rates=(self.tie_rates[i], self.tie_rates[j]), dataset=self.dataset, pooling=self.pooling,
                        meta={"model_a": models[i], "model_b": models[j],
-                             **{key: v for key, v in self.meta.items() if key != "models"}})
+                             **{key: v for key, v in self.meta.items() if key != "models"}}, measure=self.measure)
         entry = self.pair_stats.get((i, j), {})
         c.ci = entry.get("ci")
         if entry.get("calibration") is not None:
@@ -220,7 +221,8 @@ def _common_n(models: Sequence[Any], labels: Sequence[str], texts: list[str] | N
     return sizes[0][1]
 
 
-def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, pooling: str = DEFAULTS.pooling,
+def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, measure: str = DEFAULTS.measure,
+        pooling: str = DEFAULTS.pooling,
         names: Sequence[str] | None = None, cache: Any = DEFAULTS.cache, bootstrap: int = DEFAULTS.bootstrap,
         permutations: int = DEFAULTS.permutations, seed: int = DEFAULTS.seed, progress: bool = False,
         device: Any = None, dtype: Any = DEFAULTS.dtype, max_length: int | None = DEFAULTS.max_length,
@@ -239,6 +241,8 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, poolin
         The prompts, or a dataset spec such as ``"builtin:stdlib-docs?n=1024"``.
     k : int
         Neighbours per prompt, ``1 <= k <= n - 1`` (k + 1 are searched, to report ties).
+    measure : {"mutual", "jaccard", "rank", "cycle", "lcs", "edit"}
+        How two neighbour lists are compared (see :func:`layerknn.overlap`); "mutual" is the paper's.
     pooling : {"last", "mean", "mean_no_bos"}
         Token pooling of extracted activations.
     names : sequence of str, optional
@@ -275,12 +279,12 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, poolin
     extract = ExtractOptions(pooling=pooling, max_length=max_length, batch_size=batch_size,
                              chat_template=chat_template)
     return zoos(models, texts, ks=[k], names=names, cache=cache, bootstrap=bootstrap, permutations=permutations,
-                seed=seed, progress=progress, load=load, extract=extract)[k]
+                seed=seed, progress=progress, load=load, extract=extract, measure=measure)[k]
 
 
 def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequence[str] | None, cache: Any,
          bootstrap: int, permutations: int, seed: int, progress: bool, load: LoadOptions,
-         extract: ExtractOptions) -> dict[int, Zoo]:
+         extract: ExtractOptions, measure: str = DEFAULTS.measure) -> dict[int, Zoo]:
     """One :class:`Zoo` per k from one preparation (extraction and k-NN search at max(ks) + 1)."""
     start = time.perf_counter()
     models = list(models)
@@ -294,6 +298,10 @@ def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequenc
     bootstrap = check_count(bootstrap, "bootstrap")
     permutations = check_count(permutations, "permutations")
     seed = check_count(seed, "seed")
+    from .overlap import MEASURES
+
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {', '.join(map(repr, MEASURES))}, got {measure!r}")
     labels = list(names) if names is not None else (["A", "B"] if len(models) == 2 else
                                                       [f"model {i}" for i in range(len(models))])
     text_list, dataset = resolve_texts(texts)
@@ -319,15 +327,16 @@ def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequenc
         t0 = time.perf_counter()
         neighbors = [np.ascontiguousarray(s.indices[..., :k]) for s in sides]
         stacked = np.concatenate(neighbors, axis=0)
-        matrix = np.asarray(overlap(stacked, stacked, k))
+        matrix = np.asarray(overlap(stacked, stacked, k, measure=measure))
         del stacked
         seconds["overlap"] = round(time.perf_counter() - t0, 3)
         result = Zoo(display, [s.num_layers for s in sides], matrix, neighbors=neighbors,
                      tie_rates=[s.tie_rates(k) for s in sides], n=n, k=k, dataset=dataset, pooling=extract.pooling,
                      meta={"models": [jsonable(s.info) for s in sides],
-                           "options": jsonable({"k": k, "bootstrap": bootstrap, "permutations": permutations,
+                           "options": jsonable({"k": k, "measure": measure, "bootstrap": bootstrap,
+                                                "permutations": permutations,
                                                 "seed": seed, **vars(load.resolved()), **vars(extract)}),
-                           "seconds": seconds})
+                           "seconds": seconds}, measure=measure)
         t0 = time.perf_counter()
         if bootstrap or permutations:
             _pair_statistics(result, bootstrap, permutations, seed, progress)

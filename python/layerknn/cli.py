@@ -164,7 +164,8 @@ def _options(args, main_job: bool = False) -> dict:
         raise ValueError(f"--max-length must be >= 0, got {args.max_length}")
     max_length = args.max_length if args.max_length is not None else (MAIN_JOB["max_length"] if main_job else None)
     return {
-        "measure": args.measure, "pooling": args.pooling, "bootstrap": args.bootstrap, "permutations": args.permutations,
+        "measure": args.measure, "pooling": args.pooling, "bootstrap": args.bootstrap,
+        "permutations": args.permutations,
         "seed": args.seed, "device": args.device, "dtype": args.dtype, "trust_remote_code": args.trust_remote_code,
         "max_length": max_length or None, "batch_size": _batch_size(args.batch_size),
         "cache": False if args.no_cache else Cache(),

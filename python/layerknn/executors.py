@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from .cache import Cache
 from .options import ExtractOptions, LoadOptions
 from .sources import ModelNeighbors, model_neighbors
@@ -174,6 +172,7 @@ def estimate_memory(unit: Unit, n: int) -> int | None:
 
     Examples
     --------
+    >>> import numpy as np
     >>> acts = np.zeros((3, 100, 8), np.float32)
     >>> estimate_memory(Unit(0, "A", acts, 5, LoadOptions(), ExtractOptions(), None), 100) > 2 * acts.nbytes
     True
@@ -331,8 +330,7 @@ class RayExecutor:
                         bar.update(1)
                     on_done(results[unit.index][1])
         except BaseException:
-            for ref in pending:  # an interrupted driver stops its cluster work; finished units stay cached
-                ray.cancel(ref)
+            _cancel(ray, pending)  # an interrupted driver stops its cluster work; finished units stay cached
             raise
         finally:
             if bar is not None:
@@ -364,13 +362,20 @@ class RayExecutor:
                     if bar is not None:
                         bar.update(len(refs[ref]))
         except BaseException:
-            for ref in pending:
-                ray.cancel(ref)
+            _cancel(ray, pending)
             raise
         finally:
             if bar is not None:
                 bar.close()
         return {key: out[key] for key in keys}
+
+
+def _cancel(ray, pending: list, timeout: float = 60.0) -> None:
+    """Cancel unfinished tasks and wait (bounded) until they have stopped, so nothing writes afterwards."""
+    for ref in pending:
+        ray.cancel(ref)
+    if pending:
+        ray.wait(pending, num_returns=len(pending), timeout=timeout)
 
 
 def _n_of(units: Sequence[Unit]) -> int:

@@ -228,8 +228,9 @@ def _common_n(models: Sequence[Any], labels: Sequence[str], texts: list[str] | N
 
 def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, pooling: str = DEFAULTS.pooling,
         names: Sequence[str] | None = None, cache: Any = DEFAULTS.cache, bootstrap: int = DEFAULTS.bootstrap,
-        permutations: int = DEFAULTS.permutations, seed: int = DEFAULTS.seed, progress: "bool | Callable[[dict], Any]" = False,
-        executor: Any = DEFAULTS.executor, device: Any = None, dtype: Any = DEFAULTS.dtype, max_length: int | None = DEFAULTS.max_length,
+        permutations: int = DEFAULTS.permutations, seed: int = DEFAULTS.seed,
+        progress: "bool | Callable[[dict], Any]" = False, executor: Any = DEFAULTS.executor, device: Any = None,
+        dtype: Any = DEFAULTS.dtype, max_length: int | None = DEFAULTS.max_length,
         batch_size: Any = DEFAULTS.batch_size, chat_template: bool = DEFAULTS.chat_template,
         trust_remote_code: bool = DEFAULTS.trust_remote_code) -> Zoo:
     """Compare every layer of every model with every other, computing each model once.
@@ -318,7 +319,8 @@ def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequenc
     on_done, progress = (progress, False) if callable(progress) else ((lambda record: None), bool(progress))
     store_ = as_cache(cache)
     k_max = min(max(ks) + 1, n - 1)
-    units = [Unit(i, label, model, k_max, load, extract, store_) for i, (label, model) in enumerate(zip(labels, models))]
+    units = [Unit(i, label, model, k_max, load, extract, store_)
+             for i, (label, model) in enumerate(zip(labels, models))]
     done = runner.map_units(units, text_list, progress=progress, on_done=on_done)
     sides = [side for side, _ in done]
     for side in sides:

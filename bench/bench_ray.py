@@ -28,6 +28,7 @@ import numpy as np
 from _common import append_results, cpu_name
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' weight-loading bars, once per model and run
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import tiny_models  # noqa: E402

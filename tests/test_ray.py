@@ -224,6 +224,20 @@ def test_worker_dying_mid_write_is_retried_and_leaves_no_entry(ray_cluster, mode
     assert cache.get_neighbors(fingerprint, 4, n=len(texts)) is not None
 
 
+def test_worker_lost_beyond_retries_names_the_model(ray_cluster, model_dirs, tmp_path):
+    def unit_function(unit, texts):
+        if Path(unit.model).name == "qwen2":
+            os._exit(1)
+        return run_unit(unit, texts)
+
+    finished = []
+    with pytest.raises(RuntimeError, match=r"model 'model 2' \('.*qwen2'\) failed: .*(Worker|died|crash)") as info:
+        zoo(model_dirs, DATASETS["numbers"], k=3, bootstrap=0, permutations=0, cache=tmp_path / "cache",
+            executor=RayExecutor(max_retries=0, unit_function=unit_function), progress=finished.append)
+    assert sorted(r["index"] for r in finished) == [0, 1], info.value
+    assert len(neighbour_entries(tmp_path / "cache")) == 2
+
+
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_interrupted_driver_rerun_recomputes_only_unfinished(request, executor, model_dirs, tmp_path):
     if executor == "ray":
@@ -263,3 +277,9 @@ def test_cli_zoo_runs_on_the_cluster(ray_cluster, tmp_path, capsys):
     remote = json.loads((tmp_path / "ray" / "report.json").read_text())
     assert remote["meta"]["options"]["executor"] == "ray" and remote["matrix"] == local["matrix"]
     assert remote["pairs"] == local["pairs"]
+    args[0] = "compare"
+    assert main([*args, "--ray", "--out", str(tmp_path / "compare")]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "compare" / "report.json").read_text())
+    assert report["meta"]["options"]["executor"] == "ray"
+    assert np.array_equal(np.asarray(report["matrix"]), np.asarray(local["matrix"])[:3, 3:])  # the (m0, m1) block

@@ -17,6 +17,7 @@ that are not cached yet.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -233,11 +234,16 @@ def _import_ray():
 
 
 def _ray_unit(function: Callable, unit: Unit, texts: Sequence[str] | None) -> tuple[ModelNeighbors, dict]:
-    """Body of a unit's Ray task: the cache root is this worker's too (dequantised models included)."""
+    """Body of a unit's Ray task: the cache root is this worker's too (dequantised models included).
+
+    Ray shows a GPU task only the GPU it was given, so ``cuda:N`` becomes that one, ``cuda``.
+    """
     import ray
 
     if unit.cache is not None:
         os.environ["LAYERKNN_CACHE_DIR"] = str(unit.cache.path)
+    if str(unit.load.device).startswith("cuda:"):
+        unit = dataclasses.replace(unit, load=dataclasses.replace(unit.load, device="cuda"))
     side, record = function(unit, texts)
     record["node"] = ray.get_runtime_context().get_node_id()
     return side, record

@@ -7,7 +7,8 @@ fresh cache each time (so every model is loaded, extracted and searched): once w
 The Ray result is checked equal to the local one bit for bit first; then each executor is
 timed (median of ``--repeats`` after one warm-up; Ray's start-up is reported apart) and the
 ratio printed.  Tiny models make this a measure of the executor's overhead, not of its gain:
-the gain comes with models whose load and extraction take seconds to minutes.
+the gain comes with models whose load and extraction take seconds to minutes.  Ray gives
+each worker one thread (OMP_NUM_THREADS=1); ``--local-threads 1`` makes the local run match.
 
     python bench/bench_ray.py                 # 4 models x 2 datasets, 2 workers
     python bench/bench_ray.py --n 512 --record
@@ -77,11 +78,16 @@ def main() -> None:
     parser.add_argument("--permutations", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray cluster")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--local-threads", type=int, default=None,
+                        help="torch threads of the local run (default: torch's own; each Ray worker uses 1)")
     parser.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
     args = parser.parse_args()
 
     import ray
+    import torch
 
+    if args.local_threads:
+        torch.set_num_threads(args.local_threads)
     datasets = prompt_sets(args.n)
     with tempfile.TemporaryDirectory() as root:
         paths = []
@@ -110,8 +116,9 @@ def main() -> None:
         "",
         "| executor | wall time (median of %d) | ratio to local |" % args.repeats,
         "|---|---|---|",
-        f"| local (1 process) | {times['local']:.2f} s | 1.00 |",
-        f"| ray ({args.workers} workers) | {times['ray']:.2f} s | {times['ray'] / times['local']:.2f} |",
+        f"| local (1 process, {torch.get_num_threads()} torch threads) | {times['local']:.2f} s "
+        "| 1.00 |",
+        f"| ray ({args.workers} workers, 1 torch thread each) | {times['ray']:.2f} s | {times['ray'] / times['local']:.2f} |",
         "",
         f"Ray start-up (ray.init, not included above): {startup:.1f} s; CPU: {cpu_name()}",
     ])

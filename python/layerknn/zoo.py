@@ -265,7 +265,7 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, poolin
         Where each model's unit (load, extract, k-NN search) and the pair statistics run:
         ``"local"`` (this process), ``"ray"`` (Ray tasks: the running cluster, else a new
         local one), ``"auto"`` or ``"ray://host:10001"`` (that cluster), or a
-        :class:`layerknn.executors.RayExecutor`.  Results are the same bit for bit.  With Ray,
+        :class:`layerknn.ray_executor.RayExecutor`.  Results are the same bit for bit.  With Ray,
         ``cache`` should be a folder every node can read and write.
     device, dtype, trust_remote_code
         How models named by a string are loaded (see :func:`layerknn.load_model`); ``dtype``

@@ -118,7 +118,8 @@ def main() -> None:
         "|---|---|---|",
         f"| local (1 process, {torch.get_num_threads()} torch threads) | {times['local']:.2f} s "
         "| 1.00 |",
-        f"| ray ({args.workers} workers, 1 torch thread each) | {times['ray']:.2f} s | {times['ray'] / times['local']:.2f} |",
+        f"| ray ({args.workers} workers, 1 torch thread each) | {times['ray']:.2f} s "
+        f"| {times['ray'] / times['local']:.2f} |",
         "",
         f"Ray start-up (ray.init, not included above): {startup:.1f} s; CPU: {cpu_name()}",
     ])

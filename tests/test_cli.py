@@ -260,15 +260,14 @@ def test_interrupted_run_leaves_the_previous_complete_output(tmp_path, act_files
 
 
 def test_out_is_checked_before_any_work(tmp_path, act_files, capsys, monkeypatch):
+    import layerknn.executors as executors_module
     from layerknn.cli import main
-
-    zoo_module = sys.modules["layerknn.zoo"]  # the module (the package re-exports a function)
 
     (a, b, _), _ = act_files
     mine = tmp_path / "thesis"
     mine.mkdir()
     (mine / "chapter1.tex").write_text("precious")
-    monkeypatch.setattr(zoo_module, "model_neighbors", lambda *args, **kw: pytest.fail("work started"))
+    monkeypatch.setattr(executors_module, "model_neighbors", lambda *args, **kw: pytest.fail("work started"))
     assert main(["compare", str(a), str(b), "--out", str(mine), "--no-progress"]) == 2
     assert "did not write" in capsys.readouterr().err
     assert [p.name for p in mine.iterdir()] == ["chapter1.tex"]

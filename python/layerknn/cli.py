@@ -54,6 +54,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="cache root for activations, neighbour lists and dequantised models "
                         "(default $LAYERKNN_CACHE_DIR or ~/.cache/layerknn)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--ray", nargs="?", const="ray", default=None, metavar="ADDRESS",
+                   help="run each model (and the pair statistics) as Ray tasks: on the running cluster, else a new "
+                        "local one; ADDRESS: 'auto' or ray://HOST:10001 (needs pip install layerknn[ray]; the cache "
+                        "folder must be shared by every node)")
     p.add_argument("--bootstrap", type=int, default=DEFAULTS.bootstrap, metavar="B",
                    help=f"bootstrap resamples for confidence intervals (default {DEFAULTS.bootstrap}; 0 = none)")
     p.add_argument("--permutations", type=int, default=DEFAULTS.permutations, metavar="P",
@@ -170,7 +174,17 @@ def _options(args, main_job: bool = False) -> dict:
         "max_length": max_length or None, "batch_size": _batch_size(args.batch_size),
         "cache": False if args.no_cache else Cache(),
         "progress": not args.no_progress,
+        "executor": _executor(args.ray),
     }
+
+
+def _executor(address: str | None) -> str:
+    """``--ray`` absent: local; bare: ``"ray"``; with an address: that address (``ray:`` added to host:port)."""
+    if address is None:
+        return DEFAULTS.executor
+    if address in ("ray", "auto") or address.startswith("ray://"):
+        return address
+    return f"ray:{address}"
 
 
 def _quiet_transformers() -> None:

@@ -33,7 +33,8 @@ def compare(model_a: Any, model_b: Any, texts: Any = None, *, names: Sequence[st
         Every option of :func:`layerknn.zoo`, with the same defaults: ``k=10``,
         ``pooling="last"``, ``cache=True``, ``bootstrap=1000``, ``permutations=200``,
         ``seed=0``, ``progress=False``, ``device``, ``dtype="float32"``, ``max_length=None``,
-        ``batch_size="auto"``, ``chat_template=False``, ``trust_remote_code=False``.
+        ``batch_size="auto"``, ``chat_template=False``, ``trust_remote_code=False``,
+        ``executor="local"`` (``"ray"`` or a Ray address: the two models run as Ray tasks).
 
     Returns
     -------

@@ -35,6 +35,7 @@ class Defaults:
     permutations: int = 200
     seed: int = 0
     cache: bool = True
+    executor: str = "local"
 
 
 DEFAULTS = Defaults()

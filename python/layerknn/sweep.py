@@ -24,8 +24,8 @@ def sweep_k(model_a: Any, model_b: Any, texts: Any = None, *, ks: Sequence[int] 
             permutations: int = DEFAULTS.permutations, seed: int = DEFAULTS.seed, progress: bool = False,
             device: Any = None, dtype: Any = DEFAULTS.dtype, pooling: str = DEFAULTS.pooling,
             max_length: int | None = DEFAULTS.max_length, batch_size: Any = DEFAULTS.batch_size,
-            chat_template: bool = DEFAULTS.chat_template,
-            trust_remote_code: bool = DEFAULTS.trust_remote_code) -> dict[int, Comparison]:
+            chat_template: bool = DEFAULTS.chat_template, trust_remote_code: bool = DEFAULTS.trust_remote_code,
+            executor: Any = DEFAULTS.executor) -> dict[int, Comparison]:
     """Compare two models at several k from one extraction and one k-NN pass.
 
     Parameters
@@ -60,5 +60,5 @@ def sweep_k(model_a: Any, model_b: Any, texts: Any = None, *, ks: Sequence[int] 
                              chat_template=chat_template)
     found = zoos([model_a, model_b], texts, ks=ks, names=names, cache=cache, bootstrap=bootstrap,
                  permutations=permutations, seed=seed, progress=progress, load=load, extract=extract,
-                 measure=measure)
+                 measure=measure, executor=executor)
     return {k: z.comparison(0, 1) for k, z in found.items()}

@@ -5,23 +5,29 @@ One path from models to results: every model argument becomes neighbour lists on
 lists gives the block matrix over all layers of all models (the "mega matrix"), and each
 pair's statistics are computed from that pair's per-prompt counts, which are then dropped.
 Peak memory is O(models × n × k) plus one pair's counts, so fifty models fit in a laptop.
+
+Where the work runs is the executor's business (:mod:`layerknn.executors`): each model is
+one *unit* and each pair one statistics job, run in this process (``executor="local"``) or
+as tasks on a Ray cluster (``executor="ray"``) with bit-identical results.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from . import store
 from .comparison import Comparison
+from .executors import Unit, get_executor
 from .options import DEFAULTS, ExtractOptions, LoadOptions, check_count
 from .overlap import overlap
 from .report import jsonable
-from .sources import as_cache, model_neighbors, prompt_count, resolve_texts
+from .sources import as_cache, prompt_count, resolve_texts
 
 __all__ = ["Zoo", "zoo", "zoos", "depth_binned_similarity"]
 
@@ -82,7 +88,8 @@ class Zoo:
     n, k : int
     dataset, pooling : str or None
     meta : dict
-        Each model's provenance (``models``), timings, options.
+        Each model's provenance (``models``), timings, options, and ``units``: one record per
+        model (``name``, ``seconds``, ``host``, Ray ``node`` id or None, ``cache`` use).
     """
 
     def __init__(self, names, num_layers, matrix, *, neighbors=None, tie_rates=None, pair_stats=None,
@@ -224,8 +231,9 @@ def _common_n(models: Sequence[Any], labels: Sequence[str], texts: list[str] | N
 def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, measure: str = DEFAULTS.measure,
         pooling: str = DEFAULTS.pooling,
         names: Sequence[str] | None = None, cache: Any = DEFAULTS.cache, bootstrap: int = DEFAULTS.bootstrap,
-        permutations: int = DEFAULTS.permutations, seed: int = DEFAULTS.seed, progress: bool = False,
-        device: Any = None, dtype: Any = DEFAULTS.dtype, max_length: int | None = DEFAULTS.max_length,
+        permutations: int = DEFAULTS.permutations, seed: int = DEFAULTS.seed,
+        progress: "bool | Callable[[dict], Any]" = False, executor: Any = DEFAULTS.executor, device: Any = None,
+        dtype: Any = DEFAULTS.dtype, max_length: int | None = DEFAULTS.max_length,
         batch_size: Any = DEFAULTS.batch_size, chat_template: bool = DEFAULTS.chat_template,
         trust_remote_code: bool = DEFAULTS.trust_remote_code) -> Zoo:
     """Compare every layer of every model with every other, computing each model once.
@@ -254,8 +262,16 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, measur
         Bootstrap resamples and permutation shuffles per pair (0 skips either).
     seed : int
         Seed of the bootstrap and permutation draws.
-    progress : bool
-        Progress bars (model loading, extraction, k-NN search, statistics).
+    progress : bool or callable
+        Progress bars (model loading, extraction, k-NN search, statistics; with Ray, one bar
+        over models).  A callable is instead called on this process with each model's record
+        (see ``Zoo.meta["units"]``) as it finishes; an exception it raises stops the run.
+    executor : str or executor object
+        Where each model's unit (load, extract, k-NN search) and the pair statistics run:
+        ``"local"`` (this process), ``"ray"`` (Ray tasks: the running cluster, else a new
+        local one), ``"auto"`` or ``"ray://host:10001"`` (that cluster), or a
+        :class:`layerknn.ray_executor.RayExecutor`.  Results are the same bit for bit.  With Ray,
+        ``cache`` should be a folder every node can read and write.
     device, dtype, trust_remote_code
         How models named by a string are loaded (see :func:`layerknn.load_model`); ``dtype``
         ``"auto"`` picks bfloat16 on CPUs with native bfloat16, and the report says which.
@@ -279,12 +295,13 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, measur
     extract = ExtractOptions(pooling=pooling, max_length=max_length, batch_size=batch_size,
                              chat_template=chat_template)
     return zoos(models, texts, ks=[k], names=names, cache=cache, bootstrap=bootstrap, permutations=permutations,
-                seed=seed, progress=progress, load=load, extract=extract, measure=measure)[k]
+                seed=seed, progress=progress, load=load, extract=extract, measure=measure, executor=executor)[k]
 
 
 def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequence[str] | None, cache: Any,
-         bootstrap: int, permutations: int, seed: int, progress: bool, load: LoadOptions,
-         extract: ExtractOptions, measure: str = DEFAULTS.measure) -> dict[int, Zoo]:
+         bootstrap: int, permutations: int, seed: int, progress: Any, load: LoadOptions,
+         extract: ExtractOptions, measure: str = DEFAULTS.measure, executor: Any = DEFAULTS.executor
+         ) -> dict[int, Zoo]:
     """One :class:`Zoo` per k from one preparation (extraction and k-NN search at max(ks) + 1)."""
     start = time.perf_counter()
     models = list(models)
@@ -308,14 +325,17 @@ def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequenc
     n = _common_n(models, labels, text_list)
     if n < 2 or max(ks) > n - 1:
         raise ValueError(f"k must be in [1, n-1] = [1, {n - 1}] for n={n} prompts, got k={max(ks)}")
+    runner = get_executor(executor)
+    on_done, progress = (progress, False) if callable(progress) else ((lambda record: None), bool(progress))
     store_ = as_cache(cache)
-    sides = []
-    for label, model in zip(labels, models):
-        side = model_neighbors(model, text_list, k_max=min(max(ks) + 1, n - 1), label=label, load=load,
-                               extract=extract, cache=store_, progress=progress)
+    k_max = min(max(ks) + 1, n - 1)
+    units = [Unit(i, label, model, k_max, load, extract, store_)
+             for i, (label, model) in enumerate(zip(labels, models))]
+    done = runner.map_units(units, text_list, progress=progress, on_done=on_done)
+    sides = [side for side, _ in done]
+    for side in sides:
         if side.n != n:
             raise ValueError(f"every model must see the same prompts: {side.name} has n={side.n}, expected {n}")
-        sides.append(side)
     display = list(names) if names is not None else [s.name for s in sides]
     if len(set(display)) < len(display):
         display = ([f"{display[0]} (A)", f"{display[1]} (B)"] if len(display) == 2
@@ -334,36 +354,39 @@ def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequenc
                      tie_rates=[s.tie_rates(k) for s in sides], n=n, k=k, dataset=dataset, pooling=extract.pooling,
                      meta={"models": [jsonable(s.info) for s in sides],
                            "options": jsonable({"k": k, "measure": measure, "bootstrap": bootstrap,
-                                                "permutations": permutations,
-                                                "seed": seed, **vars(load.resolved()), **vars(extract)}),
-                           "seconds": seconds}, measure=measure)
+                                                "permutations": permutations, "seed": seed,
+                                                **vars(load.resolved()), **vars(extract), "executor": runner.name}),
+                           "units": [record for _, record in done], "seconds": seconds}, measure=measure)
         t0 = time.perf_counter()
         if bootstrap or permutations:
-            _pair_statistics(result, bootstrap, permutations, seed, progress)
+            keys = [(i, j) for i in range(len(sides)) for j in range(i + 1, len(sides))]
+            blocks = {(i, j): matrix[result._block(i), result._block(j)] for i, j in keys}
+            job = PairJob(n, k, tuple(result.num_layers), bootstrap, permutations, seed, measure)
+            result.pair_stats.update(runner.map_pairs(job, keys, blocks, neighbors, progress=progress))
         seconds["statistics"] = round(time.perf_counter() - t0, 3)
         seconds["total"] = round(time.perf_counter() - start, 3)
         out[k] = result
     return out
 
 
-def _pair_statistics(z: Zoo, bootstrap: int, permutations: int, seed: int, progress: bool) -> None:
-    """Each pair's bootstrap intervals and permutation p-values; its counts are dropped afterwards."""
-    keys = [(i, j) for i in range(len(z.names)) for j in range(i + 1, len(z.names))]
-    bar = None
-    if progress and len(keys) > 1:
-        from tqdm.auto import tqdm
+@dataclass(frozen=True)
+class PairJob:
+    """One pair's bootstrap intervals and permutation null: a pure function of its block and neighbour lists."""
 
-        bar = tqdm(total=len(keys), desc="pair statistics", unit="pair", leave=False)
-    try:
-        for i, j in keys:
-            c = z.comparison(i, j)
-            if bootstrap:
-                c.bootstrap(bootstrap, seed=seed, progress=progress and bar is None)
-            if permutations:
-                c.calibrate(permutations, seed=seed, progress=progress and bar is None)
-            z.pair_stats[(i, j)] = {"ci": c.ci, "calibration": c.calibration}
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    n: int
+    k: int
+    num_layers: tuple[int, ...]
+    bootstrap: int
+    permutations: int
+    seed: int
+    measure: str = "mutual"
+
+    def __call__(self, i: int, j: int, block: np.ndarray, neighbors_i: np.ndarray, neighbors_j: np.ndarray,
+                 progress: bool = False) -> dict:
+        c = Comparison(block, n=self.n, k=self.k, num_layers=(self.num_layers[i], self.num_layers[j]),
+                       neighbors=(neighbors_i, neighbors_j), measure=self.measure)
+        if self.bootstrap:
+            c.bootstrap(self.bootstrap, seed=self.seed, progress=progress)
+        if self.permutations:
+            c.calibrate(self.permutations, seed=self.seed, progress=progress)
+        return {"ci": c.ci, "calibration": c.calibration}

@@ -1,0 +1,153 @@
+"""Executors: where a zoo's units run — in this process (``"local"``) or as tasks on a Ray cluster.
+
+A *unit* is one model argument turned into its neighbour lists (load, extract, k-NN at
+k_max; :func:`run_unit`, cached through :class:`~layerknn.cache.Cache`).  The local executor
+calls :func:`run_unit` in a loop; :class:`layerknn.ray_executor.RayExecutor` runs the same
+function as one Ray task per unit and the pair statistics as tasks over chunks of pairs.
+Both return the same values bit for bit: each unit and each pair is a pure function of its
+inputs (seeded statistics, exact k-NN), wherever it runs.
+
+An executor has two methods: ``map_units(units, texts, progress=, on_done=)`` returning
+``(ModelNeighbors, record)`` per unit in unit order, and ``map_pairs(job, keys, blocks,
+neighbors, progress=)`` returning ``{(i, j): job(i, j, ...)}``.  A unit that fails does not
+stop the others: every unit finishes (and is cached) first, then :func:`raise_failures`
+raises an error naming the model.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .cache import Cache
+from .options import ExtractOptions, LoadOptions
+from .sources import ModelNeighbors, model_neighbors
+
+__all__ = ["Unit", "run_unit", "LocalExecutor", "get_executor", "raise_failures"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One model argument to turn into neighbour lists (texts travel separately, shared by all units)."""
+
+    index: int
+    label: str
+    model: Any
+    k_max: int
+    load: LoadOptions
+    extract: ExtractOptions
+    cache: Cache | None
+
+
+def run_unit(unit: Unit, texts: Sequence[str] | None, progress: bool = False) -> tuple[ModelNeighbors, dict]:
+    """Neighbour lists of one unit and its record (name, seconds, host, cache use); the same function everywhere.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> acts = np.random.default_rng(0).standard_normal((3, 20, 4)).astype(np.float32)
+    >>> side, record = run_unit(Unit(0, "A", acts, 4, LoadOptions(), ExtractOptions(), None), None)
+    >>> side.indices.shape, record["name"]
+    ((3, 20, 4), 'A')
+    """
+    start = time.perf_counter()
+    side = model_neighbors(unit.model, texts, k_max=unit.k_max, label=unit.label, load=unit.load,
+                           extract=unit.extract, cache=unit.cache, progress=progress)
+    record = {"index": unit.index, "name": side.name, "seconds": round(time.perf_counter() - start, 3),
+              "host": socket.gethostname(), "node": None, "cache": side.info.get("cache")}
+    return side, record
+
+
+def raise_failures(failures: list[tuple[Unit, BaseException]], total: int) -> None:
+    """Raise the first unit's error, its message prefixed with the model (same type where possible)."""
+    if not failures:
+        return
+    unit, exc = failures[0]
+    others = f" ({len(failures) - 1} more of {total} units failed too)" if len(failures) > 1 else ""
+    message = f"model {unit.label!r} ({_describe(unit.model)}) failed: {exc}{others}"
+    try:
+        error = type(exc)(message)
+    except Exception:  # noqa: BLE001 - an exception type with another constructor: keep its meaning in text
+        error = RuntimeError(f"{message} [{type(exc).__name__}]")
+    raise error from exc
+
+
+def _describe(model: Any) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return repr(os.fspath(model))
+    shape = getattr(model, "shape", None)
+    return f"{type(model).__name__} of shape {tuple(shape)}" if shape is not None else type(model).__name__
+
+
+class LocalExecutor:
+    """Run every unit and every pair in this process, one after another (the default)."""
+
+    name = "local"
+
+    def __repr__(self) -> str:
+        return "LocalExecutor()"
+
+    def map_units(self, units: Sequence[Unit], texts: Sequence[str] | None, *, progress: bool,
+                  on_done: Callable[[dict], None]) -> list[tuple[ModelNeighbors, dict]]:
+        """``(neighbours, record)`` per unit, in unit order; ``on_done(record)`` after each."""
+        results: list[Any] = [None] * len(units)
+        failures = []
+        for unit in units:
+            try:
+                results[unit.index] = run_unit(unit, texts, progress)
+            except Exception as exc:  # noqa: BLE001 - every unit finishes before the first error is raised
+                failures.append((unit, exc))
+                continue
+            on_done(results[unit.index][1])
+        raise_failures(failures, len(units))
+        return results
+
+    def map_pairs(self, job: Callable, keys: Sequence[tuple[int, int]], blocks: dict, neighbors: Sequence,
+                  *, progress: bool) -> dict:
+        """``job(i, j, block, neighbours_i, neighbours_j, progress)`` for every pair ``(i, j)`` in ``keys``."""
+        bar = None
+        if progress and len(keys) > 1:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(keys), desc="pair statistics", unit="pair", leave=False)
+        out = {}
+        try:
+            for i, j in keys:
+                out[(i, j)] = job(i, j, blocks[(i, j)], neighbors[i], neighbors[j], progress and bar is None)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+
+def get_executor(executor: Any) -> Any:
+    """An executor from ``"local"``, ``"ray"``, a Ray address (``"auto"``, ``"ray://host:port"``,
+    ``"ray:HOST:PORT"``) or an executor object.
+
+    Examples
+    --------
+    >>> get_executor("local")
+    LocalExecutor()
+    """
+    if hasattr(executor, "map_units") and hasattr(executor, "map_pairs"):
+        return executor
+    if not isinstance(executor, str):
+        raise TypeError(f"executor must be 'local', 'ray', a Ray address or an executor object, "
+                        f"got {type(executor).__name__}")
+    if executor == "local":
+        return LocalExecutor()
+    from .ray_executor import RayExecutor
+
+    if executor == "ray":
+        return RayExecutor()
+    if executor == "auto" or executor.startswith("ray://"):
+        return RayExecutor(executor)
+    if executor.startswith("ray:"):
+        return RayExecutor(executor[len("ray:"):])
+    raise ValueError(f"executor must be 'local', 'ray', 'auto', 'ray://host:port' or 'ray:host:port', "
+                     f"got {executor!r}")

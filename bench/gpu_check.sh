@@ -142,7 +142,7 @@ assert $DRY or layerknn.cuda_available(), 'layerknn sees no usable GPU'
 # Explicit files only: an import error elsewhere in tests/ cannot stop these.
 DRYARG=()
 if (( DRY )); then DRYARG=(--dry-run); fi
-PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o addopts="-ra --import-mode=importlib --strict-markers")
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 step "GPU tests (tests/test_gpu.py, CUDA_LAUNCH_BLOCKING=1)" 120 \
   env CUDA_LAUNCH_BLOCKING=1 "${PYTEST[@]}" tests/test_gpu.py
 step "measurements (identity, kernel times, TFLOP/s, bmm ceilings)" 150 \

@@ -25,6 +25,7 @@ mkdir -p "$DEST"
 LOG="$DEST/gpu_check.log"
 : > "$LOG"
 exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
 PY="${PYTHON:-python3}"
 START=$(date +%s)
 BUDGET="${GPU_CHECK_BUDGET:-470}"
@@ -83,14 +84,19 @@ PYEOF
 }
 
 finish() {
+  local rc=0
   banner "summary"
   write_summary || echo "!!!!! could not write $DEST/summary.json"
   if grep -qP '\t(failed|timeout)\t' "$STEPS"; then
     echo "GPU CHECK FAILED after $(elapsed)s; log: $LOG"
-    exit 1
+    rc=1
+  else
+    echo "GPU CHECK PASSED after $(elapsed)s; log: $LOG"
   fi
-  echo "GPU CHECK PASSED after $(elapsed)s; log: $LOG"
-  exit 0
+  exec 1>&- 2>&-  # let tee write the log's last lines before the machine collects $OUT
+  wait "$TEE_PID" 2>/dev/null || sleep 1
+  rm -rf "$WORK"
+  exit "$rc"
 }
 
 if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then

@@ -7,6 +7,8 @@ against torch fp32 bmm+topk (TF32 off), torch with TF32 (inexact: agreement show
 when importable, then the overlap of a 1000 x 1000 layer "mega matrix" (n=2048, k=10) against a
 torch one-hot baseline on a slice. Prints medians, ratios, TFLOP/s and the fraction of the card's
 fp32 peak, and appends the table to bench/RESULTS.md (and $OUT/ when set). Imports without a GPU.
+``--dry-run`` runs the same code on the CPU with tiny shapes (no GPU needed; nothing appended), to
+check the script itself. FAISS is optional: any failure to import it only skips its column.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FP32_PEAK_TFLOPS = [("H200", 67.0), ("H100 PCIe", 51.0), ("H100", 67.0), ("GH200", 67.0),
                     ("A100", 19.5), ("L40S", 91.6), ("A10", 31.2), ("L4", 30.3)]
 
-CONFIGS = {"G1": (33, 2048, 4096), "G2": (81, 2048, 8192), "G3": (33, 16384, 4096)}
+CONFIGS = {"G1": (33, 2048, 4096), "G2": (81, 2048, 8192), "G3": (33, 16384, 4096),
+           "T": (2, 96, 40)}  # T: the --dry-run shape
 
 
 def fp32_peak(name: str) -> float | None:
@@ -57,9 +60,17 @@ def git_commit() -> str:
 
 
 def time_cuda(torch, fn, repeats: int, warmup: int = 1) -> float:
-    """Median wall time in ms of fn() measured with CUDA events (after `warmup` calls)."""
+    """Median wall time in ms of fn() measured with CUDA events (after `warmup` calls); wall clock
+    when torch has no GPU (--dry-run)."""
     for _ in range(warmup):
         fn()
+    if not torch.cuda.is_available():
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
@@ -105,19 +116,20 @@ def agreement_torch(torch, a, b) -> float:
     return float(eq.float().mean().item())
 
 
-def run_check(torch, layerknn) -> int:
+def run_check(torch, layerknn, dev="cuda") -> int:
     """GPU vs CPU engine on fresh random inputs; returns the number of failures."""
     seed = int(time.time()) % 100000
     rng = np.random.default_rng(seed)
     print(f"check: GPU vs CPU engine, seed {seed}")
     failures = 0
-    for L, n, d, k in [(3, 513, 96, 10), (2, 300, 61, 33), (1, 1000, 128, 256), (4, 257, 8, 1)]:
+    shapes = [(3, 513, 96, 10), (2, 300, 61, 33), (1, 1000, 128, 256), (4, 257, 8, 1)]
+    for L, n, d, k in shapes if dev == "cuda" else [(2, 70, 13, 5)]:
         # Integer data: every fp32 sum is exact, so both engines must agree bit for bit.
         xi = rng.integers(-3, 4, size=(L, n, d)).astype(np.float32)
         xi[:, 1::4] = xi[:, 0:(n + 2) // 4][:, : xi[:, 1::4].shape[1]]  # duplicate rows: ties
         xi[:, :, 0] = 4.0
         for metric in ("ip", "l2"):
-            g = layerknn.knn(torch.from_numpy(xi).cuda(), k, metric=metric)
+            g = layerknn.knn(torch.from_numpy(xi).to(dev), k, metric=metric)
             c = layerknn.knn(xi, k, metric=metric)
             same = np.array_equal(g.indices.cpu().numpy(), c.indices) and np.array_equal(
                 g.scores.cpu().numpy(), c.scores)
@@ -126,7 +138,7 @@ def run_check(torch, layerknn) -> int:
         # Gaussian data: indices may differ only where fp32 scores tie within rounding.
         xg = rng.standard_normal((L, n, d)).astype(np.float32)
         for metric in ("cosine", "ip", "l2"):
-            g = layerknn.knn(torch.from_numpy(xg).cuda(), k, metric=metric)
+            g = layerknn.knn(torch.from_numpy(xg).to(dev), k, metric=metric)
             c = layerknn.knn(xg, k, metric=metric)
             gi, gs = g.indices.cpu().numpy(), g.scores.cpu().numpy()
             rows = np.flatnonzero((gi != c.indices).any(-1).reshape(-1))
@@ -141,7 +153,7 @@ def run_check(torch, layerknn) -> int:
                   f"identical, {len(rows) - bad} near-tie swaps, {bad} real mismatches")
     a = rng.integers(0, 40, size=(7, 333, 12)).astype(np.int32)
     b = rng.integers(0, 40, size=(45, 333, 10)).astype(np.int32)
-    mg, cg = layerknn.overlap(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda(), 10, per_prompt=True)
+    mg, cg = layerknn.overlap(torch.from_numpy(a).to(dev), torch.from_numpy(b).to(dev), 10, per_prompt=True)
     mc, cc = layerknn.overlap(a, b, 10, per_prompt=True)
     same = np.array_equal(mg.cpu().numpy(), mc) and \
         np.array_equal(cg.cpu().numpy().astype(np.int64), cc.astype(np.int64))
@@ -151,12 +163,12 @@ def run_check(torch, layerknn) -> int:
     return failures
 
 
-def bench_knn(torch, layerknn, configs, k, repeats, peak, faiss):
+def bench_knn(torch, layerknn, configs, k, repeats, peak, faiss, dev="cuda"):
     rows = []
     for name in configs:
         L, n, d = CONFIGS[name]
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        x = torch.randn((L, n, d), device="cuda", dtype=torch.float32, generator=gen)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        x = torch.randn((L, n, d), device=dev, dtype=torch.float32, generator=gen)
         flop = 2.0 * L * n * n * d
         reps = repeats if name != "G3" else max(1, repeats // 2)
         ours = layerknn.knn(x, k)
@@ -188,20 +200,22 @@ def bench_knn(torch, layerknn, configs, k, repeats, peak, faiss):
               f"{t_fp32:.1f} ms (x{t_fp32 / t_ours:.2f}), torch tf32 {t_tf32:.1f} ms "
               f"(agreement {agree_tf32:.4f}), layerknn vs torch fp32 agreement {agree_fp32:.5f}")
         x = ours = ref = tf = None  # free before the next shape
-        torch.cuda.empty_cache()
+        if dev == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
-def bench_overlap(torch, layerknn, repeats, mega_layers=1000, n=2048, k=10, slice_layers=50):
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    a = torch.randint(0, n, (mega_layers, n, k), device="cuda", dtype=torch.int32, generator=gen)
-    b = torch.randint(0, n, (mega_layers, n, k), device="cuda", dtype=torch.int32, generator=gen)
+def bench_overlap(torch, layerknn, repeats, mega_layers=1000, n=2048, k=10, slice_layers=50, dev="cuda"):
+    gen = torch.Generator(device=dev).manual_seed(1)
+    a = torch.randint(0, n, (mega_layers, n, k), device=dev, dtype=torch.int32, generator=gen)
+    b = torch.randint(0, n, (mega_layers, n, k), device=dev, dtype=torch.int32, generator=gen)
+    half = torch.float16 if dev == "cuda" else torch.float32  # exact for these small counts
     t_mega = time_cuda(torch, lambda: layerknn.overlap(a, b), repeats)
     sa, sb = a[:slice_layers].contiguous(), b[:slice_layers].contiguous()
 
     def onehot_overlap():
-        ma = torch.zeros((n, slice_layers, n), device="cuda", dtype=torch.float16)
-        mb = torch.zeros((n, slice_layers, n), device="cuda", dtype=torch.float16)
+        ma = torch.zeros((n, slice_layers, n), device=dev, dtype=half)
+        mb = torch.zeros((n, slice_layers, n), device=dev, dtype=half)
         ma.scatter_(2, sa.permute(1, 0, 2).long(), 1.0)
         mb.scatter_(2, sb.permute(1, 0, 2).long(), 1.0)
         counts = torch.bmm(ma, mb.transpose(1, 2))  # [n, La, Lb], exact small integers
@@ -259,32 +273,44 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--no-overlap", action="store_true")
     parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="CPU only, tiny shapes, nothing appended (checks the script itself)")
     args = parser.parse_args(argv)
 
     import torch
 
     import layerknn
 
-    if not (torch.cuda.is_available() and layerknn.cuda_available()):
+    dev = "cpu" if args.dry_run else "cuda"
+    if args.dry_run:
+        args.configs, args.repeats, args.no_append = "T", 2, True
+    elif not (torch.cuda.is_available() and layerknn.cuda_available()):
         print("bench_knn_gpu: needs a CUDA GPU, torch with CUDA and a CUDA build of layerknn; "
               f"torch.cuda={torch.cuda.is_available()}, layerknn={layerknn._core.cuda_device_count()}")
         return 2
     if args.check:
-        return 1 if run_check(torch, layerknn) else 0
+        return 1 if run_check(torch, layerknn, dev) else 0
 
-    card = torch.cuda.get_device_name(0)
+    card = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu (dry run)"
     peak = fp32_peak(card)
     print(f"bench_knn_gpu on {card} (fp32 peak {peak if peak else 'unknown'} TFLOP/s)")
-    try:
-        import faiss  # noqa: F401
+    faiss = None
+    if dev == "cuda":
+        try:
+            import faiss  # noqa: F401
 
-        faiss = faiss if hasattr(faiss, "StandardGpuResources") else None
-    except ImportError:
-        faiss = None
+            faiss = faiss if hasattr(faiss, "StandardGpuResources") else None
+        except Exception:  # noqa: BLE001 - missing or broken (e.g. built for another numpy)
+            faiss = None
     print(f"  FAISS GPU: {'yes' if faiss else 'not importable (skipped)'}")
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    rows = bench_knn(torch, layerknn, configs, args.k, args.repeats, peak, faiss)
-    ov = None if args.no_overlap else bench_overlap(torch, layerknn, args.repeats)
+    rows = bench_knn(torch, layerknn, configs, args.k, args.repeats, peak, faiss, dev)
+    if args.no_overlap:
+        ov = None
+    elif args.dry_run:
+        ov = bench_overlap(torch, layerknn, args.repeats, mega_layers=6, n=64, k=5, slice_layers=3, dev=dev)
+    else:
+        ov = bench_overlap(torch, layerknn, args.repeats)
     table = markdown(card, rows, ov, peak)
     print(table)
     if not args.no_append:

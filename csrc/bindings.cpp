@@ -22,6 +22,7 @@
 #if defined(LAYERKNN_WITH_CUDA)
 #include "cuda/knn_cuda.h"
 #endif
+#include "cuda/limits.h"  // plain C++: the CUDA size limits are checkable in every build
 
 namespace py = pybind11;
 using namespace layerknn;
@@ -276,6 +277,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("measure"), py::arg("per_prompt"), py::arg("num_threads") = 0,
         "neighbourhood measure (code, see _backend.MEASURE_CODES) of a [La, n, ka] and b [Lb, n, kb]"
         " -> (mean [La, Lb] float64, per-prompt scores [La, Lb, n] float32 or None)");
+  // Plain C++ (csrc/cuda/limits.h), in every build: the Python layer refuses a problem the CUDA
+  // engine cannot index before it allocates outputs on the device.
+  m.def("cuda_check_knn", &cuda::limits::check_knn, py::arg("L"), py::arg("n"), py::arg("m"),
+        py::arg("d"), py::arg("k"), py::arg("self_join"), py::arg("exclude_self"),
+        "raise ValueError if the CUDA k-NN engine cannot run this problem (size limits, k range)");
+  m.def("cuda_check_overlap", &cuda::limits::check_overlap, py::arg("La"), py::arg("Lb"),
+        py::arg("n"), py::arg("ka"), py::arg("kb"), py::arg("k"),
+        "raise ValueError if the CUDA overlap engine cannot run this problem");
   m.def("knn_cuda", &knn_cuda, "exact k-NN on device pointers (see layerknn._backend)");
   m.def("overlap_cuda", &overlap_cuda, "neighbour overlap on device pointers");
   bind_testing_hooks(m.def_submodule("_testing", "the CPU engine's pure cores, for tests only"));

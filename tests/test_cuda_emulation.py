@@ -3,8 +3,10 @@ against a stand-in for the CUDA runtime (one fiber per CUDA thread, warp intrins
 barriers, divergence deadlocks detected) and checks them bit for bit against sequential
 references: fused distance + top-k for every metric and K bucket, ties, duplicates, odd sizes,
 database splits + merge, cosine norms and the overlap kernels, then the host drivers
-(split choice, layer chunking under a small memory budget, argument errors). This is how the GPU code is
-tested on machines without a GPU (about 25 s of CPU time).
+(split choice, layer chunking under a small memory budget, argument errors) and their launch
+plumbing (LAYERKNN_CUDA_SYNC=1 synchronising every launch, a planted kernel fault raised at the
+call with temporaries freed, the plain-cudaMalloc fallback, size limits refused before any launch).
+This is how the GPU code is tested on machines without a GPU (about 30 s of CPU time).
 """
 
 from __future__ import annotations

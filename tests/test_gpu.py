@@ -4,10 +4,17 @@ The shared device-parametrised tests (test_knn.py, test_overlap.py) already run 
 is available; this module adds what only the GPU needs: every k bucket and its edges, the
 database-split path, unaligned / odd-width inputs (scalar loads), exact agreement with the CPU
 engine on integer-valued data (every fp32 sum exact, so indices, scores and tie order must match
-bit for bit), the overlap engine against the CPU one, error paths and non-default streams.
+bit for bit), the overlap engine against the CPU one, error paths and non-default streams, and the
+launch plumbing: LAYERKNN_CUDA_SYNC=1, the plain-cudaMalloc path (LAYERKNN_CUDA_POOL=0) and a
+faulting kernel reported at the layerknn call (in a subprocess: a fault ends the CUDA context).
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -165,3 +172,57 @@ def test_overlap_of_knn_results_on_gpu():
     nb = layerknn.knn(acts, 10)
     diag = layerknn.overlap(nb, nb).cpu().numpy().diagonal()
     np.testing.assert_array_equal(diag, np.ones(4))
+
+
+@pytest.mark.parametrize("env", [{"LAYERKNN_CUDA_SYNC": "1"}, {"LAYERKNN_CUDA_POOL": "0"},
+                                 {"LAYERKNN_CUDA_SYNC": "1", "LAYERKNN_CUDA_POOL": "0"}])
+def test_sync_and_plain_malloc_paths_give_the_same_results(monkeypatch, env):
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((3, 200, 40)).astype(np.float32)
+    q = rng.standard_normal((1, 30, 40)).astype(np.float32)
+    db = rng.standard_normal((1, 4000, 40)).astype(np.float32)  # database splits + merge
+    a = rng.integers(0, 30, size=(3, 200, 10)).astype(np.int32)
+    want = [layerknn.knn(_cuda(x), 7), layerknn.knn(_cuda(q), 50, metric="l2", y=_cuda(db))]
+    want_overlap = layerknn.overlap(_cuda(a), _cuda(a), 10)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    got = [layerknn.knn(_cuda(x), 7), layerknn.knn(_cuda(q), 50, metric="l2", y=_cuda(db))]
+    for g, w in zip(got, want):
+        assert torch.equal(g.indices, w.indices) and torch.equal(g.scores, w.scores)
+    assert torch.equal(layerknn.overlap(_cuda(a), _cuda(a), 10), want_overlap)
+
+
+_FAULT_SCRIPT = textwrap.dedent("""
+    import os, sys, torch, layerknn
+    from layerknn import _core
+
+    def done(line):  # os._exit: no interpreter teardown on a context a fault has broken
+        print(line, flush=True)
+        os._exit(0)
+
+    idx = torch.empty((1, 64, 4), dtype=torch.int32, device="cuda")
+    val = torch.empty((1, 64, 4), dtype=torch.float32, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
+    bogus = 1 << 16  # 16-byte aligned and never mapped: the fused kernel faults reading it
+    try:
+        _core.knn_cuda(bogus, 0, 1, 64, 64, 8, 4, 0, True, idx.data_ptr(), val.data_ptr(), 0, stream)
+    except RuntimeError as exc:
+        done(f"AT_CALL {exc}")
+    try:
+        torch.cuda.synchronize()
+    except Exception as exc:
+        done(f"LATER {exc}")
+    done("NO_ERROR")
+""")
+
+
+@pytest.mark.parametrize("sync", ["1", "0"])
+def test_faulting_kernel_is_reported_not_swallowed(sync):
+    env = {**os.environ, "LAYERKNN_CUDA_SYNC": sync}
+    run = subprocess.run([sys.executable, "-c", _FAULT_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    if sync == "1":  # every launch synchronised: the layerknn call itself raises, naming the error
+        assert run.stdout.startswith("AT_CALL CUDA error"), run.stdout + run.stderr
+    else:  # asynchronous: at the call when the fault is already recorded, else at the next sync
+        assert run.stdout.startswith(("AT_CALL", "LATER")), run.stdout + run.stderr

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -27,10 +28,6 @@ namespace layerknn::cuda::detail {
       ::layerknn::cuda::detail::throw_cuda_error(layerknn_err_, #call, __FILE__, __LINE__); \
     }                                                                                  \
   } while (0)
-
-// Checks the launch configuration of the kernel launched just before (asynchronous faults
-// surface at the next synchronising call, which is the caller's business).
-#define LAYERKNN_CUDA_CHECK_LAUNCH() LAYERKNN_CUDA_CHECK(cudaGetLastError())
 
 namespace layerknn::cuda::detail {
 
@@ -54,8 +51,10 @@ class DeviceGuard {
 
 // A temporary device buffer allocated and freed in the order of `stream`. try_allocate returns
 // false (and clears the error) when the device is out of memory, so the caller can retry with a
-// smaller piece of work; any other failure throws. Devices without stream-ordered memory pools
-// fall back to cudaMalloc / synchronise + cudaFree.
+// smaller piece of work; any other failure throws. Plain cudaMalloc / synchronise + cudaFree is
+// used instead of the stream-ordered pool when the device reports no memory pools, when
+// cudaMallocAsync answers "not supported" (some drivers, virtualised or MIG setups), or when
+// LAYERKNN_CUDA_POOL=0 is set (to test that path on any GPU).
 class StreamBuffer {
  public:
   explicit StreamBuffer(cudaStream_t stream) : stream_(stream) {}
@@ -66,11 +65,16 @@ class StreamBuffer {
   bool try_allocate(size_t bytes) {
     release();
     if (bytes == 0) return true;
-    int device = 0, pools = 0;
-    LAYERKNN_CUDA_CHECK(cudaGetDevice(&device));
-    LAYERKNN_CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device));
-    async_ = pools != 0;
-    const cudaError_t err = async_ ? cudaMallocAsync(&ptr_, bytes, stream_) : cudaMalloc(&ptr_, bytes);
+    async_ = pools_usable();
+    cudaError_t err = cudaSuccess;
+    if (async_) {
+      err = cudaMallocAsync(&ptr_, bytes, stream_);
+      if (err == cudaErrorNotSupported || err == cudaErrorInvalidValue) {
+        cudaGetLastError();  // the pool is unusable here: fall back for this buffer
+        async_ = false;
+      }
+    }
+    if (!async_) err = cudaMalloc(&ptr_, bytes);
     if (err == cudaErrorMemoryAllocation) {
       cudaGetLastError();  // clear the (non-sticky) allocation error
       ptr_ = nullptr;
@@ -79,6 +83,8 @@ class StreamBuffer {
     LAYERKNN_CUDA_CHECK(err);
     return true;
   }
+
+  bool stream_ordered() const { return async_; }
 
   void release() noexcept {
     if (ptr_ == nullptr) return;
@@ -97,6 +103,18 @@ class StreamBuffer {
   }
 
  private:
+  static bool pools_usable() {
+    const char* env = std::getenv("LAYERKNN_CUDA_POOL");
+    if (env != nullptr && std::string(env) == "0") return false;
+    int device = 0, pools = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device) != cudaSuccess) {
+      cudaGetLastError();  // an unknown attribute on an old driver means no pools
+      return false;
+    }
+    return pools != 0;
+  }
+
   cudaStream_t stream_;
   void* ptr_ = nullptr;
   bool async_ = true;

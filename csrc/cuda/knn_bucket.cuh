@@ -8,6 +8,7 @@
 #include "cuda/knn_kernel.cuh"
 #include "cuda/knn_launch.cuh"
 #include "cuda/launch.cuh"
+#include "cuda/limits.h"
 
 namespace layerknn::cuda::detail {
 
@@ -35,8 +36,8 @@ void launch_fused_any(const FusedLaunch& p) {
 template <int K>
 void launch_merge(const MergeLaunch& p) {
   const int64_t blocks = (p.rows + kWarps - 1) / kWarps;
-  launch_kernel(merge_splits_kernel<K>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0,
-                p.stream, p.part_key, p.part_index, p.rows, p.splits, p.k, p.metric, p.out_index,
+  launch_kernel(merge_splits_kernel<K>, dim3(limits::grid_extent(blocks, limits::kMaxGridX, "x")),
+                dim3(kThreads), 0, p.stream, p.part_key, p.part_index, p.rows, p.splits, p.k, p.metric, p.out_index,
                 p.out_score);
 }
 

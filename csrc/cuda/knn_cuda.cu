@@ -1,37 +1,46 @@
-// Host driver of the CUDA k-NN engine (contract in knn_cuda.h): validates the problem, picks the
-// K bucket, computes fp32 inverse row norms for cosine with a small pre-kernel, splits the
-// database axis over extra blocks when there are too few query blocks to fill the GPU (a merge
-// kernel then reduces the partial lists), and walks the layers in chunks sized so temporaries
-// fit: an out-of-memory temporary halves the chunk instead of failing.
+// Host driver of the CUDA k-NN engine (contract in knn_cuda.h): validates the problem (limits.h),
+// picks the K bucket, computes fp32 inverse row norms for cosine with a small pre-kernel, splits
+// the database axis over extra blocks when there are too few query blocks to fill the GPU (a merge
+// kernel then reduces the partial lists), and walks the layers in chunks sized so temporaries fit
+// and grids stay within limits: an out-of-memory temporary halves the chunk instead of failing.
+// Scores are the fused kernel's sequential fp32 FMA chain, not the CPU engine's score (see
+// knn_kernel.cuh): indices can differ from the CPU's on near-ties.
+//
+// Planned design (not built yet): tensor-core candidate tiles X·Yᵀ by cuBLAS (TF32/bf16 GEMM per
+// layer chunk); a threshold kernel keeping, per row, every column whose approximate score lies
+// within a proven error window of the k-th best (the bound of cpu/tile_windows.h, moved to
+// common/); a select kernel compacting those candidates; a re-rank kernel recomputing each one
+// with the CPU's shared exact score (one __host__ __device__ function: 16-lane tree, float64-
+// derived scale) and the shared tie order. GPU and CPU then agree bit for bit on any data; the
+// SIMT fused kernel stays as the fallback for small d.
 #include "cuda/knn_cuda.h"
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <stdexcept>
 #include <string>
 
 #include "cuda/cuda_check.cuh"
 #include "cuda/knn_launch.cuh"
 #include "cuda/launch.cuh"
+#include "cuda/limits.h"
 #include "cuda/norms_kernel.cuh"
 
 namespace layerknn::cuda {
 namespace detail {
 namespace {
 
-constexpr int kMaxK = 256;
-constexpr int kMaxGridY = 65535;
+constexpr int kMaxK = limits::kMaxK;
 constexpr int kMaxSplits = 64;
 
 void launch_inverse_norms(const float* v, int64_t rows, int d, float* inv, cudaStream_t stream) {
   if (rows == 0) return;
   constexpr int threads = 256;
   const int64_t blocks = (rows * 32 + threads - 1) / threads;
-  launch_kernel(inverse_norms_kernel, dim3(static_cast<unsigned>(blocks)), dim3(threads), 0, stream,
-                v, rows, d, inv);
+  launch_kernel(inverse_norms_kernel, dim3(limits::grid_extent(blocks, limits::kMaxGridX, "x")),
+                dim3(threads), 0, stream, v, rows, d, inv);
 }
 
 const BucketOps& bucket_for(int k) {
@@ -45,26 +54,8 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 void validate(const KnnProblem& p) {
   if (p.x == nullptr) throw std::invalid_argument("x must be a device pointer, got null");
-  if (p.L < 0 || p.n < 0 || p.d < 0 || (p.y != nullptr && p.m < 0)) {
-    throw std::invalid_argument("shapes must be non-negative");
-  }
-  constexpr int64_t int_max = std::numeric_limits<int32_t>::max();
-  const int64_t m = p.y ? p.m : p.n;
-  if (p.n > int_max || m > int_max || p.d > int_max) {
-    throw std::invalid_argument("n, m and d must each be below 2^31 for the CUDA engine, got n=" +
-                                std::to_string(p.n) + ", m=" + std::to_string(m) +
-                                ", d=" + std::to_string(p.d));
-  }
-  const int64_t limit = m - ((p.y == nullptr && p.exclude_self) ? 1 : 0);
-  if (p.k > kMaxK) {
-    throw std::invalid_argument("k must be at most " + std::to_string(kMaxK) +
-                                " on the GPU (largest CUDA k bucket), got " + std::to_string(p.k) +
-                                "; use the CPU engine for larger k");
-  }
-  if (p.n > 0 && p.L > 0 && (p.k < 1 || p.k > limit)) {
-    throw std::invalid_argument("k must be in [1, " + std::to_string(limit) + "], got " +
-                                std::to_string(p.k));
-  }
+  const bool self = p.y == nullptr;
+  limits::check_knn(p.L, p.n, self ? p.n : p.m, p.d, p.k, self, p.exclude_self);
 }
 
 // Number of database splits that brings the grid to about two full waves of the device.
@@ -122,7 +113,7 @@ void knn(const KnnProblem& problem, int32_t* indices, float* scores, int device,
   launch.stream = stream;
 
   // Temporaries per chunk of `chunk` layers: inverse norms (cosine) and partial lists (splits).
-  int64_t chunk = std::min<int64_t>(L, kMaxGridY);
+  int64_t chunk = std::min<int64_t>(L, limits::knn_layers_per_launch(n, m));
   int splits = choose_splits(bucket, problem.metric, chunk, n, m);
   StreamBuffer temp(stream);
   size_t norm_x_bytes = 0, norm_y_bytes = 0, part_bytes = 0;
@@ -182,6 +173,7 @@ void knn(const KnnProblem& problem, int32_t* indices, float* scores, int device,
       bucket.merge(merge);
     }
   }
+  finish_call(stream, "layerknn CUDA k-NN");
 }
 
 }  // namespace layerknn::cuda

@@ -13,8 +13,10 @@ namespace layerknn::cuda {
 // 0 and, if `why` is given, stores the runtime's reason.
 int device_count(std::string* why);
 
-// Exact k-NN on the GPU; same contract as layerknn::cpu::knn (indices [L, n, k] int32, scores
-// [L, n, k] float32, best first, ties by lower index). Largest supported k: max_k().
+// Exact k-NN on the GPU; same layout and tie order as layerknn::cpu::knn (indices [L, n, k]
+// int32, scores [L, n, k] float32, best first, ties by lower index), but its fp32 score is summed
+// in another order than the CPU's (knn_kernel.cuh), so near-ties may rank differently. Largest
+// supported k: max_k(); size limits: limits.h (checked before anything is launched).
 void knn(const KnnProblem& problem, int32_t* indices, float* scores, int device, void* stream);
 int max_k();
 

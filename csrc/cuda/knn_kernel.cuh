@@ -1,9 +1,13 @@
 // The fused exact k-NN kernel: fp32 SIMT tiles of X·Yᵀ (or of squared differences) computed in
 // registers and fed straight into per-row warp top-k lists, so no n x m matrix ever exists.
-// Exactness by construction: every score is a plain fp32 sum over the feature axis (fused
-// multiply-adds in feature order), squared L2 is summed as (x - y)^2 (no |x|²+|y|²-2x·y
-// cancellation) and cosine scales each row by its fp32 inverse norm while staging it, exactly the
-// CPU engine's formula. No tensor cores, hence no re-rank. Self-join symmetry is not exploited.
+// Every score is one sequential fp32 fused-multiply-add chain over the feature axis in feature
+// order; squared L2 is summed as (x - y)^2 (no |x|²+|y|²-2x·y cancellation) and cosine scales each
+// row by its fp32 inverse norm (norms_kernel.cuh) while staging it. The order of candidates and
+// ties (lower index first) is the CPU engine's, but the score is NOT its formula: the CPU sums in
+// 16 lanes reduced by a halving tree, with a cosine scale derived from a float64 norm, so the two
+// engines agree bit for bit only where every fp32 sum is exact (e.g. small-integer data) and
+// otherwise differ by a few ulps, which can swap near-tied neighbours. No tensor cores, hence no
+// re-rank. Self-join symmetry is not exploited.
 //
 // Block = 256 threads = 16 x 16 thread grid; a block owns BM query rows of one layer
 // (blockIdx.x = row block, blockIdx.y = layer, blockIdx.z = database split). Per database tile of

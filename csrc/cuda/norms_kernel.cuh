@@ -1,5 +1,6 @@
 // Cosine pre-kernel of the CUDA k-NN engine: fp32 inverse L2 norm of every row, one warp per
-// row, so the fused kernel can scale rows while staging them (x_t * (1/|x|), as the CPU does).
+// row, so the fused kernel can scale rows while staging them (x_t * (1/|x|)). The CPU engine
+// derives its scale from a float64 norm instead, so the two scales can differ in the last bit.
 // Included by knn_cuda.cu and by the CPU emulation test only.
 #pragma once
 #include <cuda_runtime.h>
@@ -9,7 +10,8 @@
 namespace layerknn::cuda::detail {
 namespace {  // internal linkage: each including translation unit gets its own kernels
 
-// inv[r] = 1 / ||v[r]|| in fp32 (the CPU engine's cosine normalisation). One warp per row.
+// inv[r] = 1 / ||v[r]|| with an fp32 sum of squares (32 lane partials + a shuffle tree, not the
+// CPU engine's float64 norm). One warp per row.
 __global__ void inverse_norms_kernel(const float* __restrict__ v,  // [rows, d]
                                      int64_t rows, int d,
                                      float* __restrict__ inv) {    // [rows]

@@ -14,6 +14,7 @@
 #include "cuda/cuda_check.cuh"
 #include "cuda/knn_cuda.h"
 #include "cuda/launch.cuh"
+#include "cuda/limits.h"
 #include "cuda/overlap_kernels.cuh"
 
 namespace layerknn::cuda {
@@ -26,7 +27,8 @@ void launch_sort_rows(const int32_t* src, int64_t rows, int width, int k, int32_
                       uint16_t* lengths, cudaStream_t stream) {
   if (rows == 0) return;
   constexpr int threads = 256;
-  launch_kernel(sort_rows_kernel, dim3(static_cast<unsigned>((rows + threads - 1) / threads)),
+  launch_kernel(sort_rows_kernel,
+                dim3(limits::grid_extent((rows + threads - 1) / threads, limits::kMaxGridX, "x")),
                 dim3(threads), 0, stream, src, rows, width, k, dst, lengths);
 }
 
@@ -48,11 +50,7 @@ struct OverlapTemps {
 void overlap(const OverlapProblem& p, double* mean, uint16_t* counts, int device,
              void* stream_ptr) {
   using namespace detail;
-  if (p.La < 0 || p.Lb < 0 || p.n < 0) throw std::invalid_argument("shapes must be non-negative");
-  if (p.k < 1 || p.k > p.ka || p.k > p.kb || p.k > 65535) {
-    throw std::invalid_argument("k must be in [1, min(ka, kb)] and below 65536, got " +
-                                std::to_string(p.k));
-  }
+  limits::check_overlap(p.La, p.Lb, p.n, p.ka, p.kb, p.k);
   if (p.La == 0 || p.Lb == 0) return;
   DeviceGuard guard(device);
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
@@ -61,8 +59,9 @@ void overlap(const OverlapProblem& p, double* mean, uint16_t* counts, int device
   const double inv = 1.0 / (static_cast<double>(k) * static_cast<double>(n));
 
   // Whole problem at once when the temporaries fit; otherwise halve the larger side.
-  int64_t la_chunk = std::min(p.La, kMaxGridY);
-  int64_t lb_chunk = std::min(p.Lb, kMaxGridY * kPairsPerBlock);
+  const int64_t sort_layers = limits::overlap_layers_per_launch(n);  // sort grid.x limit
+  int64_t la_chunk = std::min({p.La, kMaxGridY, sort_layers});
+  int64_t lb_chunk = std::min({p.Lb, kMaxGridY * kPairsPerBlock, sort_layers});
   StreamBuffer temp(stream);
   while (!temp.try_allocate(OverlapTemps(la_chunk, lb_chunk, n, k).bytes())) {
     if (la_chunk == 1 && lb_chunk == 1) {
@@ -93,17 +92,20 @@ void overlap(const OverlapProblem& p, double* mean, uint16_t* counts, int device
       LAYERKNN_CUDA_CHECK(cudaMemsetAsync(totals, 0, sizeof(unsigned long long) * la_count * lb_count,
                                           stream));
       if (n > 0) {
-        const dim3 grid(static_cast<unsigned>((n + kPromptsPerBlock - 1) / kPromptsPerBlock),
-                        static_cast<unsigned>(la_count),
-                        static_cast<unsigned>((lb_count + kPairsPerBlock - 1) / kPairsPerBlock));
+        const dim3 grid(
+            limits::grid_extent((n + kPromptsPerBlock - 1) / kPromptsPerBlock, limits::kMaxGridX, "x"),
+            limits::grid_extent(la_count, kMaxGridY, "y"),
+            limits::grid_extent((lb_count + kPairsPerBlock - 1) / kPairsPerBlock, kMaxGridY, "z"));
         launch_kernel(overlap_pairs_kernel, grid, dim3(kPromptsPerBlock), 0, stream, a_rows, a_len,
                       b_rows, b_len, n, k, static_cast<int>(lb_count), totals, counts, a0, b0, p.Lb);
       }
       const int64_t pairs = la_count * lb_count;
-      launch_kernel(overlap_mean_kernel, dim3(static_cast<unsigned>((pairs + 255) / 256)), dim3(256),
-                    0, stream, totals, la_count, lb_count, inv, mean, a0, b0, p.Lb);
+      launch_kernel(overlap_mean_kernel,
+                    dim3(limits::grid_extent((pairs + 255) / 256, limits::kMaxGridX, "x")), dim3(256), 0,
+                    stream, totals, la_count, lb_count, inv, mean, a0, b0, p.Lb);
     }
   }
+  finish_call(stream, "layerknn CUDA overlap");
 }
 
 }  // namespace layerknn::cuda

@@ -121,6 +121,7 @@ def knn(x: Any, y: Any | None, k: int, metric: str, exclude_self: bool,
             raise ValueError(f"k must be at most {max_k} on the GPU, got {k}")
         L, n, d = x.shape
         m = y.shape[1] if y is not None else n
+        _core.cuda_check_knn(L, n, m, d, k, y is None, exclude_self)  # size limits, before allocating
         indices = torch.empty((L, n, k), dtype=torch.int32, device=x.device)
         scores = torch.empty((L, n, k), dtype=torch.float32, device=x.device)
         _core.knn_cuda(
@@ -167,6 +168,7 @@ def overlap(a: Any, b: Any, k: int, per_prompt: bool, num_threads: int | None = 
         require_cuda_engine()
         La, n, ka = a.shape
         Lb, _, kb = b.shape
+        _core.cuda_check_overlap(La, Lb, n, ka, kb, k)
         mean = torch.empty((La, Lb), dtype=torch.float64, device=a.device)
         counts = (
             torch.empty((La, Lb, n), dtype=torch.uint16, device=a.device) if per_prompt else None

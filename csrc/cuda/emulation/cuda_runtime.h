@@ -135,8 +135,12 @@ auto exchange(uint32_t word, F combine) {
 
 // Runs kernel() for every thread of every block; blocks one after another.
 inline unsigned max_grid_z = 0;  // largest gridDim.z launched (tests check database splits)
+inline int launches = 0;         // kernel launches so far (tests count them)
+inline int fault_at_launch = 0;  // > 0: that launch "faults" (sets a sticky error, see below)
+inline void record_fault();
 
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
+  if (++launches == fault_at_launch) record_fault();
   max_grid_z = std::max(max_grid_z, grid.z);
   grid_dim = grid;
   block_dim = block;
@@ -251,6 +255,8 @@ enum cudaError_t {
   cudaErrorInvalidValue = 1,
   cudaErrorMemoryAllocation = 2,
   cudaErrorInsufficientDriver = 35,
+  cudaErrorIllegalAddress = 700,
+  cudaErrorNotSupported = 801,
 };
 enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMemoryPoolsSupported = 115 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
@@ -261,6 +267,10 @@ inline size_t memory_budget = SIZE_MAX;      // temporaries beyond this fail wit
 inline size_t memory_in_use = 0;
 inline int allocation_failures = 0;
 inline bool memory_pools = true;
+inline cudaError_t malloc_async_error = cudaSuccess;  // what cudaMallocAsync answers, if not success
+inline int async_allocations = 0, plain_allocations = 0, synchronizations = 0;
+inline cudaError_t pending_error = cudaSuccess;       // returned (and cleared) by cudaGetLastError
+inline void record_fault() { pending_error = cudaErrorIllegalAddress; }
 inline std::vector<std::pair<void*, size_t>> allocations;
 constexpr int kMaxDynamicSmem = 227 * 1024;  // sm_90 opt-in limit
 
@@ -292,13 +302,25 @@ inline const char* cudaGetErrorString(cudaError_t e) {
     case cudaSuccess: return "no error";
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInsufficientDriver: return "driver insufficient";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+    case cudaErrorNotSupported: return "operation not supported";
     default: return "invalid argument";
   }
 }
 inline const char* cudaGetErrorName(cudaError_t e) {
-  return e == cudaSuccess ? "cudaSuccess" : e == cudaErrorMemoryAllocation ? "cudaErrorMemoryAllocation" : "cudaErrorInvalidValue";
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    default: return "cudaErrorInvalidValue";
+  }
 }
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetLastError() {
+  const cudaError_t e = emu::pending_error;
+  emu::pending_error = cudaSuccess;
+  return e;
+}
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
@@ -306,11 +328,21 @@ inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
   *v = attr == cudaDevAttrMultiProcessorCount ? emu::sm_count : (emu::memory_pools ? 1 : 0);
   return cudaSuccess;
 }
-inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return emu::allocate(p, bytes); }
-inline cudaError_t cudaMalloc(void** p, size_t bytes) { return emu::allocate(p, bytes); }
+inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
+  if (emu::malloc_async_error != cudaSuccess) return emu::malloc_async_error;
+  ++emu::async_allocations;
+  return emu::allocate(p, bytes);
+}
+inline cudaError_t cudaMalloc(void** p, size_t bytes) {
+  ++emu::plain_allocations;
+  return emu::allocate(p, bytes);
+}
 inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return emu::release(p); }
 inline cudaError_t cudaFree(void* p) { return emu::release(p); }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  ++emu::synchronizations;
+  return cudaSuccess;
+}
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t) {
   std::memset(p, v, bytes);
   return cudaSuccess;

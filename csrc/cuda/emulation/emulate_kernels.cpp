@@ -17,6 +17,8 @@
 
 #include "cuda/knn_cuda.h"
 #include "cuda/knn_kernel.cuh"
+#include "cuda/limits.h"
+#include "cuda/launch.cuh"
 #include "cuda/norms_kernel.cuh"
 #include "cuda/overlap_kernels.cuh"
 #include "common/intersect.h"
@@ -301,6 +303,145 @@ void run_overlap(int La, int Lb, int n, int ka, int kb, int k, bool with_counts,
   std::printf("%s %s\n", bad == 0 ? "ok  " : "FAIL", name.c_str());
 }
 
+
+// Throws-check helper: true when f() throws E whose message contains `needle`.
+template <class E, class F>
+bool throws_with(F f, const std::string& needle) {
+  try {
+    f();
+  } catch (const E& e) {
+    if (std::string(e.what()).find(needle) != std::string::npos) return true;
+    std::printf("  unexpected message: %s\n", e.what());
+  }
+  return false;
+}
+
+// The launch plumbing of the drivers: LAYERKNN_CUDA_SYNC, fault reporting at the call, the
+// plain-malloc fallback of the temporaries, and the size limits checked before any launch.
+void run_plumbing(std::mt19937& rng) {
+  const int before = failures;
+  std::vector<float> x(2 * 150 * 12);
+  std::normal_distribution<float> normal;
+  for (auto& v : x) v = normal(rng);
+  std::vector<int32_t> idx(2 * 150 * 6);
+  std::vector<float> val(idx.size());
+  KnnProblem p;
+  p.x = x.data();
+  p.L = 2;
+  p.n = 150;
+  p.d = 12;
+  p.k = 6;
+  p.metric = Metric::Cosine;
+  emu::sm_count = 4;  // database splits: norms, fused and merge kernels all launch
+  const auto counters_reset = [] {
+    emu::launches = emu::synchronizations = emu::async_allocations = emu::plain_allocations = 0;
+  };
+
+  // LAYERKNN_CUDA_SYNC=1: one stream synchronisation per launch plus one closing the call.
+  counters_reset();
+  layerknn::cuda::knn(p, idx.data(), val.data(), 0, nullptr);
+  check(emu::launches >= 3 && emu::synchronizations == 0, "no synchronisation without LAYERKNN_CUDA_SYNC");
+  const std::vector<int32_t> expect = idx;
+  setenv("LAYERKNN_CUDA_SYNC", "1", 1);
+  counters_reset();
+  layerknn::cuda::knn(p, idx.data(), val.data(), 0, nullptr);
+  check(emu::synchronizations == emu::launches + 1, "LAYERKNN_CUDA_SYNC=1 synchronises every launch");
+  check(idx == expect, "LAYERKNN_CUDA_SYNC=1 gives the same result");
+  setenv("LAYERKNN_CUDA_SYNC", "0", 1);
+  counters_reset();
+  layerknn::cuda::knn(p, idx.data(), val.data(), 0, nullptr);
+  check(emu::synchronizations == 0, "LAYERKNN_CUDA_SYNC=0 does not synchronise");
+  unsetenv("LAYERKNN_CUDA_SYNC");
+
+  // A faulting kernel is reported at the layerknn call, and the temporaries are still freed.
+  for (int at = 1; at <= 3; ++at) {
+    counters_reset();
+    emu::fault_at_launch = at;
+    check(throws_with<std::runtime_error>([&] { layerknn::cuda::knn(p, idx.data(), val.data(), 0, nullptr); },
+                                          "illegal memory access"),
+          "a fault at launch " + std::to_string(at) + " raises at the call");
+    check(emu::memory_in_use == 0, "temporaries freed after a fault");
+  }
+  emu::fault_at_launch = 0;
+  counters_reset();
+  emu::pending_error = cudaErrorIllegalAddress;  // recorded by an earlier, unchecked launch
+  const int32_t a_rows[6] = {1, 2, 3, 4, 5, 6};
+  OverlapProblem o;
+  o.a = a_rows;
+  o.b = a_rows;
+  o.La = o.Lb = 1;
+  o.n = 2;
+  o.ka = o.kb = 3;
+  o.k = 3;
+  double mean = 0;
+  check(throws_with<std::runtime_error>([&] { layerknn::cuda::overlap(o, &mean, nullptr, 0, nullptr); },
+                                        "cudaErrorIllegalAddress"),
+        "a pending fault surfaces at the overlap call");
+  layerknn::cuda::overlap(o, &mean, nullptr, 0, nullptr);
+  check(mean == 1.0, "overlap after a cleared fault");
+
+  // Temporaries without a stream-ordered pool: plain cudaMalloc, same answer.
+  emu::malloc_async_error = cudaErrorNotSupported;
+  counters_reset();
+  layerknn::cuda::knn(p, idx.data(), val.data(), 0, nullptr);
+  check(emu::async_allocations == 0 && emu::plain_allocations > 0 && idx == expect,
+        "cudaMallocAsync unsupported: falls back to cudaMalloc");
+  emu::malloc_async_error = cudaSuccess;
+  emu::memory_pools = false;
+  counters_reset();
+  layerknn::cuda::knn(p, idx.data(), val.data(), 0, nullptr);
+  check(emu::async_allocations == 0 && emu::plain_allocations > 0 && idx == expect,
+        "no memory pools: cudaMalloc");
+  emu::memory_pools = true;
+  setenv("LAYERKNN_CUDA_POOL", "0", 1);
+  counters_reset();
+  layerknn::cuda::knn(p, idx.data(), val.data(), 0, nullptr);
+  check(emu::async_allocations == 0 && emu::plain_allocations > 0, "LAYERKNN_CUDA_POOL=0: cudaMalloc");
+  unsetenv("LAYERKNN_CUDA_POOL");
+  counters_reset();
+  layerknn::cuda::knn(p, idx.data(), val.data(), 0, nullptr);
+  check(emu::async_allocations > 0 && emu::plain_allocations == 0, "pool used by default");
+  check(emu::memory_in_use == 0, "temporaries freed");
+
+  // Size limits, refused before any launch or allocation.
+  namespace lim = layerknn::cuda::limits;
+  counters_reset();
+  KnnProblem big = p;
+  big.n = lim::kMaxExtent + 1;
+  check(throws_with<std::invalid_argument>([&] { layerknn::cuda::knn(big, nullptr, nullptr, 0, nullptr); },
+                                           "n (query rows) must be at most 2147483391"),
+        "n beyond the 32-bit row limit");
+  big = p;
+  big.d = int64_t{1} << 32;
+  check(throws_with<std::invalid_argument>([&] { layerknn::cuda::knn(big, nullptr, nullptr, 0, nullptr); },
+                                           "d (features)"),
+        "d beyond the 32-bit feature limit");
+  big = p;
+  big.y = x.data();
+  big.m = int64_t{3} << 31;
+  check(throws_with<std::invalid_argument>([&] { layerknn::cuda::knn(big, nullptr, nullptr, 0, nullptr); },
+                                           "m (database rows)"),
+        "m beyond the 32-bit row limit");
+  check(emu::launches == 0 && emu::async_allocations == 0, "limits checked before any launch");
+  check(lim::knn_layers_per_launch(150, 150) == 65535 && lim::knn_layers_per_launch(1, 1) == 65535,
+        "layers per launch: grid y limit");
+  check(lim::knn_layers_per_launch(lim::kMaxExtent, 5) == 8, "layers per launch: grid x of the norms");
+  check(lim::overlap_layers_per_launch(int64_t{1} << 35) == 15, "overlap layers per launch");
+  check(throws_with<std::invalid_argument>([] { lim::check_overlap(1, 1, int64_t{1} << 40, 5, 5, 5); },
+                                           "n (prompts) must be at most"),
+        "overlap n beyond the grid limit");
+  check(throws_with<std::invalid_argument>([] { lim::check_overlap(1, 1, 10, 5, 7, 6); }, "[1, 5], got 6"),
+        "overlap k beyond min(ka, kb)");
+  check(throws_with<std::invalid_argument>([] { lim::grid_extent(int64_t{1} << 31, lim::kMaxGridX, "x"); },
+                                           "grid x of 2147483648 blocks"),
+        "grid extent beyond the limit");
+  check(throws_with<std::logic_error>([] { check_launch_shape(dim3(1, 70000, 1), dim3(256)); },
+                                      "invalid launch shape"),
+        "launch shape check");
+  std::printf("%s launch plumbing (sync flag, faults, malloc fallback, limits)\n",
+              failures == before ? "ok  " : "FAIL");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -376,6 +517,7 @@ int main(int argc, char** argv) {
           "device_count / max_k");
     std::printf("%s driver argument errors\n", failures == 0 ? "ok  " : "FAIL");
   }
+  run_plumbing(rng);
   std::printf(failures == 0 ? "ALL OK\n" : "%d FAILURES\n", failures);
   return failures == 0 ? 0 : 1;
 }

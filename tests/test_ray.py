@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import tiny_models  # noqa: E402
 from layerknn import store  # noqa: E402
 from layerknn.cache import Cache  # noqa: E402
-from layerknn.executors import LocalExecutor, Unit, get_executor, run_unit  # noqa: E402
+from layerknn.executor_choice import get_executor  # noqa: E402
+from layerknn.executors import LocalExecutor, Unit, run_unit  # noqa: E402
 from layerknn.ray_executor import RayExecutor, unit_resources  # noqa: E402
 from layerknn.options import ExtractOptions, LoadOptions  # noqa: E402
 from layerknn.zoo import zoo  # noqa: E402

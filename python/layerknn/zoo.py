@@ -23,7 +23,8 @@ import numpy as np
 
 from . import store
 from .comparison import Comparison
-from .executors import Unit, get_executor
+from .executor_choice import get_executor
+from .executors import Unit
 from .options import DEFAULTS, ExtractOptions, LoadOptions, check_count
 from .overlap import overlap
 from .report import jsonable

@@ -9,7 +9,6 @@
 #if LAYERKNN_X86
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cmath>
 
 #define LAYERKNN_AVX2 __attribute__((target("avx2,fma")))
@@ -127,58 +126,36 @@ LAYERKNN_AVX2 void pack_broadcast_side(const float* src, int64_t count, int64_t 
   pack_fp32_broadcast_side<kMr>(src, count, d, scale, dpad, static_cast<float*>(dst));
 }
 
-// Feature chunks of at most kChunk steps keep one panel's chunk (24 x 192 floats for d = 576)
-// in L1 while every row block streams past it; chunks are balanced so none is a short tail.
-constexpr int64_t kChunk = 256;
-
-inline int64_t chunk_steps(int64_t steps) {
-  const int64_t chunks = (steps + kChunk - 1) / kChunk;
-  return chunks <= 1 ? steps : (steps + chunks - 1) / chunks;
-}
-
 LAYERKNN_AVX2 void gemm(const void* broadcast_, int64_t rows_pad, const void* vector_,
                         int64_t cols_pad, int64_t dpad, float* tile, int64_t lds, const TileScales*) {
   const float* broadcast = static_cast<const float*>(broadcast_);
   const float* vector = static_cast<const float*>(vector_);
-  const int64_t chunk = chunk_steps(dpad);
-  for (int64_t k0 = 0; k0 < dpad; k0 += chunk) {
-    const int64_t k1 = std::min(dpad, k0 + chunk);
-    for (int64_t c0 = 0; c0 < cols_pad; c0 += kNr) {
-      const float* panel = vector + c0 * dpad;
-      for (int64_t r0 = 0; r0 < rows_pad; r0 += kMr) {
-        const float* a = broadcast + r0 * dpad;
-        __m256 acc[kMr][3];
+  for (int64_t c0 = 0; c0 < cols_pad; c0 += kNr) {
+    const float* panel = vector + c0 * dpad;
+    for (int64_t r0 = 0; r0 < rows_pad; r0 += kMr) {
+      const float* a = broadcast + r0 * dpad;
+      __m256 acc[kMr][3];
+#pragma GCC unroll 4
+      for (int r = 0; r < kMr; ++r) acc[r][0] = acc[r][1] = acc[r][2] = _mm256_setzero_ps();
+      const float* b = panel;
+      for (int64_t t = 0; t < dpad; ++t, b += kNr) {
+        const __m256 b0 = _mm256_loadu_ps(b);
+        const __m256 b1 = _mm256_loadu_ps(b + 8);
+        const __m256 b2 = _mm256_loadu_ps(b + 16);
 #pragma GCC unroll 4
         for (int r = 0; r < kMr; ++r) {
-          const float* in = tile + (r0 + r) * lds + c0;
-          if (k0 == 0) {
-            acc[r][0] = acc[r][1] = acc[r][2] = _mm256_setzero_ps();
-          } else {
-            acc[r][0] = _mm256_loadu_ps(in);
-            acc[r][1] = _mm256_loadu_ps(in + 8);
-            acc[r][2] = _mm256_loadu_ps(in + 16);
-          }
+          const __m256 av = _mm256_broadcast_ss(a + r * dpad + t);
+          acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+          acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+          acc[r][2] = _mm256_fmadd_ps(av, b2, acc[r][2]);
         }
-        const float* b = panel + k0 * kNr;
-        for (int64_t t = k0; t < k1; ++t, b += kNr) {
-          const __m256 b0 = _mm256_loadu_ps(b);
-          const __m256 b1 = _mm256_loadu_ps(b + 8);
-          const __m256 b2 = _mm256_loadu_ps(b + 16);
+      }
 #pragma GCC unroll 4
-          for (int r = 0; r < kMr; ++r) {
-            const __m256 av = _mm256_broadcast_ss(a + r * dpad + t);
-            acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
-            acc[r][2] = _mm256_fmadd_ps(av, b2, acc[r][2]);
-          }
-        }
-#pragma GCC unroll 4
-        for (int r = 0; r < kMr; ++r) {
-          float* out = tile + (r0 + r) * lds + c0;
-          _mm256_storeu_ps(out, acc[r][0]);
-          _mm256_storeu_ps(out + 8, acc[r][1]);
-          _mm256_storeu_ps(out + 16, acc[r][2]);
-        }
+      for (int r = 0; r < kMr; ++r) {
+        float* out = tile + (r0 + r) * lds + c0;
+        _mm256_storeu_ps(out, acc[r][0]);
+        _mm256_storeu_ps(out + 8, acc[r][1]);
+        _mm256_storeu_ps(out + 16, acc[r][2]);
       }
     }
   }

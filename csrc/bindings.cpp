@@ -264,6 +264,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("tile_precisions", &cpu::tile_precisions,
         "tile precisions the CPU engine may use on this processor (see LAYERKNN_CPU_KERNEL)");
   m.def("default_num_threads", &cpu::default_num_threads);
+  m.def("last_knn_report", [] {
+    py::list out;
+    for (const auto& r : cpu::last_layer_reports()) out.append(py::make_tuple(r.table, r.candidates_per_row));
+    return out;
+  }, "[(tile kernel table, mean exactly scored candidates per row)] per layer of the last CPU knn");
   m.def("row_sq_norms", &row_sq_norms, py::arg("x"), py::arg("num_threads") = 0,
         "float64 squared L2 norm of each row of x [L, n, d] -> [L, n]");
   m.def("knn_cpu", &knn_cpu, py::arg("x"), py::arg("y"), py::arg("k"), py::arg("metric"),

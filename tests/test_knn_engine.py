@@ -150,7 +150,7 @@ def forced(monkeypatch, precision, *args, **kwargs):
     return engine(*args, **kwargs)
 
 
-@pytest.mark.skipif(not LOW_PRECISIONS, reason="CPU has neither AVX512-BF16 nor AVX512-VNNI")
+@pytest.mark.skipif(not LOW_PRECISIONS, reason="CPU offers no low-precision tiles")
 @pytest.mark.parametrize("precision", LOW_PRECISIONS)
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
 def test_low_precision_tiles_stay_exact_on_near_ties(rng, monkeypatch, precision, metric):
@@ -163,7 +163,7 @@ def test_low_precision_tiles_stay_exact_on_near_ties(rng, monkeypatch, precision
     assert_neighbors_exact(low[0], low[1], x, 10, metric, tol=1e-6)
 
 
-@pytest.mark.skipif(not LOW_PRECISIONS, reason="CPU has neither AVX512-BF16 nor AVX512-VNNI")
+@pytest.mark.skipif(not LOW_PRECISIONS, reason="CPU offers no low-precision tiles")
 @pytest.mark.parametrize("precision", LOW_PRECISIONS)
 @pytest.mark.parametrize("L,n,d,k", [(2, 9, 3, 8), (1, 193, 257, 5), (1, 385, 65, 17), (2, 260, 130, 1)])
 def test_low_precision_tiles_match_float64_at_awkward_sizes(rng, monkeypatch, precision, L, n, d, k):
@@ -177,7 +177,7 @@ def test_low_precision_tiles_match_float64_at_awkward_sizes(rng, monkeypatch, pr
         assert (indices == fp32[0]).all() and (scores == fp32[1]).all()
 
 
-@pytest.mark.skipif("int8" not in LOW_PRECISIONS, reason="CPU lacks AVX512-VNNI")
+@pytest.mark.skipif("int8" not in LOW_PRECISIONS, reason="CPU lacks int8 tiles")
 def test_int8_tiles_stay_exact_with_an_outlying_feature(rng, monkeypatch):
     # One huge feature per row makes every int8 step coarse: the window swallows most rows, so
     # lists overflow into exact scans; answers must not change. Auto mode must see the cost
@@ -190,6 +190,35 @@ def test_int8_tiles_stay_exact_with_an_outlying_feature(rng, monkeypatch):
     assert (int8[0] == fp32[0]).all() and (int8[1] == fp32[1]).all()
     assert (auto[0] == fp32[0]).all() and (auto[1] == fp32[1]).all()
     assert_neighbors_exact(int8[0], int8[1], x, 10, "cosine")
+
+
+@pytest.mark.skipif("int8" not in LOW_PRECISIONS, reason="CPU lacks int8 tiles")
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_int8_tiles_survive_full_scale_codes(rng, monkeypatch, metric):
+    # Rows of +-1 (and +-1 with one planted near-copy each) quantise to codes of magnitude 127
+    # everywhere, the largest code products: every pair of features sums to +-2 * 127^2, the
+    # edge of VPMADDUBSW's int16 saturation on AVX2 (simd_avx2_int8.cpp). A saturating pair
+    # would shift tile scores far outside the window and lose neighbours.
+    x = np.where(rng.random((1, 300, 96)) < 0.5, -1.0, 1.0).astype(np.float32)
+    x[0, 150:] = x[0, :150]
+    flips = rng.integers(0, 96, size=150)
+    x[0, np.arange(150, 300), flips] *= -1
+    int8 = forced(monkeypatch, "int8", x, 6, metric)
+    fp32 = forced(monkeypatch, "fp32", x, 6, metric)
+    assert (int8[0] == fp32[0]).all() and (int8[1] == fp32[1]).all()
+    assert_neighbors_exact(int8[0], int8[1], x, 6, metric)
+    assert (int8[0][0, :150, 0] == np.arange(150, 300)).all()  # the planted copies come first
+
+
+def test_last_knn_report_names_each_layers_tiles(rng, monkeypatch):
+    x = clustered(rng, 3, 200, 40)
+    forced(monkeypatch, "fp32", x, 5)
+    report = _core.last_knn_report()
+    assert [table for table, _ in report] == [_core.active_kernel_table()] * 3
+    assert all(5 <= candidates <= 199 for _, candidates in report)
+    if "int8" in LOW_PRECISIONS:
+        forced(monkeypatch, "int8", x, 5)
+        assert all(table.endswith("int8") for table, _ in _core.last_knn_report())
 
 
 def test_tile_precisions_always_offer_fp32():

@@ -322,6 +322,18 @@ def test_the_staircase_nearly_reaches_the_fp32_tile_bound(rng):
     assert 0.1 < worst <= 1.0
 
 
+def test_a_lane_staircase_nearly_reaches_the_exact_bound(rng):
+    # The exact score's bound counts ceil(d/16) + 4 roundings per product (its 16 lanes and
+    # halving tree), not d: a staircase in every lane must still come within a tenth of it.
+    d = 16 * 257
+    x = np.repeat(staircase(257), 16).astype(F32)  # lane l sees the staircase in order
+    y = np.ones(d, dtype=F32)
+    exact = float(T.exact_scores(x, y[None], METRIC["ip"], F32(1), np.array([1], F32))[0])
+    err = abs(exact - true_dot(x, y))
+    bound = T.exact_error(METRIC["ip"], d, norm_above(x), norm_above(y))
+    assert 0.1 < err / bound <= 1.0
+
+
 def test_windows_grow_with_every_norm():
     # Maxima over database rows are only safe because every bound is monotone in each norm.
     base = (1.0, 1.1, 0.01)

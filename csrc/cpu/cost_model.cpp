@@ -13,15 +13,16 @@ namespace layerknn::cpu {
 Precision cheapest_precision(double pass_rows, int k, double list_budget,
                              const std::vector<SampledPrecision>& low) {
   constexpr double kRescoreCost = 4;  // a gathered exact score vs one fp32 GEMM row (estimate)
-  auto cost = [&](Precision precision, double count) {
-    return pass_rows / double(1 << precision) + kRescoreCost * count;
+  auto cost = [&](const SampledPrecision& option) {
+    const double speedup = option.speedup > 0 ? option.speedup : double(1 << option.precision);
+    return pass_rows / speedup + kRescoreCost * option.candidates;
   };
   Precision best = kFp32;
-  double best_cost = cost(kFp32, k);
+  double best_cost = cost({kFp32, double(k), 1.});
   for (const SampledPrecision& option : low) {
-    if (option.candidates <= list_budget && cost(option.precision, option.candidates) < best_cost) {
+    if (option.candidates <= list_budget && cost(option) < best_cost) {
       best = option.precision;
-      best_cost = cost(option.precision, option.candidates);
+      best_cost = cost(option);
     }
   }
   return best;

@@ -13,14 +13,16 @@
 
 namespace layerknn::cpu {
 
-// A precision on offer and the mean number of candidates per row its window leaves.
+// A precision on offer and the mean number of candidates per row its window leaves; speedup:
+// its tiles' GEMM speed over fp32 tiles (KernelSet::speedup), 0 for the nominal 2^precision.
 struct SampledPrecision {
   Precision precision;
   double candidates;
+  double speedup = 0.;
 };
 
 // The cheapest precision: per row, GEMM work (pass_rows database rows per pass over the
-// precision's speed-up 2^precision) + kRescoreCost per exactly re-scored candidate, both in fp32
+// precision's speed-up, 2^precision unless given) + kRescoreCost per exactly re-scored candidate, both in fp32
 // multiply-adds per feature. fp32 is costed at k candidates; a low precision qualifies only if
 // its candidates stay within list_budget and it is strictly cheaper; among equals the earlier
 // entry of `low` wins.

@@ -93,6 +93,12 @@ KernelChoice choose_kernels(Metric metric, int64_t d) {
     choice.int8 = avx512_int8_kernels();
     if (kernel == "int8") choice.forced = choice.int8;
   }
+  // Without AVX-512, int8 tiles by VPMADDUBSW (simd_avx2_int8.cpp) beat the AVX2 fp32 tiles.
+  if (level == Level::Avx2 && cpu_level() == Level::Avx2 && (automatic || kernel == "int8") &&
+      avx2_int8_kernels() && (d + 3) / 4 * 4 <= kMaxInt8Features) {
+    choice.int8 = avx2_int8_kernels();
+    if (kernel == "int8") choice.forced = choice.int8;
+  }
   return choice;
 }
 
@@ -113,6 +119,7 @@ std::vector<std::string> tile_precisions() {
   std::vector<std::string> out = {"fp32"};
   if (cpu_has_bf16() && avx512_bf16_kernels()) out.push_back("bf16");
   if (cpu_has_vnni() && avx512_int8_kernels()) out.push_back("int8");
+  if (cpu_level() == Level::Avx2 && avx2_int8_kernels()) out.push_back("int8");
   return out;
 }
 

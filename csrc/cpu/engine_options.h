@@ -22,9 +22,9 @@ struct KernelChoice {
 
 // LAYERKNN_CPU_SIMD=auto|avx512|avx2|scalar caps the instruction set (for testing);
 // LAYERKNN_CPU_KERNEL=auto|fp32|bf16|int8 picks the tile precision: auto considers bf16 tiles
-// (AVX512-BF16) and int8 tiles (AVX512-VNNI) for cosine and lets a per-layer sample pick the
-// cheapest (cost_model.h); bf16 or int8 forces that precision for every metric where the CPU
-// has it; fp32 never uses low precision. Results are identical either way (exact re-scoring).
+// (AVX512-BF16) and int8 tiles (AVX512-VNNI, or VPMADDUBSW on AVX2-only CPUs) for cosine and
+// lets a per-layer sample pick the cheapest (cost_model.h); bf16 or int8 forces that precision
+// for every metric where the CPU has it; fp32 never uses low precision. Results are identical either way (exact re-scoring).
 // Throws std::invalid_argument naming the variable for any other value. d: feature count.
 KernelChoice choose_kernels(Metric metric, int64_t d);
 
@@ -37,7 +37,7 @@ const char* simd_level();
 const char* active_kernel_table();
 
 // The tile precisions the engine may use on this CPU, among "fp32", "bf16" (AVX512-BF16) and
-// "int8" (AVX512-VNNI); see LAYERKNN_CPU_KERNEL.
+// "int8" (AVX512-VNNI, or AVX2 without AVX-512); see LAYERKNN_CPU_KERNEL.
 std::vector<std::string> tile_precisions();
 
 }  // namespace layerknn::cpu

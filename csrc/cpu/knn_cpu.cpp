@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -31,6 +32,9 @@
 
 namespace layerknn::cpu {
 namespace {
+
+std::mutex reports_mutex;
+std::vector<LayerReport> reports_published;  // guarded by reports_mutex
 
 constexpr int64_t kTileStride = 192;  // floats per tile line (multiple of 16 and of every nr)
 constexpr int64_t kStatsChunk = 64;   // rows per statistics task
@@ -82,6 +86,7 @@ class Engine {
     merge.scores = scores;
     merge.cancel = &cancel_;
     merge_ = std::make_unique<RowMerge>(merge);
+    reports_.assign(p.L, LayerReport{});
   }
 
   void run() {
@@ -106,6 +111,10 @@ class Engine {
     const int64_t solo = (direct_ || tile_workers_ < 2) ? 0 : p_.L - p_.L % tile_workers_;
     parallel_for(solo, tile_workers_, cancel_, [&](int64_t l, int wid) { run_solo(l, wid); });
     for (int64_t l = solo; l < p_.L && !cancel_.load(); ++l) run_shared(l);
+    if (!cancel_.load()) {
+      std::lock_guard<std::mutex> lock(reports_mutex);
+      reports_published = reports_;
+    }
   }
 
  private:
@@ -126,6 +135,7 @@ class Engine {
       run_tile(slot, t.i, t.j, w, lists_[wid]);
     }
     merge_->finish_solo_layer(slot, w, wid);
+    reports_[l] = {slot.ks->name, double(w.rescored) / double(std::max<int64_t>(1, w.rows_done))};
     layer_finished();
     // Consecutive layers look alike: if low-precision tiles left few candidates here, the
     // worker's next layer uses them without sampling (a layer that goes badly re-enables it).
@@ -153,11 +163,15 @@ class Engine {
       if (cancel_.load()) return;
     }
     const int nlists = static_cast<int>(lists_.size());
+    for (auto& w : workers_state_) w.rows_done = w.rescored = w.overflows = 0;
     parallel_for((n_ + kMergeChunk - 1) / kMergeChunk, workers_, cancel_,
                  [&](int64_t t, int wid) {
                    for (int64_t i = t * kMergeChunk; i < std::min(n_, (t + 1) * kMergeChunk); ++i)
                      merge_->finish_row(slot, i, workers_state_[wid], 0, nlists);
                  });
+    int64_t done = 0, rescored = 0;
+    for (const auto& w : workers_state_) done += w.rows_done, rescored += w.rescored;
+    reports_[l] = {slot.ks->name, double(rescored) / double(std::max<int64_t>(1, done))};
     layer_finished();
   }
 
@@ -260,7 +274,7 @@ class Engine {
                             side_y(slot).scale.data(), n_, m_, d_, p_.k, p_.metric, exclude_};
     const std::vector<double> candidates = sampled_candidates(layer, *choice_.fp32, windows);
     std::vector<SampledPrecision> sampled;
-    for (size_t i = 0; i < low.size(); ++i) sampled.push_back({low[i]->precision, candidates[i]});
+    for (size_t i = 0; i < low.size(); ++i) sampled.push_back({low[i]->precision, candidates[i], low[i]->speedup});
     const double pass_rows = self_ ? 0.5 * double(m_) : double(m_);
     const Precision best = cheapest_precision(pass_rows, p_.k, list_budget(), sampled);
     for (const KernelSet* ks : low)
@@ -359,6 +373,7 @@ class Engine {
   std::vector<Worker> workers_state_;
   std::vector<CandidateLists> lists_;
   std::unique_ptr<RowMerge> merge_;
+  std::vector<LayerReport> reports_;  // [L], each written by the layer's owner
 };
 
 }  // namespace
@@ -368,6 +383,11 @@ void knn(const KnnProblem& problem, int32_t* indices, float* scores, int num_thr
   if (problem.L <= 0 || problem.n <= 0 || problem.k <= 0) return;
   Engine engine(problem, indices, scores, num_threads, cancel, layers_done);
   engine.run();
+}
+
+std::vector<LayerReport> last_layer_reports() {
+  std::lock_guard<std::mutex> lock(reports_mutex);
+  return reports_published;
 }
 
 }  // namespace layerknn::cpu

@@ -4,6 +4,8 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "common/problems.h"
 
@@ -19,5 +21,17 @@ namespace layerknn::cpu {
 // NaN/Inf, or (cosine) whose squared norm is below 1e-30.
 void knn(const KnnProblem& problem, int32_t* indices, float* scores, int num_threads,
          const std::atomic<bool>& cancel, std::atomic<int64_t>* layers_done = nullptr);
+
+// How one layer of a call was computed: the kernel table of its tiles ("avx2", "avx2-int8",
+// "avx512-bf16", ...) and the mean number of candidates per query row that the merge scored
+// exactly (about k when the window is tight; every database row for rows scanned exactly).
+struct LayerReport {
+  std::string table;
+  double candidates_per_row = 0.;
+};
+
+// The per-layer reports of the most recent knn call in this process that finished (for
+// benchmarks and diagnostics; calls running concurrently overwrite each other's).
+std::vector<LayerReport> last_layer_reports();
 
 }  // namespace layerknn::cpu

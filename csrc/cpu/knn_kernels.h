@@ -86,7 +86,7 @@ struct TileScales {
 // are packed column-interleaved into panels of `nr` rows. Packed operands hold `group` features
 // per element (1 for fp32, 2 for bf16 pairs) and every feature dimension is padded to `dpad`.
 struct KernelSet {
-  const char* name;  // "scalar", "avx2", "avx512", "avx512-bf16", "avx512-int8"
+  const char* name;  // "scalar", "avx2", "avx2-int8", "avx512", "avx512-bf16", "avx512-int8"
   int mr;            // broadcast rows per micro-tile
   int nr;            // vector-side rows per micro-tile (panel width)
   int group;         // features per packed element: 1 (fp32), 2 (bf16 pairs), 4 (int8 quads)
@@ -124,6 +124,10 @@ struct KernelSet {
                     int64_t d, float* out);
   // Same lanes and tree for sum_t (a[t] - b[q][t])^2.
   void (*sqdist_batch)(const float* a, const float* const* b, int count, int64_t d, float* out);
+
+  // GEMM multiply-adds per cycle of these tiles over the fp32 tiles of the same instruction
+  // set (1 for fp32 tables); the cost model's estimate of how much cheaper a tile is.
+  double speedup;
 };
 
 // Every table compiled into this build for this architecture (nullptr where unavailable);
@@ -133,5 +137,6 @@ const KernelSet* avx2_kernels();
 const KernelSet* avx512_kernels();
 const KernelSet* avx512_bf16_kernels();
 const KernelSet* avx512_int8_kernels();
+const KernelSet* avx2_int8_kernels();  // int8 tiles by VPMADDUBSW (AVX2 CPUs without VNNI)
 
 }  // namespace layerknn::cpu

@@ -36,10 +36,32 @@ LAYERKNN_AVX2 inline float reduce_lanes(__m256 lo, __m256 hi) {
   return _mm_cvtss_f32(w1);
 }
 
+// Four rows of b at a time (each with its own two accumulators, so the per-row sums are the
+// very same FMA chains as one row at a time) hide the FMA latency and share the loads of a.
 LAYERKNN_AVX2 void dot_batch(const float* a, float sa, const float* const* b, const float* sb,
                              int count, int64_t d, float* out) {
   const __m256 s_a = _mm256_set1_ps(sa);
-  for (int q = 0; q < count; ++q) {
+  int q = 0;
+  for (; q + 4 <= count; q += 4) {
+    __m256 lo[4], hi[4], s_b[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      lo[j] = hi[j] = _mm256_setzero_ps();
+      s_b[j] = _mm256_set1_ps(sb[q + j]);
+    }
+    for (int64_t t = 0; t < d; t += 16) {
+      const __m256 a0 = _mm256_mul_ps(load8(a + t, d - t), s_a);
+      const __m256 a1 = _mm256_mul_ps(load8(a + t + 8, d - t - 8), s_a);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        lo[j] = _mm256_fmadd_ps(a0, _mm256_mul_ps(load8(b[q + j] + t, d - t), s_b[j]), lo[j]);
+        hi[j] = _mm256_fmadd_ps(a1, _mm256_mul_ps(load8(b[q + j] + t + 8, d - t - 8), s_b[j]), hi[j]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) out[q + j] = reduce_lanes(lo[j], hi[j]);
+  }
+  for (; q < count; ++q) {
     __m256 lo = _mm256_setzero_ps(), hi = lo;
     const __m256 s_b = _mm256_set1_ps(sb[q]);
     for (int64_t t = 0; t < d; t += 16) {
@@ -188,7 +210,7 @@ LAYERKNN_AVX2 void scan_tile(float* tile, int64_t lds, int rows, int cols, const
 
 const KernelSet kAvx2 = {"avx2",           kMr,          kNr,       1,         4,
                          kFp32,            row_stats,    nullptr,    pack_vector_side,
-                         pack_broadcast_side, gemm,      scan_tile, dot_batch, sqdist_batch};
+                         pack_broadcast_side, gemm,      scan_tile, dot_batch, sqdist_batch, 1.};
 
 }  // namespace
 

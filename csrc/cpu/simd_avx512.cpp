@@ -754,17 +754,17 @@ LAYERKNN_AVX512VNNI void gemm_int8(const void* broadcast_, int64_t rows_pad, con
 
 const KernelSet kAvx512 = {"avx512",  kMr,       kNr,       1,         4,
                            kFp32,     row_stats, nullptr,   pack_vector_side,
-                           pack_broadcast_side,  gemm,      scan_tile, dot_batch, sqdist_batch};
+                           pack_broadcast_side,  gemm,      scan_tile, dot_batch, sqdist_batch, 1.};
 
 const KernelSet kAvx512Bf16 = {"avx512-bf16",         kMr,       kNr,       2,
                                2,                     kBf16,     row_stats, packing_stats_bf16,
                                pack_vector_side_bf16, pack_broadcast_side_bf16,
-                               gemm_bf16,             scan_tile, dot_batch, sqdist_batch};
+                               gemm_bf16,             scan_tile, dot_batch, sqdist_batch, 2.};
 
 const KernelSet kAvx512Int8 = {"avx512-int8",         kMr,       kNr,       4,
                                1,                     kInt8,     row_stats, packing_stats_int8,
                                pack_vector_side_int8, pack_broadcast_side_int8,
-                               gemm_int8,             scan_tile, dot_batch, sqdist_batch};
+                               gemm_int8,             scan_tile, dot_batch, sqdist_batch, 4.};
 
 }  // namespace
 

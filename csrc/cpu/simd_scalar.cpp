@@ -113,7 +113,7 @@ void sqdist_batch(const float* a, const float* const* b, int count, int64_t d, f
 
 const KernelSet kScalar = {"scalar",          kMr,          kNr,       1,         4,
                            kFp32,             row_stats,    nullptr,    pack_vector_side,
-                           pack_broadcast_side, gemm,       scan_tile, dot_batch, sqdist_batch};
+                           pack_broadcast_side, gemm,       scan_tile, dot_batch, sqdist_batch, 1.};
 
 }  // namespace
 

@@ -48,9 +48,11 @@ struct OperandNorms {
 //    most 2 dpad x 2^-126 in all: < 1e-30 for dpad < 4e7.
 //  * int8 tile: the same e_x a_y + p_x e_y for x~ = step * codes; the code products sum
 //    exactly in int32, then one conversion and two scalings add gamma_3 p_x p_y.
-//  * exact score: 16 fused lanes + a halving tree round at most d + 2 times on non-negative
-//    magnitudes: |exact - <x, y>| <= gamma_{d+2} a_x a_y; for squared L2 the rounded
-//    differences add one more rounding: <= gamma_{d+3} (a_x + a_y)^2.
+//  * exact score: lane t mod 16 accumulates its ceil(d/16) products by fused multiply-adds (one
+//    rounding each, the first included), then the halving tree adds 4 levels, so every product
+//    passes at most h = ceil(d/16) + 4 roundings: |exact - <x, y>| <= gamma_h a_x a_y. For
+//    squared L2 each rounded difference squared is within (1 + u)^2 <= 1 + gamma_2 of
+//    (x_t - y_t)^2, so <= gamma_{h+2} (a_x + a_y)^2 (sum (x_t - y_t)^2 <= (a_x + a_y)^2).
 //  * squared-L2 keys 2 tile - (|x|^2 + |y|^2) add fp32-rounded norms and two roundings:
 //    <= 4 u (2 a_x a_y + a_x^2 + a_y^2), with the tile error counted twice.
 // These are relative bounds for results in fp32's normal range. Underflowing fp32 results
@@ -69,8 +71,9 @@ inline double tile_error(Precision precision, double dpad, const OperandNorms& x
 // Bound on |exact score - true score| of the engine's exact fp32 score over d features: the
 // inner product (cosine, ip) or the squared distance (squared L2).
 inline double exact_error(Metric metric, double d, double ax, double ay) {
-  if (metric == Metric::SquaredL2) return gamma(d + 3) * (ax + ay) * (ax + ay);
-  return gamma(d + 2) * ax * ay;
+  const double depth = std::ceil(d / 16) + 4;  // roundings on any one product (see above)
+  if (metric == Metric::SquaredL2) return gamma(depth + 2) * (ax + ay) * (ax + ay);
+  return gamma(depth) * ax * ay;
 }
 
 // Bound B on |approximate tile key - exact key| (keys: rank_key of the scores; squared L2 tile

@@ -63,3 +63,36 @@ def append_results(title: str, table: str, threads: int | None = None) -> None:
     print(block)
     with RESULTS.open("a") as f:
         f.write(block)
+
+
+def faiss_knn(x, k: int):
+    """The FAISS rival: one IndexFlatIP per layer over L2-normalised rows, k+1 searched, the row itself dropped."""
+    import faiss
+    import numpy as np
+
+    L, n, d = x.shape
+    out = np.empty((L, n, k), dtype=np.int64)
+    for layer in range(L):
+        xl = np.ascontiguousarray(x[layer])
+        xl = xl / np.linalg.norm(xl, axis=1, keepdims=True)
+        index = faiss.IndexFlatIP(d)
+        index.add(xl)
+        _, found = index.search(xl, k + 1)
+        not_self = found != np.arange(n)[:, None]
+        not_self[not_self.all(axis=1), -1] = False  # self absent: drop the last instead
+        out[layer] = found[not_self].reshape(n, k)
+    return out
+
+
+def drifting_neighbours(rng, layers: int, n: int, k: int):
+    """Neighbour lists of layers that drift slowly (adjacent layers overlap strongly), as in real models."""
+    import numpy as np
+
+    import layerknn
+
+    x = rng.standard_normal((n, 64)).astype(np.float32)
+    acts = []
+    for _ in range(layers):
+        x = x + 0.35 * rng.standard_normal(x.shape).astype(np.float32)
+        acts.append(x.copy())
+    return layerknn.knn(np.stack(acts), k).indices

@@ -15,7 +15,7 @@ import os
 import statistics
 import time
 
-from _common import append_results, reexec_without_blas_throttles
+from _common import append_results, drifting_neighbours, reexec_without_blas_throttles
 
 reexec_without_blas_throttles()
 
@@ -23,15 +23,6 @@ import numpy as np  # noqa: E402
 
 import layerknn  # noqa: E402
 from layerknn import _core, calibration, stats  # noqa: E402
-
-
-def drifting_knn(rng, layers, n, k):
-    x = rng.standard_normal((n, 64)).astype(np.float32)
-    acts = []
-    for _ in range(layers):
-        x = x + 0.35 * rng.standard_normal(x.shape).astype(np.float32)
-        acts.append(x.copy())
-    return layerknn.knn(np.stack(acts), k).indices
 
 
 def naive(a, b, k, n_perm, seed, overlap):
@@ -61,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     La, Lb, n, k = 31, 19, 2048, 10
-    a, b = drifting_knn(rng, La, n, k), drifting_knn(rng, Lb, n, k)
+    a, b = drifting_neighbours(rng, La, n, k), drifting_neighbours(rng, Lb, n, k)
 
     def overlap(x, y, kk):
         return layerknn.overlap(x, y, kk, num_threads=args.threads)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import append_results, reexec_without_blas_throttles  # noqa: E402
+from _common import append_results, faiss_knn, reexec_without_blas_throttles  # noqa: E402
 
 reexec_without_blas_throttles()
 
@@ -59,24 +59,6 @@ def layerknn_runner(threads: int):
     from layerknn import _core
 
     return lambda x: _core.knn_cpu(x, None, K, 1, True, threads)[0]
-
-
-def faiss_knn(x: np.ndarray) -> np.ndarray:
-    """One IndexFlatIP per layer over L2-normalised rows; search k+1 and drop the row itself."""
-    import faiss
-
-    L, n, d = x.shape
-    out = np.empty((L, n, K), dtype=np.int64)
-    for layer in range(L):
-        xl = np.ascontiguousarray(x[layer])
-        xl = xl / np.linalg.norm(xl, axis=1, keepdims=True)
-        index = faiss.IndexFlatIP(d)
-        index.add(xl)
-        _, found = index.search(xl, K + 1)
-        not_self = found != np.arange(n)[:, None]
-        not_self[not_self.all(axis=1), -1] = False  # self absent: drop the last instead
-        out[layer] = found[not_self].reshape(n, K)
-    return out
 
 
 def torch_knn(x: np.ndarray) -> np.ndarray:
@@ -190,7 +172,7 @@ def main() -> None:
         x = make_activations(L, n, d)
         print(f"{name}: L={L} n={n} d={d} ...", flush=True)
         times, results = timed_rounds(
-            {"layerknn": run_layerknn, "faiss": faiss_knn, "torch": torch_knn}, x, args.repeats
+            {"layerknn": run_layerknn, "faiss": lambda x: faiss_knn(x, K), "torch": torch_knn}, x, args.repeats
         )
         t_ours, t_faiss, t_torch = times["layerknn"], times["faiss"], times["torch"]
         ours, theirs_faiss, theirs_torch = results["layerknn"], results["faiss"], results["torch"]

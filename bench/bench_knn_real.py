@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import append_results, reexec_without_blas_throttles  # noqa: E402
+from _common import append_results, faiss_knn, reexec_without_blas_throttles  # noqa: E402
 
 reexec_without_blas_throttles()
 
@@ -60,24 +60,6 @@ def layerknn_knn(x: np.ndarray, k: int, threads: int) -> np.ndarray:
     import layerknn
 
     return np.asarray(layerknn.knn(x, k, metric="cosine", num_threads=threads).indices)
-
-
-def faiss_knn(x: np.ndarray, k: int) -> np.ndarray:
-    """One IndexFlatIP per layer over L2-normalised rows; search k+1 and drop the row itself."""
-    import faiss
-
-    L, n, d = x.shape
-    out = np.empty((L, n, k), dtype=np.int64)
-    for layer in range(L):
-        xl = np.ascontiguousarray(x[layer])
-        xl = xl / np.linalg.norm(xl, axis=1, keepdims=True)
-        index = faiss.IndexFlatIP(d)
-        index.add(xl)
-        _, found = index.search(xl, k + 1)
-        not_self = found != np.arange(n)[:, None]
-        not_self[not_self.all(axis=1), -1] = False  # self absent: drop the last instead
-        out[layer] = found[not_self].reshape(n, k)
-    return out
 
 
 def torch_knn(x: np.ndarray, k: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from _common import append_results, median_seconds, reexec_without_blas_throttles
+from _common import append_results, drifting_neighbours, median_seconds, reexec_without_blas_throttles
 
 reexec_without_blas_throttles()
 
@@ -27,16 +27,6 @@ import torch  # noqa: E402
 
 import layerknn  # noqa: E402
 from layerknn.overlap import MEASURES  # noqa: E402
-
-
-def random_knn(rng, layers, n, k):
-    """Realistic neighbour sets: layers drift slowly, so adjacent layers overlap strongly."""
-    x = rng.standard_normal((n, 64)).astype(np.float32)
-    acts = []
-    for _ in range(layers):
-        x = x + 0.35 * rng.standard_normal(x.shape).astype(np.float32)
-        acts.append(x.copy())
-    return layerknn.knn(np.stack(acts), k).indices
 
 
 def masks_of(indices: torch.Tensor, n: int) -> torch.Tensor:
@@ -135,7 +125,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     La, Lb, n, k = 31, 19, 2048, 10
-    a, b = random_knn(rng, La, n, k), random_knn(rng, Lb, n, k)
+    a, b = drifting_neighbours(rng, La, n, k), drifting_neighbours(rng, Lb, n, k)
     if args.part in ("all", "measures"):
         table = bench_measures(a, b, k, args.threads, args.repeats)
         table += f"\n\nShape La={La}, Lb={Lb}, n={n}, k={k}; means agree to 1e-12. NumPy timed single-threaded."

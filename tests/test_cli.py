@@ -305,18 +305,26 @@ def test_library_and_cli_share_defaults(tmp_path, act_files, capsys):
     assert report["meta"]["options"] == json.loads(json.dumps(ref.meta["options"]))
 
 
-def test_no_progress_silences_transformers_bars_too(tmp_path, act_files):
-    from huggingface_hub.utils import are_progress_bars_disabled
-    from transformers.utils import logging as hf_logging
+def test_no_progress_silences_every_bar_including_direct_tqdm_calls(tmp_path, act_files, monkeypatch, capsys):
+    """transformers' GGUF dequantisation calls tqdm directly; --no-progress must hide that too."""
+    from tqdm.auto import tqdm
 
-    from layerknn.cli import main
+    from layerknn import cli
 
     (a, b, _), _ = act_files
-    hf_logging.enable_progress_bar()
-    try:
-        assert hf_logging.is_progress_bar_enabled()
-        assert main(["compare", str(a), str(b), "--k", "3", "--bootstrap", "0", "--permutations", "0",
-                     "--no-progress", "--out", str(tmp_path / "o")]) == 0
-        assert not hf_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
-    finally:
-        hf_logging.enable_progress_bar()
+    seen = []
+    compare_module = sys.modules["layerknn.compare"]  # the module (the package re-exports a function)
+
+    original_compare = compare_module.compare
+
+    def compare_with_a_third_party_bar(*args, **kwargs):
+        bar = tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...")
+        seen.append(bar.disable)
+        list(bar)
+        return original_compare(*args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "compare", compare_with_a_third_party_bar)
+    common = ["compare", str(a), str(b), "--k", "3", "--bootstrap", "0", "--permutations", "0"]
+    assert cli.main([*common, "--no-progress", "--out", str(tmp_path / "o")]) == 0
+    assert seen == [True] and "de-quantizing" not in capsys.readouterr().err
+    assert not tqdm(range(1)).disable  # restored after the command

@@ -12,6 +12,8 @@ anything else; 130: interrupted); ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import re
@@ -19,7 +21,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .options import DEFAULTS, MAIN_JOB
 
@@ -187,15 +189,35 @@ def _executor(address: str | None) -> str:
     return f"ray:{address}"
 
 
-def _quiet_transformers() -> None:
-    """--no-progress: transformers' and the hub's own bars (e.g. GGUF dequantisation) stay hidden too."""
-    try:
-        from huggingface_hub.utils import disable_progress_bars
-        from transformers.utils import logging as hf_logging
-    except ImportError:
+@contextlib.contextmanager
+def _no_progress_bars(silence: bool) -> Iterator[None]:
+    """--no-progress: hide every bar of the run, including transformers' and the hub's own.
+
+    Some of transformers' bars (GGUF dequantisation, weight loading) call tqdm directly, outside
+    its progress-bar switch, so tqdm itself defaults to ``disable=True`` for the duration of the
+    command; the previous state is restored afterwards.
+    """
+    if not silence:
+        yield
         return
-    hf_logging.disable_progress_bar()
-    disable_progress_bars()
+    from tqdm import std
+
+    original = std.tqdm.__init__
+    std.tqdm.__init__ = functools.partialmethod(original, disable=True)
+    hf_enabled = None
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = original
+        if hf_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _cpu_seconds() -> float:
@@ -347,13 +369,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = getattr(args, "debug", False)
-    if getattr(args, "no_progress", False):
-        _quiet_transformers()
     original_format = warnings.formatwarning
     if not debug:  # warnings as one line each, without the source line they came from
         warnings.formatwarning = lambda message, category, *rest, **kw: f"layerknn: warning: {message}\n"
     try:
-        return _dispatch(args, debug)
+        with _no_progress_bars(getattr(args, "no_progress", False)):
+            return _dispatch(args, debug)
     finally:
         warnings.formatwarning = original_format
 

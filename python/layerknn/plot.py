@@ -87,11 +87,11 @@ def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap:
         ax.text(0, 0, f"{c.matrix[0, 0]:.2f}", color="black", ha="center", va="center", fontsize=5.5)
     ax.plot([0, lb], [0, la], ls="--", lw=1.2, color="white", alpha=0.8)
     null = getattr(c, "calibration", None)
-    if null is not None:  # hatch the block cells that are not significant family-wise
-        weak = np.where(np.nan_to_num(null.p_adjusted, nan=1.0) > 0.05, 1.0, np.nan)
-        weak[0, :] = weak[:, 0] = np.nan
-        ax.contourf(np.arange(lb + 1), np.arange(la + 1), weak, levels=[0.5, 1.5], colors="none",
-                    hatches=["////"])
+    if null is not None:  # hatch the block cells that are not above chance family-wise
+        weak = np.nan_to_num(null.p_adjusted, nan=1.0) > 0.05
+        for i, j in zip(*np.nonzero(weak[1:, 1:])):
+            ax.add_patch(plt.Rectangle((j + 0.5, i + 0.5), 1, 1, fill=False, hatch="////", ec="white", lw=0,
+                                       alpha=0.8))
     if show_path:
         bm = c.best_match(include_embeddings=False)
         ax.plot(bm["a_to_b"], bm["layers_a"], "o", ms=3.5, color="white", mec="black", mew=0.5)
@@ -122,7 +122,8 @@ def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap:
     if clipped:
         handles.append(plt.Line2D([], [], ls="none"))
         labels.append("row/col 0 = embeddings (colour scale set by the blocks)")
-    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=7, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncol=2 if len(labels) <= 4 else 1, fontsize=7,
+               frameon=False)
     ax.set_title(title or f"{c.name_a} vs {c.name_b}\n{_subtitle(c)}", fontsize=10)
     return save_figure(fig, path, dpi)
 

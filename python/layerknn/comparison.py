@@ -18,17 +18,12 @@ import numpy as np
 
 from . import stats as _stats
 from . import store
-from .bootstrap import bootstrap_intervals
+from .bootstrap import bootstrap_intervals, transpose_intervals
 from .options import check_count
 
 __all__ = ["Comparison"]
 
 _KIND = "comparison"
-_SWAPPED_STATS = {"spearman_ab": "spearman_ba", "spearman_ba": "spearman_ab",
-                  "mean_abs_depth_error_ab": "mean_abs_depth_error_ba",
-                  "mean_abs_depth_error_ba": "mean_abs_depth_error_ab"}
-_SWAPPED_CI = {"best_depth_ab_low": "best_depth_ba_low", "best_depth_ab_high": "best_depth_ba_high",
-               "best_depth_ba_low": "best_depth_ab_low", "best_depth_ba_high": "best_depth_ab_high"}
 
 
 class Comparison:
@@ -122,6 +117,7 @@ class Comparison:
         self.p_values: np.ndarray | None = None
         self.permutation_info: dict | None = None
         self.calibration = None
+        self._alignments: dict = {}
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -169,6 +165,11 @@ class Comparison:
                 f"[{self.num_layers_b} blocks], n={self.n}, k={self.k}, max={self.matrix.max():.3f}, "
                 f"chance={self.chance:.4f})")
 
+    @property
+    def _count_scale(self) -> int:
+        """What per-prompt counts are divided by: k for overlap counts, 1 for other measures' scores."""
+        return self.k if self.measure == "mutual" else 1
+
     def _need_counts(self, what: str) -> np.ndarray:
         counts = self.per_prompt
         if counts is None:
@@ -210,6 +211,38 @@ class Comparison:
                                          near=near, far=far, include_embeddings=include_embeddings)
         return {key: s[key] for key in _stats.DEPTH_STATS}
 
+    def alignment(self, method: str = "monotone", *, reg: float = 0.1, include_embeddings: bool | None = None,
+                  n_boot: int | None = None, seed: int | None = None, level: float | None = None):
+        """Layer correspondence A -> B with a global score and bootstrap bands (:func:`layerknn.alignment.align`).
+
+        ``method``: ``"argmax"`` (best matches), ``"monotone"`` (best order-preserving path) or
+        ``"ot"`` (entropic optimal transport by depth mass; needs POT).  Bands resample prompts
+        from the per-prompt counts, by default with the settings of the last :meth:`bootstrap`
+        (none when it did not run).  Results are kept per setting.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> a = Comparison.from_matrix(np.eye(4) * 0.5 + 0.01, n=100, k=5).alignment("monotone")
+        >>> a.path.tolist(), round(a.score, 2), a.bands_reason
+        ([1, 2, 3], 0.51, 'no per-prompt counts (a bare matrix)')
+        """
+        from .alignment import METHODS, align
+        from .alignment_ot import check_reg
+
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+        ci = self.ci or {}
+        key = (method, check_reg(reg) if method == "ot" else None,
+               self.geometry()["include_embeddings"] if include_embeddings is None else bool(include_embeddings),
+               check_count(ci.get("n_boot", 0) if n_boot is None else n_boot, "n_boot"),
+               ci.get("seed", 0) if seed is None else seed, float(ci.get("level", 0.95) if level is None else level))
+        if key not in self._alignments:
+            self._alignments[key] = align(self.matrix, self.num_layers_a, self.num_layers_b, method, reg=reg,
+                                          include_embeddings=key[2], counts=self.per_prompt, k=self._count_scale,
+                                          n_boot=key[3], seed=key[4], level=key[5])
+        return self._alignments[key]
+
     def geometry(self) -> dict:
         """The near/far/embeddings settings the statistics were computed with (defaults without a bootstrap)."""
         if self.ci is None:
@@ -237,10 +270,9 @@ class Comparison:
         """
         counts = self._need_counts("bootstrap")
         n_boot = check_count(n_boot, "n_boot", 1)
-        self.ci = bootstrap_intervals(counts, self.k if self.measure == "mutual" else 1,
-                                      self.num_layers_a, self.num_layers_b,
-                                             n_boot=n_boot, seed=seed, level=level, near=near, far=far,
-                                             include_embeddings=include_embeddings, progress=progress)
+        self.ci = bootstrap_intervals(counts, self._count_scale, self.num_layers_a, self.num_layers_b,
+                                      n_boot=n_boot, seed=seed, level=level, near=near, far=far,
+                                      include_embeddings=include_embeddings, progress=progress)
         return self.ci
 
     def calibrate(self, n_perm: int = 1000, seed: int | None = 0, *, progress: bool = False):
@@ -316,10 +348,7 @@ class Comparison:
                          tie_rates=(self.tie_rate_b, self.tie_rate_a), dataset=self.dataset, pooling=self.pooling,
                          meta=_swap_models(self.meta), measure=self.measure)
         if self.ci is not None:
-            ci = {_SWAPPED_CI.get(key, key): value for key, value in self.ci.items()}
-            ci["matrix_low"], ci["matrix_high"] = self.ci["matrix_low"].T, self.ci["matrix_high"].T
-            ci["stats"] = {_SWAPPED_STATS.get(key, key): value for key, value in self.ci["stats"].items()}
-            out.ci = ci
+            out.ci = transpose_intervals(self.ci)
         if self.calibration is not None:
             from .calibration import transpose_null
 
@@ -358,11 +387,12 @@ class Comparison:
         """IPython terminals: the plain-text summary."""
         printer.text(repr(self) if cycle else self.summary())
 
-    def plot(self, path: "str | os.PathLike", **kwargs) -> Path:
-        """Heatmap of the similarity matrix (see :func:`layerknn.plot.heatmap`)."""
+    def plot(self, path: "str | os.PathLike", *, alignment: str | None = "monotone", **kwargs) -> Path:
+        """Heatmap of the similarity matrix with :meth:`alignment` drawn over it (None: none); see
+        :func:`layerknn.plot.heatmap`."""
         from .plot import heatmap
 
-        return heatmap(self, path, **kwargs)
+        return heatmap(self, path, alignment=None if alignment is None else self.alignment(alignment), **kwargs)
 
     def plot_depth(self, path: "str | os.PathLike", **kwargs) -> Path:
         """Best-match depth curves with bootstrap bands (see :func:`layerknn.plot.depth_curve`)."""

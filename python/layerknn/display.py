@@ -30,8 +30,6 @@ def _rows(pairs) -> str:
 
 def comparison_html(c: "Comparison") -> str:
     """A settings/verdict table beside the heatmap, for Jupyter's ``_repr_html_``."""
-    from .plot import heatmap
-
     v = c.verdict()
     da = c.depth_alignment(**c.geometry())
     table = _rows([
@@ -42,7 +40,7 @@ def comparison_html(c: "Comparison") -> str:
         ("Spearman A→B, B→A", f"{da['spearman_ab']:.3f}, {da['spearman_ba']:.3f}"),
         ("verdict", f"{v['verdict'].upper()}: {v['basis']}"),
     ])
-    image = _png(heatmap, c)
+    image = _png(lambda obj, buffer, **kwargs: obj.plot(buffer, **kwargs), c)  # the heatmap with its overlays
     return (f"<div style='display:flex;gap:1em;align-items:flex-start'><table>{table}</table>"
             f"<img src='data:image/png;base64,{image}' style='max-width:480px'/></div>")
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only; figures read objects, never analysis modules
+    from .alignment import Alignment
     from .comparison import Comparison
     from .zoo import Zoo
 
@@ -63,12 +64,13 @@ def _subtitle(c: "Comparison") -> str:
 
 
 def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap: str = "viridis",
-            show_path: bool = True, title: str | None = None) -> Path:
+            show_path: bool = True, title: str | None = None, alignment: "Alignment | None" = None) -> Path:
     """Layers of A (rows) x layers of B (columns) similarity heatmap.
 
-    Overlays the depth diagonal (``l_a / L_a = l_b / L_b``, dashed) and each A layer's
-    best-matching B layer (white dots); chance ``k/(n-1)`` is marked on the colour bar.
-    Top and right axes give normalised depth.
+    Overlays the depth diagonal (``l_a / L_a = l_b / L_b``, dashed), each A layer's
+    best-matching B layer (white dots) and, when given, an alignment's matched B layer per
+    A layer (pink line; fractional for an OT coupling) with its bootstrap band; chance
+    ``k/(n-1)`` is marked on the colour bar.  Top and right axes give normalised depth.
     """
     plt = _pyplot()
     la, lb = c.num_layers_a, c.num_layers_b
@@ -92,6 +94,11 @@ def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap:
         for i, j in zip(*np.nonzero(weak[1:, 1:])):
             ax.add_patch(plt.Rectangle((j + 0.5, i + 0.5), 1, 1, fill=False, hatch="////", ec="white", lw=0,
                                        alpha=0.8))
+    if alignment is not None:
+        if alignment.bands is not None:
+            ax.fill_betweenx(alignment.layers_a, alignment.bands["depth_low"] * lb, alignment.bands["depth_high"] * lb,
+                             color=_ALIGN_COLOUR, alpha=0.3, lw=0)
+        ax.plot(alignment.matched_layer, alignment.layers_a, "-", color=_ALIGN_COLOUR, lw=1.5)
     if show_path:
         bm = c.best_match(include_embeddings=False)
         ax.plot(bm["a_to_b"], bm["layers_a"], "o", ms=3.5, color="white", mec="black", mew=0.5)
@@ -114,6 +121,9 @@ def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap:
     if show_path:
         handles.append(plt.Line2D([], [], ls="none", marker="o", ms=4, mfc="white", mec="black", mew=0.6))
         labels.append("best B block for each A block")
+    if alignment is not None:
+        handles.append(plt.Line2D([], [], color=_ALIGN_COLOUR, lw=1.5))
+        labels.append(_alignment_label(alignment))
     if null is not None:
         handles.append(plt.Rectangle((0, 0), 1, 1, fill=False, hatch="////", ec="0.35"))
         labels.append(f"not above chance family-wise (max-statistic p > 0.05, {null.n_perm} shuffles)")
@@ -126,6 +136,16 @@ def heatmap(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, cmap:
                frameon=False)
     ax.set_title(title or f"{c.name_a} vs {c.name_b}\n{_subtitle(c)}", fontsize=10)
     return save_figure(fig, path, dpi)
+
+
+_ALIGN_COLOUR = "#ff4fa3"  # pink: visible on every viridis colour and apart from the white overlays
+
+
+def _alignment_label(al: "Alignment") -> str:
+    what = {"argmax": "best matches", "monotone": "best monotone path",
+            "ot": "OT coupling, barycentric match"}[al.method] + (f" (reg {al.reg:g})" if al.reg is not None else "")
+    band = f", band: {int(round(al.bands['level'] * 100))}% bootstrap CI" if al.bands is not None else ""
+    return f"{what}: mean matched similarity {al.score:.3f}{band}"
 
 
 def depth_curve(c: "Comparison", path: "str | os.PathLike", *, dpi: int = 200, title: str | None = None) -> Path:

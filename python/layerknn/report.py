@@ -124,6 +124,7 @@ def summary(c: "Comparison") -> str:
         f"best matches decided by a tie (lowest index taken, as in the paper): {v['tied_ab']} of A's blocks, "
         f"{v['tied_ba']} of B's blocks",
     ]
+    lines.append(_alignment_line(c))
     word = {"track": "TRACK", "no": "do NOT track", "undefined": "UNDEFINED: cannot tell whether they track"}
     lines.append(f"VERDICT: best matches {word[v['verdict']]} normalised depth ({v['basis']})")
     lines += _calibration_lines(c)
@@ -136,6 +137,31 @@ def summary(c: "Comparison") -> str:
                          f"{rates[0]:.1%}, blocks max {block_rates.max():.1%} "
                          f"(block {int(np.argmax(block_rates)) + 1}){warn}")
     return "\n".join(lines)
+
+
+def _alignments(c: "Comparison") -> dict:
+    """Best matches, the monotone path and the OT coupling (bands as the bootstrap's), or why one is missing."""
+    out = {}
+    for method in ("argmax", "monotone", "ot"):
+        try:
+            out[method] = c.alignment(method)
+        except ImportError as exc:  # POT is optional
+            out[method] = str(exc)
+    return out
+
+
+def _alignment_line(c: "Comparison") -> str:
+    parts = []
+    for method, al in _alignments(c).items():
+        label = {"argmax": "best matches", "monotone": "monotone path", "ot": "OT coupling"}[method]
+        if isinstance(al, str):
+            parts.append(f"{label} n/a (needs POT: pip install 'layerknn[align]')")
+            continue
+        label += f" (reg {al.reg:g})" if al.reg is not None else ""
+        b = al.bands
+        ci = f" [{int(round(b['level'] * 100))}% CI {b['score_low']:.3f}, {b['score_high']:.3f}]" if b else ""
+        parts.append(f"{label} {al.score:.3f}{ci}")
+    return "layer alignment A->B, mean similarity of matched cells: " + "; ".join(parts)
 
 
 def _calibration_lines(c: "Comparison") -> list[str]:
@@ -171,6 +197,8 @@ def to_dict(c: "Comparison") -> dict:
                               for key, v in c.best_match(include_embeddings=False).items()},
         "depth_alignment": jsonable(c.depth_alignment(**geometry)),
         "verdict": jsonable(verdict(c)),
+        "alignment": {method: jsonable(al.to_dict() if not isinstance(al, str) else {"method": method, "error": al})
+                      for method, al in _alignments(c).items()},
         "tie_rate_a": None if c.tie_rate_a is None else np.asarray(c.tie_rate_a).tolist(),
         "tie_rate_b": None if c.tie_rate_b is None else np.asarray(c.tie_rate_b).tolist(),
         "ci": jsonable(c.ci) if c.ci is not None else None,

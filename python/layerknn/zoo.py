@@ -190,7 +190,7 @@ class Zoo:
         pairs = {}
         for (i, j), c in self.pairs.items():
             d = c.to_dict()
-            entry = {key: d[key] for key in ("depth_alignment", "verdict", "best_match_blocks")}
+            entry = {key: d[key] for key in ("depth_alignment", "verdict", "best_match_blocks", "alignment")}
             entry["ci"] = {"stats": d["ci"]["stats"]} if d["ci"] else None
             pairs[f"{self.names[i]} | {self.names[j]}"] = entry
         return jsonable({

@@ -215,6 +215,10 @@ def test_bad_method_and_reg():
         ot_coupling(m, "0.1")
     with pytest.raises(ValueError, match=r"matrix must have shape \(3, 3\), got \(3, 2\)"):
         align(m[:, :2], 2, 2)
+    with pytest.raises(ValueError, match="matrix must hold finite values"):
+        align(np.where(m > 0, np.nan, 0.0), 2, 2, "argmax")
+    with pytest.raises(TypeError, match="n_boot must be an integer"):
+        align(m, 2, 2, counts=np.ones((3, 3, 5)), n_boot=2.5)
     c = Comparison.from_matrix(m + 0.1, n=20, k=2)
     with pytest.raises(ValueError, match="method must be one of"):
         c.alignment("best")

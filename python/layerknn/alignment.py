@@ -22,6 +22,7 @@ import numpy as np
 from . import stats
 from .alignment_ot import check_reg, ot_coupling
 from .bootstrap import bootstrap_matrices
+from .options import check_count
 
 __all__ = ["monotone_path", "align", "Alignment", "METHODS"]
 
@@ -202,6 +203,9 @@ def align(matrix: np.ndarray, num_layers_a: int, num_layers_b: int, method: str 
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.shape != (num_layers_a + 1, num_layers_b + 1):
         raise ValueError(f"matrix must have shape {(num_layers_a + 1, num_layers_b + 1)}, got {matrix.shape}")
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError("matrix must hold finite values")
+    n_boot = check_count(n_boot, "n_boot")
     start = 0 if include_embeddings else 1
     layers_a, layers_b = np.arange(start, num_layers_a + 1), np.arange(start, num_layers_b + 1)
     depth_b = stats.layer_depths(num_layers_b)[start:]

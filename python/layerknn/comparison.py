@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from . import stats as _stats
 from . import store
 from .bootstrap import bootstrap_intervals, transpose_intervals
 from .options import check_count
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from .alignment import Alignment
 
 __all__ = ["Comparison"]
 
@@ -212,7 +215,7 @@ class Comparison:
         return {key: s[key] for key in _stats.DEPTH_STATS}
 
     def alignment(self, method: str = "monotone", *, reg: float = 0.1, include_embeddings: bool | None = None,
-                  n_boot: int | None = None, seed: int | None = None, level: float | None = None):
+                  n_boot: int | None = None, seed: int | None = None, level: float | None = None) -> "Alignment":
         """Layer correspondence A -> B with a global score and bootstrap bands (:func:`layerknn.alignment.align`).
 
         ``method``: ``"argmax"`` (best matches), ``"monotone"`` (best order-preserving path) or
@@ -388,8 +391,7 @@ class Comparison:
         printer.text(repr(self) if cycle else self.summary())
 
     def plot(self, path: "str | os.PathLike", *, alignment: str | None = "monotone", **kwargs) -> Path:
-        """Heatmap of the similarity matrix with :meth:`alignment` drawn over it (None: none); see
-        :func:`layerknn.plot.heatmap`."""
+        """Heatmap with :meth:`alignment`'s match drawn over it (None: none); see :func:`layerknn.plot.heatmap`."""
         from .plot import heatmap
 
         return heatmap(self, path, alignment=None if alignment is None else self.alignment(alignment), **kwargs)

@@ -169,6 +169,14 @@ def test_nnsight_equals_its_hf_model(language_model, pooling):
     assert wrapped.fingerprint == direct.fingerprint == fingerprint_for(lm, TEXTS, pooling=pooling)
 
 
+def test_nnsight_transformers_model_too(language_model):
+    nnsight = pytest.importorskip("nnsight")
+    _, hf_model, tokenizer = language_model
+    wrapped = nnsight.TransformersModel(hf_model, tokenizer=tokenizer)  # the class LanguageModel gives way to
+    assert torch.equal(extract(wrapped, TEXTS, progress=False).values,
+                       extract(hf_model, TEXTS, tokenizer=tokenizer, progress=False).values)
+
+
 def test_nnsight_matches_its_trace(language_model):
     lm, _, tokenizer = language_model
     acts = extract(lm, TEXTS, batch_size=1, progress=False)

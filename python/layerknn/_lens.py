@@ -23,16 +23,26 @@ def unwrap_nnsight(model, tokenizer):
     """``(HF model, tokenizer)`` for an nnsight model; ``(model, tokenizer)`` unchanged otherwise."""
     if not type(model).__module__.startswith("nnsight"):
         return model, tokenizer
-    module = getattr(model, "_module", None)
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"cannot find the torch model inside the nnsight {type(model).__name__} "
-                        "(expected a torch.nn.Module at ._module)")
     if getattr(model, "dispatched", True) is False:  # loaded lazily on the meta device
         model.dispatch()
-        module = model._module
+    module = _wrapped_module(model)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"cannot find the torch model inside the nnsight {type(model).__name__} "
+                        "(expected a torch.nn.Module at ._module, or ._model in older nnsight)")
     if tokenizer is None:
         tokenizer = getattr(model, "tokenizer", None)
     return module, tokenizer
+
+
+def _wrapped_module(model):
+    for attribute in ("_module", "_model"):  # nnsight 0.8 / older releases
+        try:
+            module = getattr(model, attribute)
+        except AttributeError:
+            continue
+        if isinstance(module, torch.nn.Module):
+            return module
+    return None
 
 
 def is_lens_model(model) -> bool:

@@ -187,9 +187,13 @@ def extract(
 
     Parameters
     ----------
-    model : transformers.PreTrainedModel
+    model : transformers.PreTrainedModel, TransformerLens model or nnsight LanguageModel
         Any causal LM, encoder (BERT-like) or state-space model (Mamba); the headless base
-        model is run, so logits are never computed. ``device_map="auto"`` models work.
+        model is run, so logits are never computed. ``device_map="auto"`` models work. An
+        nnsight model is extracted as the HF model it wraps. A TransformerLens
+        ``HookedTransformer`` / ``TransformerBridge`` is read through TL's hooks
+        (``blocks.0.hook_resid_pre``, then each ``blocks.{i}.hook_resid_post``, the last one
+        through ``ln_final``) and tokenises with its own ``to_tokens`` (``tokenizer`` must be None).
     texts : sequence of str
         The prompts (non-empty strings; an empty string raises ValueError naming it).
     tokenizer : optional

@@ -128,6 +128,23 @@ def test_bridge_layer_subset_hooks_removed_and_fingerprint(bridge):
     assert cut.token_counts.max().item() == 4
 
 
+@pytest.mark.parametrize("bridge", ["llama"], indirect=True)
+def test_bridge_chat_template_wraps_texts_without_a_second_bos(bridge):
+    model, _ = bridge
+    tokenizer = model.tokenizer
+    tokenizer.chat_template = "<bos>{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    try:
+        acts = extract(model, TEXTS[:3], chat_template=True, batch_size=1, progress=False)
+        for j, text in enumerate(TEXTS[:3]):
+            tokens = model.to_tokens(f"<bos>[{text}]", prepend_bos=False)
+            assert acts.token_counts[j].item() == tokens.shape[1] == len(text) + 3
+            with torch.no_grad():
+                _, cache = model.run_with_cache(tokens)
+            assert torch.equal(acts.values[0, j], cache["blocks.0.hook_resid_pre"][0, -1])
+    finally:
+        tokenizer.chat_template = None
+
+
 def test_hooked_transformer_matches_run_with_cache(tmp_path):
     lens = pytest.importorskip("transformer_lens")
     try:

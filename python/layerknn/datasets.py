@@ -18,7 +18,14 @@ Spec syntax
 * a path ending in ``.txt`` (one prompt per non-empty line), ``.jsonl`` (option
   ``field``, default ``text``) or ``.csv`` (option ``column``, default ``text``);
   options ``n``, ``seed``. Files must be UTF-8 (a leading byte-order mark is dropped);
-  anything else raises ValueError naming the file and the format expected.
+  anything else raises ValueError naming the file and the format expected;
+* ``hf:<hub id>[/<config>]`` -- one column of one split of a Hugging Face dataset, through
+  the ``datasets`` library (``pip install 'layerknn[hf]'``); options ``split`` (default
+  ``train``), ``field`` (default ``text``), ``config``, ``n``, ``seed``. The hub id may be
+  ``owner/name``, so ``hf:Salesforce/wikitext/wikitext-2-raw-v1`` names a config (or use
+  ``?config=``). ``hf:/path/to/folder`` reads a dataset saved with ``save_to_disk``. Blank
+  values are dropped; offline (``HF_DATASETS_OFFLINE=1``) only cached datasets load, and
+  anything else raises ValueError naming the dataset.
 
 ``n`` keeps a seeded random subset of ``n`` items (seed 0 unless ``seed`` is given),
 in their original order; without ``n`` every item is kept.
@@ -55,6 +62,7 @@ _KNOWN_OPTIONS = {
     ".txt": {"n", "seed"},
     ".jsonl": {"n", "seed", "field"},
     ".csv": {"n", "seed", "column"},
+    "hf": {"n", "seed", "split", "field", "config"},
 }
 _INT_OPTIONS = ("n", "seed", "length")
 _DEFAULT_RANDOM_N = 1024
@@ -77,7 +85,9 @@ class DatasetSpec:
 
     @property
     def kind(self) -> str:
-        """``"random-strings"``, ``"stdlib-docs"``, ``".txt"``, ``".jsonl"`` or ``".csv"``."""
+        """``"random-strings"``, ``"stdlib-docs"``, ``".txt"``, ``".jsonl"``, ``".csv"`` or ``"hf"``."""
+        if self.source.startswith("hf:"):
+            return "hf"
         if self.source.startswith("builtin:"):
             return self.source[len("builtin:"):]
         return Path(self.source).suffix.lower()
@@ -133,12 +143,19 @@ def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
                 f"expected one of {', '.join('builtin:' + b for b in BUILTINS)}"
             )
         kind = name
+    elif source.startswith("hf:"):
+        from ._hf_datasets import split_name
+
+        if not source[len("hf:"):]:
+            raise ValueError(f"dataset spec {spec!r}: expected a dataset after 'hf:', e.g. 'hf:Salesforce/wikitext'")
+        split_name(source[len("hf:"):])  # ValueError on a malformed name, before anything is loaded
+        kind = "hf"
     else:
         kind = Path(source).suffix.lower()
         if kind not in _FILE_SUFFIXES:
             raise ValueError(
                 f"dataset spec {spec!r}: expected 'builtin:random-strings', "
-                f"'builtin:stdlib-docs' or a path ending in .txt, .jsonl or .csv"
+                f"'builtin:stdlib-docs', 'hf:<dataset>' or a path ending in .txt, .jsonl or .csv"
             )
     options: dict = {}
     if query:
@@ -201,6 +218,11 @@ def load_texts(spec: str | DatasetSpec, *, n: int | None = None, seed: int | Non
                               length=opts.get("length", 100))
     if kind == "stdlib-docs":
         items = list(stdlib_paragraphs())
+    elif kind == "hf":
+        from ._hf_datasets import DEFAULT_FIELD, DEFAULT_SPLIT, hf_texts
+
+        items = hf_texts(parsed.source[len("hf:"):], config=opts.get("config"),
+                         split=opts.get("split", DEFAULT_SPLIT), field=opts.get("field", DEFAULT_FIELD))
     else:
         path = Path(parsed.source).expanduser()
         if not path.is_file():

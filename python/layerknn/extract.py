@@ -25,6 +25,7 @@ from ._checkpoint import ResumeDir, check_resume_dir, remove_resume_files, run_d
 from ._encoding import batch_inputs, check_token_ids, effective_max_length, tokenize
 from ._hooks import HookSet, StopForward
 from ._identity import _fingerprint, _model_name, _tokenizer_size
+from ._lens import LensParts, is_lens_model, unwrap_nnsight
 from ._pooling import BatchPooler, check_pooling
 from .activations import Activations
 
@@ -148,10 +149,23 @@ def fingerprint_for(
     texts = _check_texts(texts)
     pooling = check_pooling(pooling)
     max_length = _check_max_length(max_length)
-    parts = find_model_parts(model)
+    model, parts, tokenizer = _model_parts(model, tokenizer)
     layer_list = _normalise_layers(layers, parts.num_layers)
-    tokenizer = _resolve_tokenizer(model, tokenizer)
-    return _fingerprint(model, tokenizer, texts, pooling, max_length, bool(chat_template), layer_list)
+    return _fingerprint(model, tokenizer, texts, pooling, max_length, bool(chat_template), layer_list,
+                        backend=parts.identity() if isinstance(parts, LensParts) else None)
+
+
+def _model_parts(model, tokenizer):
+    """``(model, parts, tokenizer)``: nnsight models unwrapped, TransformerLens models as ``LensParts``."""
+    model, tokenizer = unwrap_nnsight(model, tokenizer)
+    if is_lens_model(model):
+        parts = LensParts(model)
+        if tokenizer is not None and tokenizer is not parts.tokenizer:
+            raise ValueError("tokenizer must be None for a TransformerLens model: it tokenises with its own "
+                             "(model.to_tokens); set another with model.set_tokenizer(...)")
+        return model, parts, parts.tokenizer
+    parts = find_model_parts(model)
+    return model, parts, _resolve_tokenizer(model, tokenizer)
 
 
 def extract(
@@ -173,9 +187,13 @@ def extract(
 
     Parameters
     ----------
-    model : transformers.PreTrainedModel
+    model : transformers.PreTrainedModel, TransformerLens model or nnsight LanguageModel
         Any causal LM, encoder (BERT-like) or state-space model (Mamba); the headless base
-        model is run, so logits are never computed. ``device_map="auto"`` models work.
+        model is run, so logits are never computed. ``device_map="auto"`` models work. An
+        nnsight model is extracted as the HF model it wraps. A TransformerLens
+        ``HookedTransformer`` / ``TransformerBridge`` is read through TL's hooks
+        (``blocks.0.hook_resid_pre``, then each ``blocks.{i}.hook_resid_post``, the last one
+        through ``ln_final``) and tokenises with its own ``to_tokens`` (``tokenizer`` must be None).
     texts : sequence of str
         The prompts (non-empty strings; an empty string raises ValueError naming it).
     tokenizer : optional
@@ -261,21 +279,27 @@ def extract(
     pooling = check_pooling(pooling)
     max_length = _check_max_length(max_length)
     batch_size = _check_batch_size(batch_size)
-    parts = find_model_parts(model)
+    model, parts, tokenizer = _model_parts(model, tokenizer)
+    lens = parts if isinstance(parts, LensParts) else None
     num_layers = parts.num_layers
     layer_list = _normalise_layers(layers, num_layers)
-    tokenizer = _resolve_tokenizer(model, tokenizer)
     chat_template = bool(chat_template)
-    hidden_size = hidden_size_of(model)
+    hidden_size = lens.hidden_size if lens else hidden_size_of(model)
 
     resume_path = check_resume_dir(resume_dir)
-    parameters = inspect.signature(parts.base.forward).parameters
-    accepts = set(parameters)
-    takes_kwargs = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    max_len = effective_max_length(model, tokenizer, max_length)
-    encoded = tokenize(texts, tokenizer, max_len, chat_template, forward_names=accepts)
+    if lens:
+        accepts, takes_kwargs = {"attention_mask"}, False
+        max_len = min((v for v in (lens.max_positions, max_length) if v is not None), default=None)
+        encoded = lens.tokenize(texts, max_len, chat_template)
+        check_token_ids(encoded, lens.vocabulary, None)
+    else:
+        parameters = inspect.signature(parts.base.forward).parameters
+        accepts = set(parameters)
+        takes_kwargs = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        max_len = effective_max_length(model, tokenizer, max_length)
+        encoded = tokenize(texts, tokenizer, max_len, chat_template, forward_names=accepts)
+        check_token_ids(encoded, embedding_rows(model), _tokenizer_size(tokenizer))
     n = len(texts)
-    check_token_ids(encoded, embedding_rows(model), _tokenizer_size(tokenizer))
     n_truncated = sum(encoded.truncated)
     if n_truncated:
         warnings.warn(
@@ -284,8 +308,9 @@ def extract(
             stacklevel=2,
         )
 
-    fingerprint = _fingerprint(model, tokenizer, texts, pooling, max_length, chat_template, layer_list)
-    input_device = input_embedding_device(model)
+    fingerprint = _fingerprint(model, tokenizer, texts, pooling, max_length, chat_template, layer_list,
+                               backend=lens.identity() if lens else None)
+    input_device = lens.input_device() if lens else input_embedding_device(model)
     out_device = torch.device(device) if device is not None else input_device
     values = torch.empty((len(layer_list), n, hidden_size), dtype=out_dtype, device=out_device)
 
@@ -300,13 +325,13 @@ def extract(
         digest = run_digest(fingerprint, out_dtype=out_dtype, batch_size=batch_size, device_type=input_device.type)
         resume = ResumeDir(resume_path, digest, out_dtype)
 
-    hooks = HookSet(parts, layer_list)
+    hooks = lens.hooks(layer_list) if lens else HookSet(parts, layer_list)
     was_training = model.training
     model.eval()
     hooks.install()
-    name = _model_name(model)
-    batch = _BatchRunner(parts, hooks, encoded, values, pooling, _pad_id(tokenizer), input_device, pass_mask,
-                         call_kwargs, name)
+    name = lens.name if lens else _model_name(model)
+    forward = lens.forward if lens else (lambda inputs: parts.base(**inputs, **call_kwargs))
+    batch = _BatchRunner(forward, hooks, encoded, values, pooling, _pad_id(tokenizer), input_device, pass_mask, name)
     try:
         from tqdm.auto import tqdm
 
@@ -395,11 +420,10 @@ def _pad_id(tokenizer) -> int:
 class _BatchRunner:
     """One forward pass over some rows, pooling the hooked layers into ``values``."""
 
-    def __init__(self, parts, hooks, encoded, values, pooling, pad_id, input_device, pass_mask, call_kwargs,
-                 model_name):
-        self.parts, self.hooks, self.encoded, self.values = parts, hooks, encoded, values
+    def __init__(self, forward, hooks, encoded, values, pooling, pad_id, input_device, pass_mask, model_name):
+        self.forward, self.hooks, self.encoded, self.values = forward, hooks, encoded, values
         self.pooling, self.pad_id, self.input_device = pooling, pad_id, input_device
-        self.pass_mask, self.call_kwargs, self.model_name = pass_mask, call_kwargs, model_name
+        self.pass_mask, self.model_name = pass_mask, model_name
 
     def run(self, rows) -> None:
         inputs, counts = batch_inputs(self.encoded, rows, self.pad_id, self.input_device, self.pass_mask)
@@ -407,7 +431,7 @@ class _BatchRunner:
         pooler = BatchPooler(self.values, torch.tensor(rows, dtype=torch.long), counts, skip_first, self.pooling)
         self.hooks.start_batch(pooler)
         try:
-            self.parts.base(**inputs, **self.call_kwargs)
+            self.forward(inputs)
         except StopForward:
             pass
         self.hooks.check_batch(self.model_name)

@@ -172,9 +172,13 @@ def display_name(model: Any) -> str:
     if isinstance(model, (str, os.PathLike)):
         text = str(model).rstrip("/")
         return Path(text).name if os.path.sep in text else text
-    obj = model[0] if isinstance(model, tuple) else model
+    from ._lens import unwrap_nnsight
+
+    obj = unwrap_nnsight(model[0] if isinstance(model, tuple) else model, None)[0]
     cfg = getattr(obj, "config", None)
-    return str(getattr(cfg, "_name_or_path", None) or getattr(cfg, "name_or_path", None) or type(obj).__name__)
+    lens_name = getattr(getattr(obj, "cfg", None), "model_name", None)  # TransformerLens
+    return str(getattr(cfg, "_name_or_path", None) or getattr(cfg, "name_or_path", None) or lens_name
+               or type(obj).__name__)
 
 
 def _name_key(model: Any, texts: Sequence[str], load: LoadOptions, extract: ExtractOptions) -> str | None:

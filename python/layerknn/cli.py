@@ -54,7 +54,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="extraction batch size (default auto)")
     p.add_argument("--cache-dir", default=None, metavar="D",
                    help="cache root for activations, neighbour lists and dequantised models "
-                        "(default $LAYERKNN_CACHE_DIR or ~/.cache/layerknn)")
+                        "(default $LAYERKNN_CACHE_DIR or ~/.cache/layerknn); a folder or an fsspec URL such as "
+                        "s3://bucket/layerknn (needs its fsspec backend, e.g. pip install s3fs)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--ray", nargs="?", const="ray", default=None, metavar="ADDRESS",
                    help="run each model (and the pair statistics) as Ray tasks: on the running cluster, else a new "
@@ -164,8 +165,11 @@ def _options(args, main_job: bool = False) -> dict:
     """Library keyword arguments from the parsed command line."""
     from .cache import Cache
 
-    if args.cache_dir:  # one cache root: dequantised models live under it too
-        os.environ["LAYERKNN_CACHE_DIR"] = str(Path(args.cache_dir).expanduser())
+    if args.cache_dir:  # one cache root (a folder or an fsspec URL): dequantised models live under it too
+        from .store import is_url
+
+        root = args.cache_dir if is_url(args.cache_dir) else str(Path(args.cache_dir).expanduser())
+        os.environ["LAYERKNN_CACHE_DIR"] = root
     if args.max_length is not None and args.max_length < 0:
         raise ValueError(f"--max-length must be >= 0, got {args.max_length}")
     max_length = args.max_length if args.max_length is not None else (MAIN_JOB["max_length"] if main_job else None)

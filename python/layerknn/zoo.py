@@ -216,7 +216,7 @@ class Zoo:
         return cls(parts.pop("names"), parts.pop("num_layers"), parts.pop("matrix"), **parts)
 
 
-def _common_n(models: Sequence[Any], labels: Sequence[str], texts: list[str] | None) -> int:
+def _common_n(models: Sequence[Any], labels: Sequence[str], texts: list[str] | None, where: str = "") -> int:
     sizes = [(label, prompt_count(model, label)) for label, model in zip(labels, models)]
     sizes = [(label, n) for label, n in sizes if n is not None]
     if texts is not None:
@@ -225,7 +225,7 @@ def _common_n(models: Sequence[Any], labels: Sequence[str], texts: list[str] | N
         raise ValueError("texts is required when the models are given as names or model objects")
     if len({n for _, n in sizes}) > 1:
         detail = ", ".join(f"{label}: n={n}" for label, n in sizes)
-        raise ValueError(f"the models and texts must cover the same prompts; got {detail}")
+        raise ValueError(f"the models and texts{where} must cover the same prompts; got {detail}")
     return sizes[0][1]
 
 
@@ -334,9 +334,9 @@ def zoo_grid(models: Sequence[Any], datasets: Sequence[Any], *, ks: Sequence[int
     resolved = [resolve_texts(texts) for texts in datasets]
     sizes = []
     for d, (text_list, _) in enumerate(resolved):
-        n = _common_n(models, labels, text_list)
+        where = f" of dataset {dataset_names[d]!r}" if dataset_names else ""
+        n = _common_n(models, labels, text_list, where)
         if n < 2 or max(ks) > n - 1:
-            where = f" of dataset {dataset_names[d]!r}" if dataset_names else ""
             raise ValueError(f"k must be in [1, n-1] = [1, {n - 1}] for n={n} prompts{where}, got k={max(ks)}")
         sizes.append(n)
     runner = get_executor(executor)

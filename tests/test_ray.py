@@ -1,5 +1,6 @@
 """The Ray executor: a zoo on a local two-CPU Ray cluster equals the local executor's bit for bit
-(matrices, bootstrap intervals, calibration p-values; two datasets in one run through a file:// store), survives a worker that dies mid-write,
+(matrices, bootstrap intervals, calibration p-values; two datasets in one run through a file:// store),
+survives a worker that dies mid-write,
 resumes after an interrupted driver by recomputing only the unfinished models, and reports a
 failing model by name after the other models finished."""
 

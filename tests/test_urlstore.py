@@ -115,8 +115,9 @@ def test_unknown_protocol_and_missing_backend_are_named(tmp_path, capsys):
     assert "'nosuchfs'" in capsys.readouterr().err and not (tmp_path / "out").exists()
     from fsspec.registry import known_implementations
 
-    absent = [(p, spec["class"].split(".")[0]) for p, spec in sorted(known_implementations.items())
-              if p in ("gs", "s3", "abfs", "oci", "box") and importlib.util.find_spec(spec["class"].split(".")[0]) is None]
+    packages = {p: spec["class"].split(".")[0] for p, spec in known_implementations.items()
+                if p in ("gs", "s3", "abfs", "oci", "box")}
+    absent = [(p, pkg) for p, pkg in sorted(packages.items()) if importlib.util.find_spec(pkg) is None]
     if not absent:
         pytest.skip("every object-store backend tried here is installed")
     protocol, package = absent[0]

@@ -123,7 +123,7 @@ class Cache:
         return f"Cache({str(self.path)!r})"
 
     def folder(self, kind: str) -> "Path | str":
-        """The subfolder for one kind of entry (``activations``, ``neighbours``, ``models``...); a URL under a URL root."""
+        """The subfolder for one kind of entry (``activations``, ``neighbours``...); a URL under a URL root."""
         if kind not in _SUBFOLDERS:
             raise ValueError(f"kind must be one of {_SUBFOLDERS}, got {kind!r}")
         return self.path / kind if isinstance(self.path, Path) else f"{self.path}/{kind}"

@@ -256,9 +256,10 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, measur
         Token pooling of extracted activations.
     names : sequence of str, optional
         Display names (default: the model names; "A"/"B" or "model i" for arrays).
-    cache : bool, path or Cache
+    cache : bool, path, fsspec URL or Cache
         Reuse activations and neighbour lists on disk (True: ``$LAYERKNN_CACHE_DIR`` or
-        ``~/.cache/layerknn``); an interrupted extraction resumes from its finished batches.
+        ``~/.cache/layerknn``; a URL such as ``"s3://bucket/layerknn"`` with its fsspec
+        backend); an interrupted extraction resumes from its finished batches (in a folder).
     bootstrap, permutations : int
         Bootstrap resamples and permutation shuffles per pair (0 skips either).
     seed : int
@@ -272,7 +273,7 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, measur
         ``"local"`` (this process), ``"ray"`` (Ray tasks: the running cluster, else a new
         local one), ``"auto"`` or ``"ray://host:10001"`` (that cluster), or a
         :class:`layerknn.ray_executor.RayExecutor`.  Results are the same bit for bit.  With Ray,
-        ``cache`` should be a folder every node can read and write.
+        ``cache`` should be a folder or URL every node can read and write.
     device, dtype, trust_remote_code
         How models named by a string are loaded (see :func:`layerknn.load_model`); ``dtype``
         ``"auto"`` picks bfloat16 on CPUs with native bfloat16, and the report says which.

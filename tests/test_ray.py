@@ -1,5 +1,6 @@
 """The Ray executor: a zoo on a local two-CPU Ray cluster equals the local executor's bit for bit
-(matrices, bootstrap intervals, calibration p-values), survives a worker that dies mid-write,
+(matrices, bootstrap intervals, calibration p-values; two datasets in one run through a file:// store),
+survives a worker that dies mid-write,
 resumes after an interrupted driver by recomputing only the unfinished models, and reports a
 failing model by name after the other models finished."""
 
@@ -23,6 +24,7 @@ from layerknn.executors import LocalExecutor, Unit, run_unit  # noqa: E402
 from layerknn.ray_executor import RayExecutor, unit_resources  # noqa: E402
 from layerknn.options import ExtractOptions, LoadOptions  # noqa: E402
 from layerknn.zoo import zoo  # noqa: E402
+from layerknn.zoos import zoos  # noqa: E402
 
 BASE = ["The quick brown fox jumps over the lazy dog. ", "Hello, world! ", "0123456789 ", "Why? ",
         "Layer-wise nearest neighbours compare representations. "]
@@ -178,14 +180,19 @@ def test_arrays_zoo_equals_local(ray_cluster):
     assert all(u["seconds"] >= 0 and u["host"] for u in remote.meta["units"])
 
 
-@pytest.mark.parametrize("dataset", sorted(DATASETS))
-def test_model_zoo_equals_local(ray_cluster, model_dirs, tmp_path, dataset):
-    texts = DATASETS[dataset]
-    local = zoo(model_dirs, texts, k=3, cache=tmp_path / "local", **STATS)
-    remote = zoo(model_dirs, texts, k=3, cache=tmp_path / "ray", executor="ray", **STATS)
-    assert_same_zoo(local, remote)
-    assert [u["cache"] for u in remote.meta["units"]] == ["miss"] * 3  # really computed on the workers
-    assert len(neighbour_entries(tmp_path / "ray")) == 3
+def test_two_datasets_through_a_url_store_equal_separate_local_runs(ray_cluster, model_dirs, tmp_path):
+    root = (tmp_path / "store").as_uri()  # the fsspec URL store, shared by the workers through the filesystem
+    seen = []
+    remote = zoos(model_dirs, DATASETS, k=3, cache=root, executor="ray", progress=seen.append, **STATS)
+    assert list(remote) == list(DATASETS) and len(seen) == 3 * len(DATASETS)
+    for name, texts in DATASETS.items():
+        assert_same_zoo(zoo(model_dirs, texts, k=3, cache=tmp_path / "local", **STATS), remote[name])
+        assert [(u["cache"], u["dataset"]) for u in remote[name].meta["units"]] == [("miss", name)] * 3
+    assert len(neighbour_entries(tmp_path / "store")) == 3 * len(DATASETS)
+    again = zoos(model_dirs, DATASETS, k=3, cache=root, executor="ray", **STATS)  # a rerun recomputes nothing
+    for name in DATASETS:
+        assert [u["cache"] for u in again[name].meta["units"]] == ["neighbors"] * 3
+        assert_same_zoo(remote[name], again[name])
 
 
 def test_worker_dying_mid_write_is_retried_and_leaves_no_entry(ray_cluster, model_dirs, tmp_path):

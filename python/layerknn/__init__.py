@@ -7,7 +7,7 @@ and the comparison reports built on them.
 Architecture (one path from models to results; nothing imports upward)::
 
     cli             thin: parse -> compare()/zoo() -> write one output folder
-    compare, zoo    compare(a, b) is zoo([a, b]); defaults in options
+    compare, zoo    compare(a, b) is zoo([a, b]); zoos: one Zoo per dataset; defaults in options
     sources         model / path / Activations / array / Neighbors -> neighbour lists (cache)
       models, extract, datasets, knn -> _backend -> _core (CPU engine | CUDA engine)
     overlap         neighbour lists -> (La, Lb) matrices + per-prompt counts
@@ -40,6 +40,7 @@ from .overlap import overlap
 from .store import FormatError
 from .sweep import sweep_k
 from .zoo import Zoo, zoo
+from .zoos import zoos
 
 __version__ = getattr(_core, "__version__", "0.0.0+dev")  # set by the wheel build
 
@@ -64,4 +65,5 @@ __all__ = [
     "overlap",
     "sweep_k",
     "zoo",
+    "zoos",
 ]

@@ -9,6 +9,11 @@ with one subfolder per kind of entry::
     partial/<fingerprint>/               finished extraction batches of an interrupted run
     models/                              dequantised GGUF models (see layerknn.models)
 
+The root may be a folder or an fsspec URL (``file://``, ``memory://``, ``s3://``, ``gs://`` ...
+with the backend installed), so a cluster's workers can share one content-addressed store.
+Under a URL that is not a ``file://`` folder, extraction batches are not kept (an interrupted
+extraction restarts its model) and dequantised models go to the local default root.
+
 Every entry goes through :mod:`layerknn.store` (atomic, checksummed) and is checked against
 the request that reads it (fingerprint, n, layers, k): an entry that fails to load or does
 not match is reported once with a warning, removed and recomputed.  A cache folder that
@@ -27,7 +32,7 @@ import numpy as np
 
 from . import store
 
-__all__ = ["Cache", "default_cache_dir", "CacheCorruptionWarning", "CacheUnavailableWarning"]
+__all__ = ["Cache", "default_cache_dir", "local_cache_dir", "CacheCorruptionWarning", "CacheUnavailableWarning"]
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _SUBFOLDERS = ("activations", "neighbours", "links", "partial", "models")
@@ -41,16 +46,37 @@ class CacheUnavailableWarning(UserWarning):
     """The cache folder cannot be written; the run continues without caching."""
 
 
-def default_cache_dir() -> Path:
-    """``$LAYERKNN_CACHE_DIR`` if set, else ``~/.cache/layerknn``.
+def default_cache_dir() -> "Path | str":
+    """``$LAYERKNN_CACHE_DIR`` if set (a folder, or an fsspec URL returned as a string), else ``~/.cache/layerknn``.
 
     Examples
     --------
-    >>> isinstance(default_cache_dir(), Path)
+    >>> isinstance(default_cache_dir(), (Path, str))
     True
     """
     env = os.environ.get("LAYERKNN_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "layerknn"
+    if env and store.is_url(env):
+        return env.rstrip("/")
+    return Path(env).expanduser() if env else _home_root()
+
+
+def _home_root() -> Path:
+    return Path.home() / ".cache" / "layerknn"
+
+
+def local_cache_dir() -> Path:
+    """The cache root as a folder on this machine, for what needs real files (dequantised models).
+
+    The root itself, the folder of a ``file://`` URL root, else (an object store, ``memory://``)
+    ``~/.cache/layerknn``.
+
+    Examples
+    --------
+    >>> isinstance(local_cache_dir(), Path)
+    True
+    """
+    root = default_cache_dir()
+    return root if isinstance(root, Path) else (store.local_path(root) or _home_root())
 
 
 def _check_key(key: str) -> str:
@@ -65,7 +91,9 @@ class Cache:
     Parameters
     ----------
     path : str or Path, optional
-        Root folder (created on first write). Default :func:`default_cache_dir`.
+        Root folder (created on first write) or fsspec URL such as ``"s3://bucket/layerknn"``
+        (ValueError for an unknown protocol, ImportError naming the package of a missing
+        backend).  Default :func:`default_cache_dir`.
 
     Examples
     --------
@@ -81,28 +109,58 @@ class Cache:
     """
 
     def __init__(self, path: "str | os.PathLike | None" = None):
-        self.path = Path(path).expanduser() if path is not None else default_cache_dir()
+        root = path if path is not None else default_cache_dir()
+        if store.is_url(root):
+            store.filesystem(root)  # an unknown protocol or a missing backend fails here, before any work
+            self.path: "Path | str" = root.rstrip("/")
+            self._local = store.local_path(self.path)  # a file:// root is a folder: batches can be kept
+        else:
+            self.path = Path(root).expanduser()
+            self._local = self.path
         self.writable = True
 
     def __repr__(self) -> str:
         return f"Cache({str(self.path)!r})"
 
-    def folder(self, kind: str) -> Path:
-        """The subfolder for one kind of entry (``activations``, ``neighbours``, ``models``...)."""
+    def folder(self, kind: str) -> "Path | str":
+        """The subfolder for one kind of entry (``activations``, ``neighbours``...); a URL under a URL root."""
         if kind not in _SUBFOLDERS:
             raise ValueError(f"kind must be one of {_SUBFOLDERS}, got {kind!r}")
-        return self.path / kind
+        return self.path / kind if isinstance(self.path, Path) else f"{self.path}/{kind}"
+
+    @staticmethod
+    def _join(folder: "Path | str", name: str) -> "Path | str":
+        return folder / name if isinstance(folder, Path) else f"{folder}/{name}"
+
+    @staticmethod
+    def _names(folder: "Path | str") -> list[str]:
+        """Names of the entries in a folder (OSError, e.g. FileNotFoundError, when it cannot be listed)."""
+        if isinstance(folder, Path):
+            return [entry.name for entry in folder.iterdir()]
+        fs, key = store.filesystem(folder)
+        return [entry.rstrip("/").rpartition("/")[2] for entry in fs.ls(key, detail=False)]
+
+    @staticmethod
+    def _remove(location: "Path | str", recursive: bool = False) -> None:
+        if isinstance(location, Path):
+            if recursive and location.is_dir():
+                shutil.rmtree(location, ignore_errors=True)
+            else:
+                location.unlink()
+            return
+        fs, key = store.filesystem(location)
+        fs.rm(key, recursive=recursive)
 
     # ------------------------------------------------------------------ reading and writing
-    def _discard(self, path: Path, why: str) -> None:
+    def _discard(self, path: "Path | str", why: str) -> None:
         warnings.warn(f"layerknn cache entry {path} is unusable ({why}); recomputing it",
                       CacheCorruptionWarning, stacklevel=4)
         try:
-            path.unlink()
+            self._remove(path)
         except OSError:
             pass
 
-    def _read(self, path: Path, kind: str) -> tuple[dict, dict] | None:
+    def _read(self, path: "Path | str", kind: str) -> tuple[dict, dict] | None:
         try:
             return store.read(path, kind=kind)
         except FileNotFoundError:
@@ -113,7 +171,7 @@ class Cache:
             self._discard(path, str(exc))
             return None
 
-    def _write(self, path: Path, arrays: dict, meta: dict, kind: str) -> None:
+    def _write(self, path: "Path | str", arrays: dict, meta: dict, kind: str) -> None:
         if not self.writable:
             return
         try:
@@ -136,7 +194,8 @@ class Cache:
         folder = self.folder("neighbours")
         pattern = re.compile(rf"^{re.escape(fingerprint)}-k(\d+)\.npz$")
         try:
-            entries = sorted((int(m.group(1)), e) for e in folder.iterdir() if (m := pattern.match(e.name)))
+            entries = sorted((int(m.group(1)), self._join(folder, name)) for name in self._names(folder)
+                             if (m := pattern.match(name)))
         except OSError:
             return None
         for stored_k, path in entries:
@@ -159,14 +218,14 @@ class Cache:
         indices = np.asarray(indices, dtype=np.int32)
         scores = np.asarray(scores, dtype=np.float32)
         k_max = indices.shape[-1]
-        path = self.folder("neighbours") / f"{_check_key(fingerprint)}-k{k_max}.npz"
+        path = self._join(self.folder("neighbours"), f"{_check_key(fingerprint)}-k{k_max}.npz")
         self._write(path, {"indices": indices, "scores": scores},
                     dict(meta, fingerprint=fingerprint, k_max=k_max), "neighbours")
 
     # ------------------------------------------------------------------ activations
     def get_activations(self, fingerprint: str, *, n: int | None = None) -> dict | None:
         """Cached activations: dict with ``values`` float32 (L+1, n, d), extra arrays and ``meta``."""
-        path = self.folder("activations") / f"{_check_key(fingerprint)}.npz"
+        path = self._join(self.folder("activations"), f"{_check_key(fingerprint)}.npz")
         found = self._read(path, "activations")
         if found is None:
             return None
@@ -191,14 +250,14 @@ class Cache:
         """Store activations ``values`` (L+1, n, d) plus optional small arrays (e.g. token counts)."""
         arrays = {"values": np.asarray(values, dtype=np.float32)}
         arrays.update(extra or {})
-        self._write(self.folder("activations") / f"{_check_key(fingerprint)}.npz", arrays,
+        self._write(self._join(self.folder("activations"), f"{_check_key(fingerprint)}.npz"), arrays,
                     dict(meta, fingerprint=fingerprint), "activations")
 
     def partial_folder(self, fingerprint: str) -> Path | None:
-        """Where an extraction keeps its finished batches until it completes (None: not writable)."""
-        if not self.writable:
+        """Where an extraction keeps its finished batches until it completes (None: not writable, or no folder)."""
+        if not self.writable or self._local is None:
             return None
-        folder = self.folder("partial") / _check_key(fingerprint)
+        folder = self._local / "partial" / _check_key(fingerprint)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -210,12 +269,13 @@ class Cache:
 
     def drop_partial(self, fingerprint: str) -> None:
         """Remove an extraction's finished-batch folder once its activations are stored."""
-        shutil.rmtree(self.folder("partial") / _check_key(fingerprint), ignore_errors=True)
+        if self._local is not None:
+            shutil.rmtree(self._local / "partial" / _check_key(fingerprint), ignore_errors=True)
 
     # ------------------------------------------------------------------ name links
     def get_link(self, name_key: str) -> str | None:
         """The fingerprint last stored for a model-name key (see :meth:`put_link`), or None."""
-        path = self.folder("links") / f"{_check_key(name_key)}.npz"
+        path = self._join(self.folder("links"), f"{_check_key(name_key)}.npz")
         found = self._read(path, "link")
         if found is None:
             return None
@@ -230,7 +290,7 @@ class Cache:
 
         Lets a rerun find cached neighbours without loading the model to fingerprint it.
         """
-        self._write(self.folder("links") / f"{_check_key(name_key)}.npz", {},
+        self._write(self._join(self.folder("links"), f"{_check_key(name_key)}.npz"), {},
                     {"fingerprint": _check_key(fingerprint)}, "link")
 
     def clear(self) -> int:
@@ -238,13 +298,12 @@ class Cache:
         removed = 0
         for kind in ("activations", "neighbours", "links", "partial"):
             folder = self.folder(kind)
-            if not folder.is_dir():
+            try:
+                names = self._names(folder)
+            except OSError:
                 continue
-            for entry in folder.iterdir():
-                if entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink()
+            for name in names:
+                self._remove(self._join(folder, name), recursive=True)
                 removed += 1
         return removed
 

@@ -33,10 +33,11 @@ DEFAULT_OUT = "layerknn-out"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, metavar="SPEC",
+    p.add_argument("--data", default=None, metavar="SPEC", action="append",
                    help=f"prompts: a dataset spec (default {MAIN_JOB['data']}); e.g. 'builtin:random-strings', "
                         "'prompts.txt', 'data.jsonl?field=text', 'table.csv?column=prompt', "
-                        "'hf:owner/name[/config]?split=test&field=text', options n= and seed=")
+                        "'hf:owner/name[/config]?split=test&field=text', options n= and seed=; "
+                        "zoo takes it repeatedly: one zoo per dataset, in a folder each under --out")
     p.add_argument("--n", type=int, default=None,
                    help=f"number of prompts (default {MAIN_JOB['n']} for builtin sets, all lines for files)")
     p.add_argument("--k", default=str(DEFAULTS.k), metavar="K",
@@ -55,7 +56,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="extraction batch size (default auto)")
     p.add_argument("--cache-dir", default=None, metavar="D",
                    help="cache root for activations, neighbour lists and dequantised models "
-                        "(default $LAYERKNN_CACHE_DIR or ~/.cache/layerknn)")
+                        "(default $LAYERKNN_CACHE_DIR or ~/.cache/layerknn); a folder or an fsspec URL such as "
+                        "s3://bucket/layerknn (needs its fsspec backend, e.g. pip install s3fs)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--ray", nargs="?", const="ray", default=None, metavar="ADDRESS",
                    help="run each model (and the pair statistics) as Ray tasks: on the running cluster, else a new "
@@ -96,10 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
         "zoo", help="compare many models at once",
         description="Compute each model's neighbour lists once (cached), the similarity of all layers of all "
                     "models, a comparison per pair and the normalised-depth unit-square figure.")
-    pz.add_argument("models", nargs="+", metavar="MODEL", help="two or more models")
+    pz.add_argument("models", nargs="*", metavar="MODEL", help="two or more models (or --preset)")
     _common(pz)
     pz.add_argument("--out", default="layerknn-zoo", metavar="DIR", help="output folder (default ./layerknn-zoo)")
     pz.add_argument("--bins", type=int, default=20, help="unit-square bins per axis (default 20)")
+    pz.add_argument("--preset", default=None, metavar="NAME",
+                    help="a named run instead of MODEL...: 'paper' (the paper's model families by hub id, on the two "
+                         "builtin datasets); prints the plan and stops at once if models are missing offline")
+    pz.add_argument("--dry-run", action="store_true",
+                    help="print what would run (models, datasets, n, k, memory and GPUs, models missing offline), "
+                         "then exit")
     sub.add_parser("models", help="list the built-in model aliases",
                    description="List model aliases, whether their offline package is installed, and their sizes.")
     return parser
@@ -117,16 +125,19 @@ def _model_arg(arg: str) -> Any:
     return arg
 
 
-def _texts(args, main_job: bool) -> str | None:
-    """The dataset spec to pass on (None when every model is given as activations and no --data)."""
-    from .datasets import parse_spec
-
-    if args.data is None and not main_job and all(not isinstance(m, str) for m in args.model_objects):
+def _texts(args, main_job: bool) -> list[str | None]:
+    """The dataset specs to pass on, one per --data ([None] when every model is given as activations and no --data)."""
+    if not args.data and not main_job and all(not isinstance(m, str) for m in args.model_objects):
         if args.n is not None:
             raise ValueError("--n needs --data when the models are activation files")
-        return None
-    spec = parse_spec(args.data or MAIN_JOB["data"])
-    n = args.n
+        return [None]
+    return [_spec(data, args.n) for data in (args.data or [MAIN_JOB["data"]])]
+
+
+def _spec(data: str, n: int | None) -> str:
+    from .datasets import parse_spec
+
+    spec = parse_spec(data)
     if n is None and "n" not in spec.options and spec.source.startswith("builtin:"):
         n = MAIN_JOB["n"]
     if n is not None:
@@ -165,8 +176,11 @@ def _options(args, main_job: bool = False) -> dict:
     """Library keyword arguments from the parsed command line."""
     from .cache import Cache
 
-    if args.cache_dir:  # one cache root: dequantised models live under it too
-        os.environ["LAYERKNN_CACHE_DIR"] = str(Path(args.cache_dir).expanduser())
+    if args.cache_dir:  # one cache root (a folder or an fsspec URL): dequantised models live under it too
+        from .store import is_url
+
+        root = args.cache_dir if is_url(args.cache_dir) else str(Path(args.cache_dir).expanduser())
+        os.environ["LAYERKNN_CACHE_DIR"] = root
     if args.max_length is not None and args.max_length < 0:
         raise ValueError(f"--max-length must be >= 0, got {args.max_length}")
     max_length = args.max_length if args.max_length is not None else (MAIN_JOB["max_length"] if main_job else None)
@@ -268,6 +282,9 @@ def cmd_compare(args) -> int:
     options = _options(args, main_job)
     args.model_objects = [_model_arg(m) for m in args.models]
     texts = _texts(args, main_job)
+    if len(texts) > 1:
+        raise ValueError(f"compare takes one --data, got {len(texts)}; layerknn zoo takes several")
+    texts = texts[0]
     if len(ks) == 1:
         results = {ks[0]: compare(*args.model_objects, texts, k=ks[0], **options)}
     else:
@@ -300,10 +317,19 @@ def cmd_compare(args) -> int:
 
 
 def cmd_zoo(args) -> int:
-    from .store import check_output_folder, output_folder
-    from .zoo import zoo
+    from .cli_zoo import write_zoos
+    from .store import check_output_folder
+    from .zoos import zoos
 
     start = time.perf_counter()
+    if args.preset is not None:
+        from .presets import get_preset
+
+        if args.models:
+            raise ValueError(f"give models or --preset, not both (got {len(args.models)} models and --preset)")
+        preset = get_preset(args.preset)
+        args.models, args.data = [m.repo for m in preset.models], args.data or list(preset.datasets)
+        args.n = args.n if args.n is not None else preset.n
     if len(args.models) < 2:
         raise ValueError(f"zoo needs at least two models, got {len(args.models)}")
     check_output_folder(args.out)
@@ -312,21 +338,17 @@ def cmd_zoo(args) -> int:
         raise ValueError(f"--k must be one integer for zoo, got {args.k!r}")
     options = _options(args)
     args.model_objects = [_model_arg(m) for m in args.models]
-    z = zoo(args.model_objects, _texts(args, False), k=k, **options)
-    with output_folder(args.out, {"command": "zoo"}) as out:
-        z.plot_matrix(out / "matrix.png")
-        z.plot_unit_square(out / "unit_square.png", bins=args.bins)
-        for (i, j), c in z.pairs.items():
-            c.plot(out / f"heatmap-{i}-{j}.png")
-        z.save(out / "zoo.npz")
-        z.meta["seconds"]["total"] = round(time.perf_counter() - start, 3)
-        (out / "report.json").write_text(json.dumps(z.to_dict(), indent=1, allow_nan=False))
-    for (i, j), c in z.pairs.items():
-        print(f"== {z.names[i]} vs {z.names[j]}")
-        print(c.summary())
-        print()
-    print(f"wrote {args.out}/matrix.png, unit_square.png, heatmap-*.png, zoo.npz, report.json "
-          f"in {time.perf_counter() - start:.1f} s")
+    specs = _texts(args, False)
+    if args.preset is not None or args.dry_run:
+        from .presets import require_available, show_plan
+
+        missing = show_plan(args.model_objects, specs, k=k, dtype=args.dtype, device=args.device,
+                            title=f"preset {args.preset}" if args.preset else "zoo")
+        if args.dry_run:
+            return 0
+        require_available(missing)
+    found = zoos(args.model_objects, specs, k=k, **options)
+    write_zoos(found, args.out, args.bins, start)
     return 0
 
 

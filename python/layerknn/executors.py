@@ -1,17 +1,19 @@
 """Executors: where a zoo's units run — in this process (``"local"``) or as tasks on a Ray cluster.
 
-A *unit* is one model argument turned into its neighbour lists (load, extract, k-NN at
-k_max; :func:`run_unit`, cached through :class:`~layerknn.cache.Cache`).  The local executor
+A *unit* is one model argument turned into its neighbour lists on one dataset (load, extract,
+k-NN at k_max; :func:`run_unit`, cached through :class:`~layerknn.cache.Cache`); a run over
+several datasets submits every (model, dataset) unit at once.  The local executor
 calls :func:`run_unit` in a loop; :class:`layerknn.ray_executor.RayExecutor` runs the same
 function as one Ray task per unit and the pair statistics as tasks over chunks of pairs.
 Both return the same values bit for bit: each unit and each pair is a pure function of its
 inputs (seeded statistics, exact k-NN), wherever it runs.
 
-An executor has two methods: ``map_units(units, texts, progress=, on_done=)`` returning
+An executor has two methods: ``map_units(units, texts, progress=, on_done=)`` (``texts``: one
+prompt list, or None, per dataset; a unit reads ``texts[unit.dataset]``) returning
 ``(ModelNeighbors, record)`` per unit in unit order, and ``map_pairs(job, keys, blocks,
 neighbors, progress=)`` returning ``{(i, j): job(i, j, ...)}``.  A unit that fails does not
 stop the others: every unit finishes (and is cached) first, then :func:`raise_failures`
-raises an error naming the model.
+raises an error naming the model (and its dataset, in a run over several).
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ __all__ = ["Unit", "run_unit", "LocalExecutor", "raise_failures"]
 
 @dataclass(frozen=True)
 class Unit:
-    """One model argument to turn into neighbour lists (texts travel separately, shared by all units)."""
+    """One model argument to turn into neighbour lists on one dataset (texts travel separately, once each).
+
+    ``index`` is the model's place in the zoo, ``dataset`` the dataset's place in the run and
+    ``dataset_name`` its name in a run over several datasets (None in a one-dataset run).
+    """
 
     index: int
     label: str
@@ -40,6 +46,8 @@ class Unit:
     load: LoadOptions
     extract: ExtractOptions
     cache: Cache | None
+    dataset: int = 0
+    dataset_name: str | None = None
 
 
 def run_unit(unit: Unit, texts: Sequence[str] | None, progress: bool = False) -> tuple[ModelNeighbors, dict]:
@@ -58,6 +66,8 @@ def run_unit(unit: Unit, texts: Sequence[str] | None, progress: bool = False) ->
                            extract=unit.extract, cache=unit.cache, progress=progress)
     record = {"index": unit.index, "name": side.name, "seconds": round(time.perf_counter() - start, 3),
               "host": socket.gethostname(), "node": None, "cache": side.info.get("cache")}
+    if unit.dataset_name is not None:
+        record["dataset"] = unit.dataset_name
     return side, record
 
 
@@ -67,7 +77,8 @@ def raise_failures(failures: list[tuple[Unit, BaseException]], total: int) -> No
         return
     unit, exc = failures[0]
     others = f" ({len(failures) - 1} more of {total} units failed too)" if len(failures) > 1 else ""
-    message = f"model {unit.label!r} ({_describe(unit.model)}) failed: {exc}{others}"
+    where = f" on dataset {unit.dataset_name!r}" if unit.dataset_name is not None else ""
+    message = f"model {unit.label!r} ({_describe(unit.model)}){where} failed: {exc}{others}"
     try:
         error = type(exc)(message)
     except Exception:  # noqa: BLE001 - an exception type with another constructor: keep its meaning in text
@@ -90,18 +101,18 @@ class LocalExecutor:
     def __repr__(self) -> str:
         return "LocalExecutor()"
 
-    def map_units(self, units: Sequence[Unit], texts: Sequence[str] | None, *, progress: bool,
+    def map_units(self, units: Sequence[Unit], texts: Sequence[Sequence[str] | None], *, progress: bool,
                   on_done: Callable[[dict], None]) -> list[tuple[ModelNeighbors, dict]]:
         """``(neighbours, record)`` per unit, in unit order; ``on_done(record)`` after each."""
         results: list[Any] = [None] * len(units)
         failures = []
-        for unit in units:
+        for position, unit in enumerate(units):
             try:
-                results[unit.index] = run_unit(unit, texts, progress)
+                results[position] = run_unit(unit, texts[unit.dataset], progress)
             except Exception as exc:  # noqa: BLE001 - every unit finishes before the first error is raised
                 failures.append((unit, exc))
                 continue
-            on_done(results[unit.index][1])
+            on_done(results[position][1])
         raise_failures(failures, len(units))
         return results
 

@@ -101,10 +101,11 @@ def _installed(spec: _Alias) -> bool:
 
 
 def cache_dir() -> Path:
-    """Folder of dequantised models: ``models/`` under the cache root (see :mod:`layerknn.cache`)."""
-    from .cache import default_cache_dir
+    """Folder of dequantised models: ``models/`` under the cache root, or under the local default root
+    when the cache root is an object-store URL (see :func:`layerknn.cache.local_cache_dir`)."""
+    from .cache import local_cache_dir
 
-    return default_cache_dir() / "models"
+    return local_cache_dir() / "models"
 
 
 def _require(spec: _Alias) -> None:

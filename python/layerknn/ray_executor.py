@@ -194,24 +194,27 @@ class RayExecutor:
             ray.init(address=self.address, **{"log_to_driver": False, **self.init_kwargs})
         return ray
 
-    def map_units(self, units: Sequence[Unit], texts: Sequence[str] | None, *, progress: bool,
+    def map_units(self, units: Sequence[Unit], texts: Sequence[Sequence[str] | None], *, progress: bool,
                   on_done: Callable[[dict], None]) -> list[tuple[ModelNeighbors, dict]]:
-        """As :meth:`LocalExecutor.map_units`, one task per unit; results arrive in completion order."""
+        """As :meth:`LocalExecutor.map_units`, one task per unit, all submitted at once (every dataset's too);
+        results arrive in completion order."""
         ray = self._connect()
         from ray.exceptions import RayError, RayTaskError
 
-        n = len(texts) if texts is not None else _n_of(units)
+        sizes = [len(t) if t is not None else _n_of([u for u in units if u.dataset == d]) for d, t in enumerate(texts)]
         resources = ray.cluster_resources()
         node_memory = max((node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")),
                           default=None)
         task = ray.remote(_ray_unit)
-        texts_ref = ray.put(list(texts)) if texts is not None else None
+        texts_refs = [ray.put(list(t)) if t is not None else None for t in texts]  # each dataset enters once
         refs = {}
-        for unit in units:
-            options = unit_resources(unit, n, cluster_gpus=resources.get("GPU", 0.0), node_memory=node_memory)
+        for position, unit in enumerate(units):
+            options = unit_resources(unit, sizes[unit.dataset], cluster_gpus=resources.get("GPU", 0.0),
+                                     node_memory=node_memory)
+            where = f" on {unit.dataset_name}" if unit.dataset_name is not None else ""
             refs[task.options(max_retries=self.max_retries, retry_exceptions=False,
-                              name=f"layerknn unit {unit.index}: {unit.label}", **options)
-                 .remote(self.unit_function, unit, texts_ref)] = unit
+                              name=f"layerknn unit {unit.index}: {unit.label}{where}", **options)
+                 .remote(self.unit_function, unit, texts_refs[unit.dataset])] = (position, unit)
         results: list[Any] = [None] * len(units)
         failures = []
         bar = _bar(progress, len(units), "models", "model")
@@ -220,9 +223,9 @@ class RayExecutor:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 for ref in done:
-                    unit = refs[ref]
+                    position, unit = refs[ref]
                     try:
-                        results[unit.index] = ray.get(ref)
+                        results[position] = ray.get(ref)
                     except RayTaskError as exc:  # the unit raised: keep the original exception
                         failures.append((unit, exc.cause if isinstance(exc.cause, Exception) else exc))
                         continue
@@ -231,7 +234,7 @@ class RayExecutor:
                         continue
                     if bar is not None:
                         bar.update(1)
-                    on_done(results[unit.index][1])
+                    on_done(results[position][1])
         except BaseException:
             _cancel(ray, pending)  # an interrupted driver stops its cluster work; finished units stay cached
             raise

@@ -68,7 +68,7 @@ class ModelNeighbors:
 
 
 def as_cache(cache: Any) -> Cache | None:
-    """``True`` -> the default cache, a path -> a cache there, ``False``/``None`` -> no cache."""
+    """``True`` -> the default cache, a path or fsspec URL -> a cache there, ``False``/``None`` -> no cache."""
     if cache is None or cache is False:
         return None
     if cache is True:
@@ -77,7 +77,8 @@ def as_cache(cache: Any) -> Cache | None:
         return cache
     if isinstance(cache, (str, os.PathLike)):
         return Cache(cache)
-    raise TypeError(f"cache must be a bool, a folder path or a layerknn.Cache, got {type(cache).__name__}")
+    raise TypeError(f"cache must be a bool, a folder path, an fsspec URL or a layerknn.Cache, "
+                    f"got {type(cache).__name__}")
 
 
 def resolve_texts(texts: Any) -> tuple[list[str] | None, str | None]:

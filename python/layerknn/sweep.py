@@ -50,7 +50,7 @@ def sweep_k(model_a: Any, model_b: Any, texts: Any = None, *, ks: Sequence[int] 
     >>> sorted(sweep), sweep[5].k
     ([1, 5], 5)
     """
-    from .zoo import zoos
+    from .zoo import zoo_grid
 
     ks = sorted(set(ks)) if not isinstance(ks, (int, str)) else ks
     if not isinstance(ks, list):
@@ -58,7 +58,7 @@ def sweep_k(model_a: Any, model_b: Any, texts: Any = None, *, ks: Sequence[int] 
     load = LoadOptions(dtype=str(dtype).replace("torch.", ""), device=device, trust_remote_code=trust_remote_code)
     extract = ExtractOptions(pooling=pooling, max_length=max_length, batch_size=batch_size,
                              chat_template=chat_template)
-    found = zoos([model_a, model_b], texts, ks=ks, names=names, cache=cache, bootstrap=bootstrap,
-                 permutations=permutations, seed=seed, progress=progress, load=load, extract=extract,
-                 measure=measure, executor=executor)
+    (found,) = zoo_grid([model_a, model_b], [texts], ks=ks, names=names, cache=cache, bootstrap=bootstrap,
+                        permutations=permutations, seed=seed, progress=progress, load=load, extract=extract,
+                        measure=measure, executor=executor)
     return {k: z.comparison(0, 1) for k, z in found.items()}

@@ -30,7 +30,7 @@ from .overlap import overlap
 from .report import jsonable
 from .sources import as_cache, prompt_count, resolve_texts
 
-__all__ = ["Zoo", "zoo", "zoos", "depth_binned_similarity"]
+__all__ = ["Zoo", "zoo", "zoo_grid", "depth_binned_similarity"]
 
 _KIND = "zoo"
 
@@ -216,7 +216,7 @@ class Zoo:
         return cls(parts.pop("names"), parts.pop("num_layers"), parts.pop("matrix"), **parts)
 
 
-def _common_n(models: Sequence[Any], labels: Sequence[str], texts: list[str] | None) -> int:
+def _common_n(models: Sequence[Any], labels: Sequence[str], texts: list[str] | None, where: str = "") -> int:
     sizes = [(label, prompt_count(model, label)) for label, model in zip(labels, models)]
     sizes = [(label, n) for label, n in sizes if n is not None]
     if texts is not None:
@@ -225,7 +225,7 @@ def _common_n(models: Sequence[Any], labels: Sequence[str], texts: list[str] | N
         raise ValueError("texts is required when the models are given as names or model objects")
     if len({n for _, n in sizes}) > 1:
         detail = ", ".join(f"{label}: n={n}" for label, n in sizes)
-        raise ValueError(f"the models and texts must cover the same prompts; got {detail}")
+        raise ValueError(f"the models and texts{where} must cover the same prompts; got {detail}")
     return sizes[0][1]
 
 
@@ -256,9 +256,10 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, measur
         Token pooling of extracted activations.
     names : sequence of str, optional
         Display names (default: the model names; "A"/"B" or "model i" for arrays).
-    cache : bool, path or Cache
+    cache : bool, path, fsspec URL or Cache
         Reuse activations and neighbour lists on disk (True: ``$LAYERKNN_CACHE_DIR`` or
-        ``~/.cache/layerknn``); an interrupted extraction resumes from its finished batches.
+        ``~/.cache/layerknn``; a URL such as ``"s3://bucket/layerknn"`` with its fsspec
+        backend); an interrupted extraction resumes from its finished batches (in a folder).
     bootstrap, permutations : int
         Bootstrap resamples and permutation shuffles per pair (0 skips either).
     seed : int
@@ -272,7 +273,7 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, measur
         ``"local"`` (this process), ``"ray"`` (Ray tasks: the running cluster, else a new
         local one), ``"auto"`` or ``"ray://host:10001"`` (that cluster), or a
         :class:`layerknn.ray_executor.RayExecutor`.  Results are the same bit for bit.  With Ray,
-        ``cache`` should be a folder every node can read and write.
+        ``cache`` should be a folder or URL every node can read and write.
     device, dtype, trust_remote_code
         How models named by a string are loaded (see :func:`layerknn.load_model`); ``dtype``
         ``"auto"`` picks bfloat16 on CPUs with native bfloat16, and the report says which.
@@ -295,15 +296,22 @@ def zoo(models: Sequence[Any], texts: Any = None, *, k: int = DEFAULTS.k, measur
     load = LoadOptions(dtype=str(dtype).replace("torch.", ""), device=device, trust_remote_code=trust_remote_code)
     extract = ExtractOptions(pooling=pooling, max_length=max_length, batch_size=batch_size,
                              chat_template=chat_template)
-    return zoos(models, texts, ks=[k], names=names, cache=cache, bootstrap=bootstrap, permutations=permutations,
-                seed=seed, progress=progress, load=load, extract=extract, measure=measure, executor=executor)[k]
+    return zoo_grid(models, [texts], ks=[k], names=names, cache=cache, bootstrap=bootstrap, permutations=permutations,
+                    seed=seed, progress=progress, load=load, extract=extract, measure=measure,
+                    executor=executor)[0][k]
 
 
-def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequence[str] | None, cache: Any,
-         bootstrap: int, permutations: int, seed: int, progress: Any, load: LoadOptions,
-         extract: ExtractOptions, measure: str = DEFAULTS.measure, executor: Any = DEFAULTS.executor
-         ) -> dict[int, Zoo]:
-    """One :class:`Zoo` per k from one preparation (extraction and k-NN search at max(ks) + 1)."""
+def zoo_grid(models: Sequence[Any], datasets: Sequence[Any], *, ks: Sequence[int], names: Sequence[str] | None,
+             cache: Any, bootstrap: int, permutations: int, seed: int, progress: Any, load: LoadOptions,
+             extract: ExtractOptions, measure: str = DEFAULTS.measure, executor: Any = DEFAULTS.executor,
+             dataset_names: Sequence[str] | None = None) -> list[dict[int, Zoo]]:
+    """One :class:`Zoo` per dataset and k from one preparation.
+
+    Every (model, dataset) unit goes to the executor in one submission (so Ray runs them side
+    by side); each is searched once at max(ks) + 1.  ``datasets`` holds one texts argument per
+    dataset (a list of prompts, a spec, or None for in-memory models); ``dataset_names`` names
+    them in errors and unit records of a run over several.  Returns ``[{k: Zoo}]`` per dataset.
+    """
     start = time.perf_counter()
     models = list(models)
     if len(models) < 2:
@@ -320,19 +328,35 @@ def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequenc
 
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {', '.join(map(repr, MEASURES))}, got {measure!r}")
+    if not datasets:
+        raise ValueError("datasets must hold at least one dataset")
     labels = list(names) if names is not None else (["A", "B"] if len(models) == 2 else
                                                       [f"model {i}" for i in range(len(models))])
-    text_list, dataset = resolve_texts(texts)
-    n = _common_n(models, labels, text_list)
-    if n < 2 or max(ks) > n - 1:
-        raise ValueError(f"k must be in [1, n-1] = [1, {n - 1}] for n={n} prompts, got k={max(ks)}")
+    resolved = [resolve_texts(texts) for texts in datasets]
+    sizes = []
+    for d, (text_list, _) in enumerate(resolved):
+        where = f" of dataset {dataset_names[d]!r}" if dataset_names else ""
+        n = _common_n(models, labels, text_list, where)
+        if n < 2 or max(ks) > n - 1:
+            raise ValueError(f"k must be in [1, n-1] = [1, {n - 1}] for n={n} prompts{where}, got k={max(ks)}")
+        sizes.append(n)
     runner = get_executor(executor)
     on_done, progress = (progress, False) if callable(progress) else ((lambda record: None), bool(progress))
     store_ = as_cache(cache)
-    k_max = min(max(ks) + 1, n - 1)
-    units = [Unit(i, label, model, k_max, load, extract, store_)
-             for i, (label, model) in enumerate(zip(labels, models))]
-    done = runner.map_units(units, text_list, progress=progress, on_done=on_done)
+    units = [Unit(i, label, model, min(max(ks) + 1, n - 1), load, extract, store_, d,
+                  dataset_names[d] if dataset_names else None)
+             for d, n in enumerate(sizes) for i, (label, model) in enumerate(zip(labels, models))]
+    done = runner.map_units(units, [text_list for text_list, _ in resolved], progress=progress, on_done=on_done)
+    prepared = round(time.perf_counter() - start, 3)
+    options = {"measure": measure, "bootstrap": bootstrap, "permutations": permutations, "seed": seed,
+               **vars(load.resolved()), **vars(extract), "executor": runner.name}
+    return [_zoos_of(done[d * len(models):(d + 1) * len(models)], n, ks, names, resolved[d][1], options,
+                     runner, progress, start, prepared) for d, n in enumerate(sizes)]
+
+
+def _zoos_of(done: list, n: int, ks: list[int], names: Sequence[str] | None, dataset: str | None, options: dict,
+             runner: Any, progress: bool, start: float, prepared: float) -> dict[int, Zoo]:
+    """One dataset's Zoo per k from its units' neighbour lists (overlap matrix, then the pair statistics)."""
     sides = [side for side, _ in done]
     for side in sides:
         if side.n != n:
@@ -341,7 +365,7 @@ def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequenc
     if len(set(display)) < len(display):
         display = ([f"{display[0]} (A)", f"{display[1]} (B)"] if len(display) == 2
                    else [f"{nm} [{i}]" for i, nm in enumerate(display)])
-    prepared = round(time.perf_counter() - start, 3)
+    measure, bootstrap, permutations = options["measure"], options["bootstrap"], options["permutations"]
     out = {}
     for k in ks:
         seconds = {"prepare": prepared}
@@ -352,17 +376,15 @@ def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequenc
         del stacked
         seconds["overlap"] = round(time.perf_counter() - t0, 3)
         result = Zoo(display, [s.num_layers for s in sides], matrix, neighbors=neighbors,
-                     tie_rates=[s.tie_rates(k) for s in sides], n=n, k=k, dataset=dataset, pooling=extract.pooling,
-                     meta={"models": [jsonable(s.info) for s in sides],
-                           "options": jsonable({"k": k, "measure": measure, "bootstrap": bootstrap,
-                                                "permutations": permutations, "seed": seed,
-                                                **vars(load.resolved()), **vars(extract), "executor": runner.name}),
+                     tie_rates=[s.tie_rates(k) for s in sides], n=n, k=k, dataset=dataset,
+                     pooling=options["pooling"],
+                     meta={"models": [jsonable(s.info) for s in sides], "options": jsonable({"k": k, **options}),
                            "units": [record for _, record in done], "seconds": seconds}, measure=measure)
         t0 = time.perf_counter()
         if bootstrap or permutations:
             keys = [(i, j) for i in range(len(sides)) for j in range(i + 1, len(sides))]
             blocks = {(i, j): matrix[result._block(i), result._block(j)] for i, j in keys}
-            job = PairJob(n, k, tuple(result.num_layers), bootstrap, permutations, seed, measure)
+            job = PairJob(n, k, tuple(result.num_layers), bootstrap, permutations, options["seed"], measure)
             result.pair_stats.update(runner.map_pairs(job, keys, blocks, neighbors, progress=progress))
         seconds["statistics"] = round(time.perf_counter() - t0, 3)
         seconds["total"] = round(time.perf_counter() - start, 3)

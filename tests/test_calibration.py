@@ -184,3 +184,23 @@ def test_bad_inputs(rng):
         calibration.permutation_null(a, a, 4, overlap="fast")
     with pytest.raises(ValueError, match="overlap must return shape"):
         calibration.permutation_null(a, a, 4, n_perm=3, overlap=lambda x, y, k: np.zeros((3, 3)))
+
+
+@pytest.mark.models
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning")  # prompts cut to 24 tokens on purpose
+def test_main_job_models_are_family_wise_significant():
+    """The main job's two real models, on a small slice of its data: the best block cell beats every shuffle."""
+    from layerknn.models import _ALIASES, _installed
+
+    for alias in ("smollm2-135m", "gemma3-270m"):
+        if not _installed(_ALIASES[alias]):
+            pytest.skip(f"{_ALIASES[alias].package} is not installed")
+    pytest.importorskip("gguf")
+    c = layerknn.compare("smollm2-135m", "gemma3-270m", "builtin:stdlib-docs?n=96", k=5, max_length=24,
+                         bootstrap=0, permutations=0, cache=False)
+    null = c.calibrate(n_perm=199, seed=0)
+    assert null.p_family <= 0.01
+    blocks = (slice(1, None), slice(1, None))
+    assert np.all(null.p_adjusted[blocks] >= null.p_family)
+    assert float(np.max(null.calibrated[blocks])) > 0

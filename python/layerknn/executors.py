@@ -109,6 +109,8 @@ class LocalExecutor:
         for position, unit in enumerate(units):
             try:
                 results[position] = run_unit(unit, texts[unit.dataset], progress)
+            except ImportError as exc:  # a missing package fails every later run too: say so now, not after the rest
+                raise_failures([(unit, exc)], len(units))
             except Exception as exc:  # noqa: BLE001 - every unit finishes before the first error is raised
                 failures.append((unit, exc))
                 continue

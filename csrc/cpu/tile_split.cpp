@@ -1,0 +1,146 @@
+// Centring and outlier split of a layer's rows for the int8 tiles (see tile_split.h): the choice
+// of centre and split-off features, the centred rows the int8 packing reads, and the fp32 terms
+// added to each int8 tile. Only int8 tables call these, and they exist only on x86 CPUs with
+// AVX2, so the tile pass is compiled for AVX2 there (plain code elsewhere).
+#include "cpu/tile_split.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "cpu/arch.h"
+#include "cpu/engine_state.h"
+#include "cpu/knn_kernels.h"
+
+#if LAYERKNN_X86
+#define LAYERKNN_SPLIT_TARGET __attribute__((target("avx2")))
+#else
+#define LAYERKNN_SPLIT_TARGET
+#endif
+
+namespace layerknn::cpu {
+
+int split_width(int64_t d) { return static_cast<int>(std::min<int64_t>(16, d / 16)); }
+
+void choose_split(const float* x, const float* scale, int64_t rows, int64_t d, int m,
+                  LayerSplit* out) {
+  std::vector<double> sum(d, 0.);
+  std::vector<float> hi(d, -INFINITY), lo(d, INFINITY);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * d;
+    const float s = scale[r];
+    for (int64_t t = 0; t < d; ++t) {
+      const float z = row[t] * s;
+      sum[t] += z;
+      hi[t] = std::max(hi[t], z);
+      lo[t] = std::min(lo[t], z);
+    }
+  }
+  out->mu.assign(d, 0.f);
+  double sq = 0.;
+  std::vector<double> deviation(d, 0.);
+  for (int64_t t = 0; t < d; ++t) {
+    out->mu[t] = rows > 0 ? static_cast<float>(sum[t] / double(rows)) : 0.f;
+    sq += double(out->mu[t]) * double(out->mu[t]);
+    deviation[t] = rows > 0 ? std::max(double(hi[t]) - out->mu[t], out->mu[t] - double(lo[t])) : 0.;
+  }
+  out->mu_norm = std::sqrt(sq);
+  std::vector<double> sorted = deviation;
+  if (d > 0) {
+    std::nth_element(sorted.begin(), sorted.begin() + d / 2, sorted.end());
+    const double median = sorted[d / 2];
+    const double largest = *std::max_element(deviation.begin(), deviation.end());
+    out->outlying = median > 0. ? largest / median : (largest > 0. ? INFINITY : 1.);
+  }
+  std::vector<int32_t> order(d);
+  std::iota(order.begin(), order.end(), 0);
+  m = static_cast<int>(std::min<int64_t>(m, d));
+  std::partial_sort(order.begin(), order.begin() + m, order.end(), [&](int32_t a, int32_t b) {
+    return deviation[a] > deviation[b] || (deviation[a] == deviation[b] && a < b);
+  });
+  out->columns.assign(order.begin(), order.begin() + m);
+  std::sort(out->columns.begin(), out->columns.end());
+  out->keep.assign(d, 1);
+  for (int32_t c : out->columns) out->keep[c] = 0;
+}
+
+bool worth_splitting(const LayerSplit& split, double peak) {
+  return split.m() > 0 && (split.mu_norm >= 0.25 * peak || split.outlying >= 8.);
+}
+
+double split_speedup(double speedup, double dpad, int m) {
+  return dpad / (dpad / speedup + m + 2);
+}
+
+void centre_row(const float* x, float scale, const LayerSplit& split, int64_t d, float* out) {
+  const float* mu = split.mu.data();
+  const uint8_t* keep = split.keep.data();
+  for (int64_t t = 0; t < d; ++t) {
+    const float z = x[t] * scale;
+    out[t] = keep[t] ? z - mu[t] : 0.f;
+  }
+}
+
+void centre_rows(const float* x, const float* scale, int64_t count, const LayerSplit& split,
+                 int64_t d, float* out) {
+  for (int64_t r = 0; r < count; ++r) centre_row(x + r * d, scale[r], split, d, out + r * d);
+}
+
+double split_values(const float* x, float scale, const LayerSplit& split, float* v) {
+  double sq = 0.;
+  for (int s = 0; s < split.m(); ++s) {
+    const int32_t c = split.columns[s];
+    const float z = x[c] * scale;
+    v[s] = z - split.mu[c];
+    sq += double(v[s]) * double(v[s]);
+  }
+  return std::sqrt(sq);
+}
+
+void split_side_stats(const float* x, int64_t rows, int64_t r0, int64_t r1, int64_t d,
+                      const LayerSplit& split, const KernelSet& int8, const KernelSet& exact,
+                      RowArrays* side, float* scratch) {
+  const int m = split.m();
+  constexpr int kBatch = 64;
+  const float* batch[kBatch];
+  for (int64_t b0 = r0; b0 < r1; b0 += kBatch) {
+    const int count = static_cast<int>(std::min<int64_t>(kBatch, r1 - b0));
+    for (int q = 0; q < count; ++q) batch[q] = x + (b0 + q) * d;
+    exact.dot_batch(split.mu.data(), 1.f, batch, side->scale.data() + b0, count, d,
+                    side->shift.data() + b0);
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* row = x + r * d;
+    const float scale = side->scale[r];
+    RowStats& stats = side->stats[r];
+    centre_row(row, scale, split, d, scratch);
+    RowStats centred;  // scale 1: the centred row is already scaled
+    int8.packing_stats(scratch, d, &centred);
+    stats.packed[kInt8] = centred.packed[kInt8];
+    side->qstep[r] = centred.quant_step;
+    side->qscale[r] = centred.quant_scale;
+    side->qoffset[r] = 128 * centred.quant_sum;
+    float* v = side->split_v.data() + r * m;
+    side->split_norm[r] = split_values(row, scale, split, v);
+    for (int s = 0; s < m; ++s) side->split_vt[s * rows + r] = v[s];
+  }
+}
+
+LAYERKNN_SPLIT_TARGET void add_split_terms(float* tile, int64_t lds, int64_t rows, int64_t cols,
+                                           const float* row_shift, const float* col_shift,
+                                           const float* row_v, const float* col_vt,
+                                           int64_t col_stride, int m) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* line = tile + r * lds;
+    const float shift = row_shift[r];
+    for (int64_t c = 0; c < cols; ++c) line[c] = (line[c] + shift) + col_shift[c];
+    const float* v = row_v + r * m;
+    for (int s = 0; s < m; ++s) {
+      const float vr = v[s];
+      const float* vc = col_vt + s * col_stride;
+      for (int64_t c = 0; c < cols; ++c) line[c] += vr * vc[c];
+    }
+  }
+}
+
+}  // namespace layerknn::cpu

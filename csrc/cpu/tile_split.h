@@ -65,7 +65,7 @@ void split_side_stats(const float* x, int64_t rows, int64_t r0, int64_t r1, int6
 
 // Adds the fp32 terms to an int8 tile of centred codes: for r < rows, c < cols,
 //   t = tile[r][c];  t = t + row_shift[r];  t = t + col_shift[c];  t += row_v[r][s] * col_vt[s][c]
-// for s = 0..m-1 in order. tile [rows, lds]; row_shift [rows]; col_shift [cols];
+// for s = 0..m-1 in order (fused multiply-adds where the CPU has them). tile [rows, lds]; row_shift [rows]; col_shift [cols];
 // row_v [rows, m]; col_vt [m, col_stride] (column c of the tile at col_vt[s * col_stride + c]).
 void add_split_terms(float* tile, int64_t lds, int64_t rows, int64_t cols, const float* row_shift,
                      const float* col_shift, const float* row_v, const float* col_vt,

@@ -301,7 +301,7 @@ class Engine {
       const double speedup = split ? split_speedup(low[i]->speedup, double(round_up(d_, low[i]->group)),
                                                  slot.split.m())
                                    : low[i]->speedup;
-      sampled.push_back({low[i]->precision, candidates[i], speedup});
+      sampled.push_back({low[i]->precision, candidates[i], speedup, split ? kSplitRowCost : 0.});
     }
     const double pass_rows = self_ ? 0.5 * double(m_) : double(m_);
     const Precision best = cheapest_precision(pass_rows, p_.k, list_budget(), sampled);
@@ -314,7 +314,8 @@ class Engine {
   // over the database rows for the y side (row i's list only ever holds pairs (i, j)).
   std::vector<float> key_windows(const LayerSlot& slot, const KernelSet& ks) const {
     const Precision precision = ks.precision;
-    if (precision == kInt8 && slot.split.active) return split_windows(slot);
+    if (precision == kInt8 && slot.split.active)
+      return split_key_windows(p_.metric, d_, slot.split, slot.x, side_y(slot));
     OperandNorms y;
     for (const RowStats& r : side_y(slot).stats) {
       y.a = std::max(y.a, r.norm);
@@ -327,28 +328,6 @@ class Engine {
       const RowStats& row = slot.x.stats[i];
       const OperandNorms x{row.norm, row.packed[precision].norm, row.packed[precision].error};
       windows[i] = key_window(p_.metric, precision, d_, dpad, x, y);
-    }
-    return windows;
-  }
-
-  // key_windows for centred, split int8 tiles (split_key_window): p, e of the centred rest.
-  std::vector<float> split_windows(const LayerSlot& slot) const {
-    OperandNorms y;
-    double sy = 0.;
-    const RowArrays& ys = side_y(slot);
-    for (size_t j = 0; j < ys.stats.size(); ++j) {
-      const RowStats& r = ys.stats[j];
-      y.a = std::max(y.a, r.norm);
-      y.p = std::max(y.p, r.packed[kInt8].norm);
-      y.e = std::max(y.e, r.packed[kInt8].error);
-      sy = std::max(sy, ys.split_norm[j]);
-    }
-    std::vector<float> windows(n_);
-    for (int64_t i = 0; i < n_; ++i) {
-      const RowStats& row = slot.x.stats[i];
-      const OperandNorms x{row.norm, row.packed[kInt8].norm, row.packed[kInt8].error};
-      windows[i] = split_key_window(p_.metric, d_, slot.split.m(), slot.split.mu_norm, x, y,
-                                    slot.x.split_norm[i], sy);
     }
     return windows;
   }

@@ -11,12 +11,15 @@
 #include "cpu/arch.h"
 #include "cpu/engine_state.h"
 #include "cpu/knn_kernels.h"
+#include "cpu/tile_windows.h"
 
 #if LAYERKNN_X86
 #include <immintrin.h>
 #define LAYERKNN_SPLIT_TARGET __attribute__((target("avx2,fma")))
+#define LAYERKNN_CENTRE_TARGET __attribute__((target("avx2")))
 #else
 #define LAYERKNN_SPLIT_TARGET
+#define LAYERKNN_CENTRE_TARGET
 #endif
 
 namespace layerknn::cpu {
@@ -73,13 +76,16 @@ double split_speedup(double speedup, double dpad, int m) {
   return dpad / (dpad / speedup + m + 2);
 }
 
-void centre_row(const float* x, float scale, const LayerSplit& split, int64_t d, float* out) {
+// AVX2 (no FMA: the product is rounded before the subtraction, as the window assumes) on x86,
+// where only the int8 tables (AVX2 CPUs and up) call it.
+LAYERKNN_CENTRE_TARGET void centre_row(const float* x, float scale, const LayerSplit& split,
+                                       int64_t d, float* out) {
   const float* mu = split.mu.data();
-  const uint8_t* keep = split.keep.data();
   for (int64_t t = 0; t < d; ++t) {
     const float z = x[t] * scale;
-    out[t] = keep[t] ? z - mu[t] : 0.f;
+    out[t] = z - mu[t];
   }
+  for (int32_t c : split.columns) out[c] = 0.f;
 }
 
 void centre_rows(const float* x, const float* scale, int64_t count, const LayerSplit& split,
@@ -125,6 +131,27 @@ void split_side_stats(const float* x, int64_t rows, int64_t r0, int64_t r1, int6
     side->split_norm[r] = split_values(row, scale, split, v);
     for (int s = 0; s < m; ++s) side->split_vt[s * rows + r] = v[s];
   }
+}
+
+std::vector<float> split_key_windows(Metric metric, int64_t d, const LayerSplit& split,
+                                     const RowArrays& x, const RowArrays& y) {
+  OperandNorms ymax;
+  double sy = 0.;
+  for (size_t j = 0; j < y.stats.size(); ++j) {
+    const RowStats& r = y.stats[j];
+    ymax.a = std::max(ymax.a, r.norm);
+    ymax.p = std::max(ymax.p, r.packed[kInt8].norm);
+    ymax.e = std::max(ymax.e, r.packed[kInt8].error);
+    sy = std::max(sy, y.split_norm[j]);
+  }
+  std::vector<float> windows(x.stats.size());
+  for (size_t i = 0; i < windows.size(); ++i) {
+    const RowStats& row = x.stats[i];
+    const OperandNorms xi{row.norm, row.packed[kInt8].norm, row.packed[kInt8].error};
+    windows[i] = split_key_window(metric, d, split.m(), split.mu_norm, xi, ymax,
+                                  x.split_norm[i], sy);
+  }
+  return windows;
 }
 
 #if LAYERKNN_X86

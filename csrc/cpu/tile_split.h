@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/metric.h"
+
 namespace layerknn::cpu {
 
 // One layer's centre and split-off features.
@@ -62,6 +64,11 @@ struct RowArrays;
 void split_side_stats(const float* x, int64_t rows, int64_t r0, int64_t r1, int64_t d,
                       const LayerSplit& split, const KernelSet& int8, const KernelSet& exact,
                       RowArrays* side, float* scratch);
+
+// Each query row's window for centred, split int8 tiles (split_key_window in tile_windows.h):
+// its own norms for the x side, the layer's maxima over the database side y. [x rows]
+std::vector<float> split_key_windows(Metric metric, int64_t d, const LayerSplit& split,
+                                     const RowArrays& x, const RowArrays& y);
 
 // Adds the fp32 terms to an int8 tile of centred codes: for r < rows, c < cols,
 //   t = tile[r][c];  t = t + row_shift[r];  t = t + col_shift[c];  t += row_v[r][s] * col_vt[s][c]

@@ -123,8 +123,9 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     k, threads = args.k, args.threads
     kernel = os.environ.get("LAYERKNN_CPU_KERNEL", "auto")
+    split = os.environ.get("LAYERKNN_CPU_SPLIT", "auto")
     print(f"CPU SIMD level {_core.simd_level()}, tile precisions {_core.tile_precisions()}, "
-          f"LAYERKNN_CPU_KERNEL={kernel}, {threads} threads", flush=True)
+          f"LAYERKNN_CPU_KERNEL={kernel}, LAYERKNN_CPU_SPLIT={split}, {threads} threads", flush=True)
     rows = [
         "| model | pooling | L, n, d | layerknn s | FAISS s | torch s | vs FAISS | vs torch "
         "| tiles (layers) | candidates/row | same sets FAISS / torch (up to ties) |",
@@ -173,7 +174,7 @@ def main() -> None:
     title = (
         f"CPU k-NN on real activations ({DATASET}, n={args.n}, max_length={args.max_length or 'none'}), "
         f"cosine, k={k}: layerknn [{_core.simd_level()}, tiles {'/'.join(_core.tile_precisions())}, "
-        f"LAYERKNN_CPU_KERNEL={kernel}] vs FAISS IndexFlatIP vs torch bmm+topk "
+        f"LAYERKNN_CPU_KERNEL={kernel}, LAYERKNN_CPU_SPLIT={split}] vs FAISS IndexFlatIP vs torch bmm+topk "
         f"(1-min load average at the end: {load:.1f})"
     )
     table = "\n".join(rows)

@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -15,6 +16,7 @@
 #include "cpu/cost_model.h"
 #include "cpu/engine_options.h"
 #include "cpu/knn_kernels.h"
+#include "cpu/tile_split.h"
 #include "cpu/tile_windows.h"
 
 namespace layerknn {
@@ -71,6 +73,30 @@ inline void bind_testing_hooks(pybind11::module_ m) {
         },
         py::arg("pass_rows"), py::arg("k"), py::arg("list_budget"), py::arg("low"),
         "the cost model's choice among fp32 and low = [(precision, mean candidates), ...]");
+  m.def("split_tile_error", [](double d, int m, double c, Norms x, Norms y, double sx, double sy) {
+    return cpu::split_tile_error(d, m, c, testing_norms(x), testing_norms(y), sx, sy);
+  }, py::arg("d"), py::arg("m"), py::arg("c"), py::arg("x"), py::arg("y"), py::arg("sx"),
+        py::arg("sy"), "bound on |split tile - (<z_x, z_y> + c^2)| (tile_windows.h)");
+  m.def("split_key_window",
+        [](int metric, int64_t d, int m, double c, Norms x, Norms y, double sx, double sy) {
+          const Metric mt = testing_metric(metric);
+          if (mt == Metric::SquaredL2)
+            throw std::invalid_argument("split_key_window: metric must be 0 (ip) or 1 (cosine)");
+          return cpu::split_key_window(mt, d, m, c, testing_norms(x), testing_norms(y), sx, sy);
+        },
+        py::arg("metric"), py::arg("d"), py::arg("m"), py::arg("c"), py::arg("x"), py::arg("y"),
+        py::arg("sx"), py::arg("sy"), "the float window of centred, split int8 tiles");
+  m.def("choose_split", [](FloatArray x, FloatArray scale, int m) {
+    if (x.ndim() != 2 || scale.ndim() != 1 || scale.shape(0) != x.shape(0) || m < 0)
+      throw std::invalid_argument("choose_split needs x [rows, d], scale [rows], m >= 0");
+    cpu::LayerSplit split;
+    cpu::choose_split(x.data(), scale.data(), x.shape(0), x.shape(1), m, &split);
+    py::array_t<float> mu(static_cast<py::ssize_t>(split.mu.size()));
+    std::copy(split.mu.begin(), split.mu.end(), mu.mutable_data());
+    return py::make_tuple(mu, split.columns, split.mu_norm, split.outlying);
+  }, py::arg("x"), py::arg("scale"), py::arg("m"),
+        "(mu, split-off columns, |mu|, outlying) of a layer's scaled rows (tile_split.h)");
+  m.def("split_width", &cpu::split_width, py::arg("d"));
   m.def("row_stats", [](FloatArray x, bool normalise) {
     if (x.ndim() != 1) throw std::invalid_argument("x must be 1-D");
     cpu::RowStats stats;

@@ -210,6 +210,62 @@ def test_int8_tiles_survive_full_scale_codes(rng, monkeypatch, metric):
     assert (int8[0][0, :150, 0] == np.arange(150, 300)).all()  # the planted copies come first
 
 
+def activation_like(rng, L, n, d):
+    """Rows like pooled LLM activations: a large shared mean, low rank, a few massive features
+    (hundreds of times the rest, as in real models), exact duplicates and integer-valued ties."""
+    mean = 2 * rng.standard_normal((L, 1, d))
+    x = mean + clustered(rng, L, n, d, rank=3) * 0.3
+    hot = rng.choice(d, size=3, replace=False)
+    x[..., hot] *= np.array([300.0, -120.0, 60.0])
+    x[:, 5] = x[:, 4]  # duplicates
+    x[:, 9] = x[:, 4]
+    x[:, 20:30] = np.round(x[:, 20:30])  # integer rows: exact score ties are likely
+    x[:, 31] = x[:, 21]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def split_mode(monkeypatch, split, precision, *args, **kwargs):
+    monkeypatch.setenv("LAYERKNN_CPU_SPLIT", split)
+    return forced(monkeypatch, precision, *args, **kwargs)
+
+
+@pytest.mark.skipif("int8" not in LOW_PRECISIONS, reason="CPU lacks int8 tiles")
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+@pytest.mark.parametrize("L,n,d,k", [(2, 257, 200, 10), (1, 200, 64, 1), (1, 60, 33, 59), (1, 385, 17, 5)])
+def test_split_int8_tiles_are_bit_identical_on_activation_like_layers(rng, monkeypatch, metric, L, n, d, k):
+    # Centred, outlier-split int8 tiles (tile_split.h) against fp32 tiles, plain int8 tiles and
+    # the automatic choice: identical bits, and exact against float64 (ties by lower index).
+    x = activation_like(rng, L, n, d)
+    fp32 = split_mode(monkeypatch, "auto", "fp32", x, k, metric)
+    assert_neighbors_exact(fp32[0], fp32[1], x, k, metric)
+    for split, precision in (("auto", "int8"), ("off", "int8"), ("auto", "auto")):
+        got = split_mode(monkeypatch, split, precision, x, k, metric)
+        assert (got[0] == fp32[0]).all() and (got[1] == fp32[1]).all(), (split, precision)
+
+
+@pytest.mark.skipif("int8" not in LOW_PRECISIONS, reason="CPU lacks int8 tiles")
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+def test_split_int8_tiles_in_the_cross_form(rng, monkeypatch, metric):
+    x = activation_like(rng, 2, 150, 96)
+    y = activation_like(rng, 2, 230, 96)
+    got = split_mode(monkeypatch, "auto", "int8", x, 7, metric, exclude_self=False, y=y)
+    want = split_mode(monkeypatch, "auto", "fp32", x, 7, metric, exclude_self=False, y=y)
+    assert (got[0] == want[0]).all() and (got[1] == want[1]).all()
+    assert_neighbors_exact(got[0], got[1], x, 7, metric, exclude_self=False, y=y)
+
+
+@pytest.mark.skipif("int8" not in LOW_PRECISIONS, reason="CPU lacks int8 tiles")
+def test_split_shrinks_the_int8_candidate_windows(rng, monkeypatch):
+    # What the split is for: on activation-like rows the plain int8 window holds most rows,
+    # the centred, split one few.
+    x = activation_like(rng, 2, 400, 128)
+    split_mode(monkeypatch, "off", "int8", x, 10)
+    plain = [candidates for _, candidates in _core.last_knn_report()]
+    split_mode(monkeypatch, "auto", "int8", x, 10)
+    split = [candidates for _, candidates in _core.last_knn_report()]
+    assert all(s < p / 4 for s, p in zip(split, plain)), (split, plain)
+
+
 def test_last_knn_report_names_each_layers_tiles(rng, monkeypatch):
     x = clustered(rng, 3, 200, 40)
     forced(monkeypatch, "fp32", x, 5)
@@ -230,7 +286,7 @@ def test_simd_level_names_a_kernel_family():
     assert _core.simd_level() in {"avx512-bf16", "avx512", "avx2", "scalar"}
 
 
-@pytest.mark.parametrize("var", ["LAYERKNN_CPU_SIMD", "LAYERKNN_CPU_KERNEL"])
+@pytest.mark.parametrize("var", ["LAYERKNN_CPU_SIMD", "LAYERKNN_CPU_KERNEL", "LAYERKNN_CPU_SPLIT"])
 def test_bad_kernel_override_is_a_clear_error(monkeypatch, var):
     monkeypatch.setenv(var, "sse9")
     with pytest.raises(ValueError, match=var):

@@ -15,7 +15,7 @@ Precision cheapest_precision(double pass_rows, int k, double list_budget,
   constexpr double kRescoreCost = 4;  // a gathered exact score vs one fp32 GEMM row (estimate)
   auto cost = [&](const SampledPrecision& option) {
     const double speedup = option.speedup > 0 ? option.speedup : double(1 << option.precision);
-    return pass_rows / speedup + kRescoreCost * option.candidates;
+    return pass_rows / speedup + kRescoreCost * option.candidates + option.overhead;
   };
   Precision best = kFp32;
   double best_cost = cost({kFp32, double(k), 1.});

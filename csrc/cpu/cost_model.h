@@ -19,11 +19,18 @@ struct SampledPrecision {
   Precision precision;
   double candidates;
   double speedup = 0.;
+  double overhead = 0.;  // per-row preparation (centred, split int8: kSplitRowCost), fp32 GEMM rows
 };
 
+// What centring and splitting a layer for int8 tiles costs per row (tile_split.h: the centre and
+// split pass, the centred statistics, re-centring each packed block), in fp32 GEMM rows; an
+// estimate from a profile on Zen 3 (AVX2), where at n = 512 these passes cost about as much as
+// the int8 tiles save.
+constexpr double kSplitRowCost = 16;
+
 // The cheapest precision: per row, GEMM work (pass_rows database rows per pass over the
-// precision's speed-up, 2^precision unless given) + kRescoreCost per exactly re-scored candidate, both in fp32
-// multiply-adds per feature. fp32 is costed at k candidates; a low precision qualifies only if
+// precision's speed-up, 2^precision unless given) + kRescoreCost per exactly re-scored candidate
+// + the option's overhead, all in fp32 multiply-adds per feature. fp32 is costed at k candidates; a low precision qualifies only if
 // its candidates stay within list_budget and it is strictly cheaper; among equals the earlier
 // entry of `low` wins.
 Precision cheapest_precision(double pass_rows, int k, double list_budget,

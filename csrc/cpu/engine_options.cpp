@@ -99,6 +99,10 @@ KernelChoice choose_kernels(Metric metric, int64_t d) {
     choice.int8 = avx2_int8_kernels();
     if (kernel == "int8") choice.forced = choice.int8;
   }
+  const std::string split = env_value("LAYERKNN_CPU_SPLIT");
+  if (split != "auto" && split != "off")
+    throw std::invalid_argument("LAYERKNN_CPU_SPLIT must be auto or off, got '" + split + "'");
+  choice.split = choice.int8 && metric != Metric::SquaredL2 && split == "auto";
   return choice;
 }
 

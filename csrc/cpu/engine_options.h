@@ -18,6 +18,7 @@ struct KernelChoice {
   const KernelSet* bf16 = nullptr;    // nullptr: not available or not wanted
   const KernelSet* int8 = nullptr;    // likewise
   const KernelSet* forced = nullptr;  // LAYERKNN_CPU_KERNEL=bf16|int8: skip the per-layer choice
+  bool split = false;  // int8 tiles of centred, outlier-split rows (tile_split.h): ip and cosine
 };
 
 // LAYERKNN_CPU_SIMD=auto|avx512|avx2|scalar caps the instruction set (for testing);
@@ -25,6 +26,9 @@ struct KernelChoice {
 // (AVX512-BF16) and int8 tiles (AVX512-VNNI, or VPMADDUBSW on AVX2-only CPUs) for cosine and
 // lets a per-layer sample pick the cheapest (cost_model.h); bf16 or int8 forces that precision
 // for every metric where the CPU has it; fp32 never uses low precision. Results are identical either way (exact re-scoring).
+// LAYERKNN_CPU_SPLIT=auto|off: int8 tiles of ip and cosine keys quantise each layer's rows
+// centred on their mean with their most outlying features scored in fp32 (tile_split.h), unless
+// off (for comparison).
 // Throws std::invalid_argument naming the variable for any other value. d: feature count.
 KernelChoice choose_kernels(Metric metric, int64_t d);
 

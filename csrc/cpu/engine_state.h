@@ -10,11 +10,13 @@
 #include <vector>
 
 #include "cpu/knn_kernels.h"
+#include "cpu/tile_split.h"
 
 namespace layerknn::cpu {
 
 constexpr int64_t kBlock = 192;   // rows per tile side (multiple of every table's mr, nr)
 constexpr int kVectorBlocks = 4;  // vector-side blocks packed at once (broadcast reuse)
+constexpr int kMaxSplit = 16;     // most features split off int8 tiles (see split_width)
 
 inline int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 
@@ -40,6 +42,10 @@ struct RowArrays {
   // padded by a block so a tile's padding rows and columns read defined memory.
   std::vector<float> qstep, qscale;
   std::vector<int32_t> qoffset;
+  // Centred, split int8 tiles (tile_split.h): each row's shift fl <z, mu>, its split-off values
+  // v as [rows, m] and transposed [m, rows], and |v|.
+  std::vector<float> shift, split_v, split_vt;
+  std::vector<double> split_norm;
 
   void allocate(int64_t rows, bool int8) {
     stats.resize(rows);
@@ -49,6 +55,10 @@ struct RowArrays {
       qstep.assign(round_up(rows, kBlock) + kBlock, 0.f);
       qscale.assign(rows, 0.f);
       qoffset.assign(round_up(rows, kBlock) + kBlock, 0);
+      shift.assign(rows, 0.f);
+      split_v.assign(rows * kMaxSplit, 0.f);
+      split_vt.assign(rows * kMaxSplit, 0.f);
+      split_norm.assign(rows, 0.);
     }
   }
   // Row i's statistics, and the int8 fields when with_int8.
@@ -70,6 +80,7 @@ struct LayerSlot {
   const KernelSet* ks = nullptr;  // tile kernels chosen for this layer
   int64_t dpad = 0;               // feature dimension padded for ks
   std::vector<float> windows;     // [n] 2 x bound on row i's tile key errors (tile_windows.h)
+  LayerSplit split;               // active: int8 tiles read centred, split rows (tile_split.h)
 };
 
 // Per-thread scratch: packed panels, the score tile and the merge buffers.
@@ -79,6 +90,7 @@ struct Worker {
   // blocks, so each broadcast block is packed once per group instead of once per tile.
   AlignedBuffer vector_panel[kVectorBlocks];
   AlignedBuffer broadcast_panel;
+  AlignedBuffer centred;  // [kBlock, d] centred rows for split int8 packing
   int64_t vector_key[kVectorBlocks] = {-1, -1, -1, -1};  // layer * blocks + block, or -1
   int64_t broadcast_key = -1;
   std::vector<float> tile;  // [kBlock, kTileStride] scores / keys

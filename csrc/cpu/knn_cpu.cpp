@@ -6,7 +6,8 @@
 // Races are avoided by ownership: a "solo" layer belongs to one worker from start to finish,
 // and in a "shared" layer every worker fills private candidate lists merged after a barrier.
 // Tile scores are approximate (fp32 in GEMM order, bf16 products, or exact sums of int8 codes of
-// per-row quantised rows; cost_model.h picks per layer): lists keep every candidate within a
+// per-row quantised rows, centred and outlier-split for ip/cosine layers with a large mean or
+// massive features, tile_split.h; cost_model.h picks per layer): lists keep every candidate within a
 // rigorous error window of the k-th best key (tile_windows.h), and the merge (row_merge.h)
 // re-scores them exactly before the final ordered selection, so results never depend on the
 // kernel, the precision or the thread count.
@@ -102,6 +103,7 @@ class Engine {
       Worker& w = workers_state_[wid];
       for (auto& panel : w.vector_panel) panel = aligned_buffer(kBlock * panel_bytes);
       w.broadcast_panel = aligned_buffer(kBlock * panel_bytes);
+      if (choice_.split) w.centred = aligned_buffer(kBlock * d_ * 4);
       w.tile.assign(kBlock * kTileStride, 0.f);
     }
     if (!direct_) {
@@ -238,6 +240,9 @@ class Engine {
       bad_input_ = true;
       throw std::overflow_error(unsafe);
     }
+    slot.split.active = false;
+    const KernelSet* known = choice_.forced ? choice_.forced : trusted;
+    if (!direct_ && choice_.split && (!known || known == choice_.int8)) split_layer(slot);
     if (direct_) {
       slot.ks = choice_.fp32;
     } else if (choice_.forced) {
@@ -247,6 +252,24 @@ class Engine {
     }
     slot.dpad = round_up(d_, slot.ks->group);
     slot.windows = key_windows(slot, *slot.ks);
+  }
+
+  // Centres the slot's layer on the database rows' mean, splits off its most outlying features
+  // and replaces both sides' int8 statistics by those of the centred rest (tile_split.h) --
+  // when the layer has a mean or outlying features worth it (worth_splitting); otherwise the
+  // plain int8 statistics of row_stats stay.
+  void split_layer(LayerSlot& slot) const {
+    choose_split(layer_y(slot), side_y(slot).scale.data(), m_, d_, split_width(d_), &slot.split);
+    double peak = 0.;
+    for (const RowStats& r : side_y(slot).stats) peak = std::max(peak, r.norm);
+    slot.split.active = worth_splitting(slot.split, peak);
+    if (!slot.split.active) return;
+    std::vector<float> scratch(d_);
+    split_side_stats(layer_x(slot), n_, 0, n_, d_, slot.split, *choice_.int8, *choice_.fp32,
+                     &slot.x, scratch.data());
+    if (!self_)
+      split_side_stats(layer_y(slot), m_, 0, m_, d_, slot.split, *choice_.int8, *choice_.fp32,
+                       &slot.y, scratch.data());
   }
 
   // The database side: the query rows themselves in the self-join.
@@ -274,7 +297,13 @@ class Engine {
                             side_y(slot).scale.data(), n_, m_, d_, p_.k, p_.metric, exclude_};
     const std::vector<double> candidates = sampled_candidates(layer, *choice_.fp32, windows);
     std::vector<SampledPrecision> sampled;
-    for (size_t i = 0; i < low.size(); ++i) sampled.push_back({low[i]->precision, candidates[i], low[i]->speedup});
+    for (size_t i = 0; i < low.size(); ++i) {
+      const bool split = low[i]->precision == kInt8 && slot.split.active;
+      const double speedup = split ? split_speedup(low[i]->speedup, double(round_up(d_, low[i]->group)),
+                                                 slot.split.m())
+                                   : low[i]->speedup;
+      sampled.push_back({low[i]->precision, candidates[i], speedup, split ? kSplitRowCost : 0.});
+    }
     const double pass_rows = self_ ? 0.5 * double(m_) : double(m_);
     const Precision best = cheapest_precision(pass_rows, p_.k, list_budget(), sampled);
     for (const KernelSet* ks : low)
@@ -286,6 +315,8 @@ class Engine {
   // over the database rows for the y side (row i's list only ever holds pairs (i, j)).
   std::vector<float> key_windows(const LayerSlot& slot, const KernelSet& ks) const {
     const Precision precision = ks.precision;
+    if (precision == kInt8 && slot.split.active)
+      return split_key_windows(p_.metric, d_, slot.split, slot.x, side_y(slot));
     OperandNorms y;
     for (const RowStats& r : side_y(slot).stats) {
       y.a = std::max(y.a, r.norm);
@@ -302,6 +333,21 @@ class Engine {
     return windows;
   }
 
+  // Packs rows [r0, r0 + count) of one side for the slot's tiles: centred and split first when
+  // the int8 tiles read split rows.
+  void pack(const LayerSlot& slot, bool vector_side, int64_t r0, int64_t count, Worker& w,
+            void* panel) const {
+    const RowArrays& side = vector_side ? slot.x : side_y(slot);
+    const float* rows = (vector_side ? layer_x(slot) : layer_y(slot)) + r0 * d_;
+    if (slot.ks->precision == kInt8 && slot.split.active) {
+      float* centred = reinterpret_cast<float*>(w.centred.get());
+      centre_rows(rows, side.scale.data() + r0, count, slot.split, d_, centred);
+      rows = centred;
+    }
+    auto packer = vector_side ? slot.ks->pack_vector_side : slot.ks->pack_broadcast_side;
+    packer(rows, count, d_, pack_scale(slot, side) + r0, slot.dpad, panel);
+  }
+
   // ---- phase 1: one tile, feeding both of its row blocks ---------------------------------------
 
   void run_tile(const LayerSlot& slot, int64_t bi, int64_t bj, Worker& w, CandidateLists& lists) {
@@ -311,14 +357,12 @@ class Engine {
     const int s = static_cast<int>(bi % kVectorBlocks);
     const int64_t vector_key = slot.layer * blocks(n_) + bi;
     if (w.vector_key[s] != vector_key) {
-      ks->pack_vector_side(layer_x(slot) + i0 * d_, ni, d_, pack_scale(slot, slot.x) + i0, slot.dpad,
-                           w.vector_panel[s].get());
+      pack(slot, true, i0, ni, w, w.vector_panel[s].get());
       w.vector_key[s] = vector_key;
     }
     const int64_t broadcast_key = slot.layer * blocks(m_) + bj;
     if (w.broadcast_key != broadcast_key) {
-      ks->pack_broadcast_side(layer_y(slot) + j0 * d_, nj, d_, pack_scale(slot, side_y(slot)) + j0, slot.dpad,
-                              w.broadcast_panel.get());
+      pack(slot, false, j0, nj, w, w.broadcast_panel.get());
       w.broadcast_key = broadcast_key;
     }
     const bool diagonal = self_ && bi == bj;
@@ -343,6 +387,12 @@ class Engine {
                  vector + c0 * slot.dpad * ks->elem_bytes, ks->nr, slot.dpad, w.tile.data() + c0,
                  kTileStride, &scales);
       }
+    }
+    if (int8 && slot.split.active) {
+      const RowArrays& ys = side_y(slot);
+      add_split_terms(w.tile.data(), kTileStride, nj, ni, ys.shift.data() + j0,
+                      slot.x.shift.data() + i0, ys.split_v.data() + j0 * slot.split.m(),
+                      slot.x.split_vt.data() + i0, n_, slot.split.m());
     }
     const bool l2 = p_.metric == Metric::SquaredL2;
     ScanTarget target;

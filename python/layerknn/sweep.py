@@ -34,7 +34,9 @@ def sweep_k(model_a: Any, model_b: Any, texts: Any = None, *, ks: Sequence[int] 
         As for :func:`layerknn.compare`.
     ks : sequence of int
         The k values (each ``1 <= k <= n - 1``); duplicates are dropped, order kept sorted.
-    **options
+    measure, names, cache, bootstrap, permutations, seed, progress, executor
+        As for :func:`layerknn.compare` (the same defaults).
+    device, dtype, pooling, max_length, batch_size, chat_template, trust_remote_code
         As for :func:`layerknn.compare` (the same defaults).
 
     Returns

@@ -22,6 +22,9 @@ namespace layerknn::cuda::detail {
 
 enum class CandidatePath { Simt, TensorCore };
 
+// Whether this build has the tensor-core path (cuBLAS found at build time; knn_tc.cu).
+bool tensor_core_built();
+
 // The smallest K bucket with capacity >= k (knn_cuda.cu).
 const BucketOps& bucket_for(int k);
 
@@ -32,7 +35,7 @@ void knn_tensor_core(const KnnProblem& problem, int32_t* indices, float* scores,
 
 // LAYERKNN_CUDA_KERNEL=auto|fp32|tc (unset = auto). auto takes the tensor-core GEMM where its
 // tiles are big enough to pay for the extra passes (d >= 128 and n m >= 2^20; an estimate, not
-// yet measured on a GPU), the fused SIMT kernel otherwise.
+// yet measured on a GPU) and the build has cuBLAS, the fused SIMT kernel otherwise.
 inline CandidatePath choose_path(const KnnProblem& p) {
   const char* env = std::getenv("LAYERKNN_CUDA_KERNEL");
   const std::string v = env == nullptr ? "" : env;
@@ -42,7 +45,8 @@ inline CandidatePath choose_path(const KnnProblem& p) {
     throw std::invalid_argument("LAYERKNN_CUDA_KERNEL must be auto, fp32 or tc, got '" + v + "'");
   }
   const int64_t m = p.y == nullptr ? p.n : p.m;
-  return p.d >= 128 && p.n * m >= (int64_t{1} << 20) ? CandidatePath::TensorCore : CandidatePath::Simt;
+  const bool large = p.d >= 128 && p.n * m >= (int64_t{1} << 20);
+  return large && tensor_core_built() ? CandidatePath::TensorCore : CandidatePath::Simt;
 }
 
 // scale, norms (and sq, if not null) of `rows` rows of width d (norms_kernel.cuh).

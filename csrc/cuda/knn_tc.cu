@@ -7,21 +7,28 @@
 // scanned exactly), and the exact re-rank shared with the SIMT path (rerank_kernel.cuh). The
 // answer is the CPU engine's bit for bit, whatever order the GEMM sums in. Not yet done: the
 // self-join's symmetry (each tile is computed in full) and tiles that stay in L2.
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+
+#include "cuda/knn_prepare.cuh"
+
+#if defined(LAYERKNN_WITH_CUBLAS) || defined(LAYERKNN_CUDA_EMULATION)
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <map>
-#include <stdexcept>
 #include <string>
 
-#include "cuda/knn_prepare.cuh"
 #include "cuda/pack_kernel.cuh"
 
 namespace layerknn::cuda::detail {
+
+bool tensor_core_built() { return true; }
+
 namespace {
 
 void check_cublas(cublasStatus_t status, const char* call) {
@@ -184,3 +191,17 @@ void knn_tensor_core(const KnnProblem& problem, int32_t* indices, float* scores,
 }
 
 }  // namespace layerknn::cuda::detail
+#else  // built without cuBLAS: the SIMT path serves every call
+
+namespace layerknn::cuda::detail {
+
+bool tensor_core_built() { return false; }
+
+void knn_tensor_core(const KnnProblem&, int32_t*, float*, cudaStream_t) {
+  throw std::invalid_argument(
+      "LAYERKNN_CUDA_KERNEL=tc: this build of layerknn has no cuBLAS (the CUDA toolkit it was "
+      "built with lacks it); unset LAYERKNN_CUDA_KERNEL or use fp32");
+}
+
+}  // namespace layerknn::cuda::detail
+#endif

@@ -4,14 +4,48 @@
 //   emulate_engine CASES OUT   with LAYERKNN_CUDA_KERNEL=fp32|tc, LAYERKNN_EMU_GEMM_ORDER=...
 // CASES: a sequence of problems, each int64 [L, n, m, d, k, metric, cross, exclude_self] then
 // float32 x [L, n, d] and, if cross, y [L, m, d]. OUT: per problem int32 indices [L, n, k] then
-// float32 scores [L, n, k]. Prints one line per problem: GEMM calls and exact-scan rows.
+// float32 scores [L, n, k]. Prints one line per problem: the GEMM calls made, and how many of
+// the returned scores a plain sequential fp32 chain (the first engine's formula) would not
+// reproduce bit for bit, which shows the test data tells the two formulas apart.
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 #include <vector>
 
+#include "common/exact_score.h"
 #include "cublas_v2.h"
 #include "cuda/knn_cuda.h"
+
+namespace {
+
+// Returned scores that a sequential fp32 FMA chain over the same operands would not give.
+int64_t differs_from_chain(const layerknn::KnnProblem& p, const int32_t* idx, const float* val) {
+  using namespace layerknn;
+  const bool cosine = p.metric == Metric::Cosine, l2 = p.metric == Metric::SquaredL2;
+  const float* y = p.y ? p.y : p.x;
+  const int64_t m = p.y ? p.m : p.n;
+  int64_t differ = 0;
+  for (int64_t l = 0; l < p.L; ++l)
+    for (int64_t i = 0; i < p.n; ++i) {
+      const float* a = p.x + (l * p.n + i) * p.d;
+      const float sa = exact::row_scale(exact::sq_norm(a, p.d), cosine);
+      for (int c = 0; c < p.k; ++c) {
+        const int64_t at = (l * p.n + i) * p.k + c;
+        const float* b = y + (l * m + idx[at]) * p.d;
+        const float sb = exact::row_scale(exact::sq_norm(b, p.d), cosine);
+        float chain = 0.f;
+        for (int64_t t = 0; t < p.d; ++t) {
+          const float u = a[t] * sa, v = b[t] * sb;
+          chain = l2 ? std::fmaf(u - v, u - v, chain) : std::fmaf(u, v, chain);
+        }
+        differ += chain != val[at];
+      }
+    }
+  return differ;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 3) {
@@ -54,7 +88,8 @@ int main(int argc, char** argv) {
     }
     std::fwrite(idx.data(), 4, idx.size(), out);
     std::fwrite(val.data(), 4, val.size(), out);
-    std::printf("case gemm_calls=%d\n", emu::gemm_calls);
+    std::printf("case gemm_calls=%d differs_from_chain=%lld\n", emu::gemm_calls,
+                static_cast<long long>(differs_from_chain(p, idx.data(), val.data())));
   }
   std::fclose(out);
   std::fclose(in);

@@ -68,6 +68,8 @@ int device_count(std::string* why) {
 
 int max_k() { return detail::kMaxK; }
 
+bool has_tensor_core_path() { return detail::tensor_core_built(); }
+
 namespace detail {
 
 const BucketOps& bucket_for(int k) {

@@ -33,9 +33,11 @@ void knn_simt(const KnnProblem& problem, int32_t* indices, float* scores, cudaSt
 void knn_tensor_core(const KnnProblem& problem, int32_t* indices, float* scores,
                      cudaStream_t stream);
 
-// LAYERKNN_CUDA_KERNEL=auto|fp32|tc (unset = auto). auto takes the tensor-core GEMM where its
-// tiles are big enough to pay for the extra passes (d >= 128 and n m >= 2^20; an estimate, not
-// yet measured on a GPU) and the build has cuBLAS, the fused SIMT kernel otherwise.
+// LAYERKNN_CUDA_KERNEL=auto|fp32|tc (unset = auto). auto takes the tensor-core GEMM for cosine
+// (unit rows in fp16: narrow windows; inner product and squared L2 go through bf16 and wider
+// windows, so only when forced) where tiles are big enough to pay for the extra passes (d >= 128
+// and n m >= 2^20; an estimate, not yet measured on a GPU) and the build has cuBLAS; the fused
+// SIMT kernel otherwise.
 inline CandidatePath choose_path(const KnnProblem& p) {
   const char* env = std::getenv("LAYERKNN_CUDA_KERNEL");
   const std::string v = env == nullptr ? "" : env;
@@ -46,7 +48,8 @@ inline CandidatePath choose_path(const KnnProblem& p) {
   }
   const int64_t m = p.y == nullptr ? p.n : p.m;
   const bool large = p.d >= 128 && p.n * m >= (int64_t{1} << 20);
-  return large && tensor_core_built() ? CandidatePath::TensorCore : CandidatePath::Simt;
+  const bool tight = p.metric == Metric::Cosine;  // fp16 operands: windows ~2^-11 wide
+  return large && tight && tensor_core_built() ? CandidatePath::TensorCore : CandidatePath::Simt;
 }
 
 // scale, norms (and sq, if not null) of `rows` rows of width d (norms_kernel.cuh).

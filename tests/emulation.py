@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATION = ROOT / "csrc" / "cuda" / "emulation"
-FLAGS = ["-std=c++20", "-O1", "-pthread", "-Wno-unknown-pragmas", f"-I{EMULATION}", f"-I{ROOT / 'csrc'}",
+FLAGS = ["-std=c++20", "-O1", "-pthread", "-Wno-unknown-pragmas", "-U_FORTIFY_SOURCE", f"-I{EMULATION}", f"-I{ROOT / 'csrc'}",
          "-DLAYERKNN_CUDA_EMULATION"]
 
 

@@ -126,7 +126,7 @@ def _gamma(n: float, unit: float) -> float:
 
 def run_windows(torch, dev, shape, k, seed) -> list[dict]:
     """Cosine candidates per row inside each precision's window (mirror of score_windows.h)."""
-    L, n, d = shape
+    n, d = shape
     rng = np.random.default_rng(seed)
     u = 2.0**-24
     exact_err = _gamma(math.ceil(d / 16) + 4, u) * (1 + 1e-6) ** 2

@@ -18,8 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATION = ROOT / "csrc" / "cuda" / "emulation"
-FLAGS = ["-std=c++20", "-O1", "-pthread", "-Wno-unknown-pragmas", "-U_FORTIFY_SOURCE", f"-I{EMULATION}", f"-I{ROOT / 'csrc'}",
-         "-DLAYERKNN_CUDA_EMULATION"]
+# -U_FORTIFY_SOURCE: the emulator's fibers _longjmp between stacks, which a fortified longjmp refuses.
+FLAGS = ["-std=c++20", "-O1", "-pthread", "-Wno-unknown-pragmas", "-U_FORTIFY_SOURCE", f"-I{EMULATION}",
+         f"-I{ROOT / 'csrc'}", "-DLAYERKNN_CUDA_EMULATION"]
 
 
 def compiler() -> str | None:

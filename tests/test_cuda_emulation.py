@@ -6,7 +6,7 @@ database splits + merge, cosine norms and the overlap kernels, then the host dri
 (split choice, layer chunking under a small memory budget, exact re-rank, argument errors) and their launch
 plumbing (LAYERKNN_CUDA_SYNC=1 synchronising every launch, a planted kernel fault raised at the
 call with temporaries freed, the plain-cudaMalloc fallback, size limits refused before any launch).
-This is how the GPU code is tested on machines without a GPU (about 30 s of CPU time).
+This is how the GPU code is tested on machines without a GPU (about a minute of CPU time).
 """
 
 from __future__ import annotations

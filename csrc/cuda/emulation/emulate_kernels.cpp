@@ -4,7 +4,7 @@
 // database splits + merge), the norm pre-kernel and the overlap kernels against plain
 // sequential references that sum in the same order, and the host driver against the shared
 // exact score (common/exact_score.h). Run by tests/test_cuda_emulation.py:
-//   g++ -std=c++20 -O1 -pthread -Icsrc/cuda/emulation -Icsrc -DLAYERKNN_CUDA_EMULATION
+//   g++ -std=c++20 -O1 -pthread -U_FORTIFY_SOURCE -Icsrc/cuda/emulation -Icsrc -DLAYERKNN_CUDA_EMULATION
 //       csrc/cuda/emulation/emulate_kernels.cpp -o emu && ./emu [quick]
 // Race check: add -DLAYERKNN_EMU_OS_THREADS -fsanitize=thread -g (one OS thread per CUDA thread).
 #include <algorithm>

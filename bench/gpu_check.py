@@ -1,15 +1,18 @@
 """Measurements for bench/gpu_check.sh: how the CUDA engine compares with the CPU one, and the card.
 
-Prints and writes as JSON (``--json``):
+Prints and writes as JSON (``--json``, rewritten after every section, so a timeout keeps what was
+measured):
 
-* GPU-vs-CPU identity per metric on Gaussian data and on activation-like data (3 "massive"
-  feature dimensions scaled by 100, as in LLM residual streams): the fraction of index entries,
-  of whole rows and of score bits that are identical, the share of neighbour sets that agree, and
-  the largest score difference. The engines sum in different orders (see csrc/cuda/knn_kernel.cuh),
-  so Gaussian data need not be bit-identical; these rates are what the shared exact score must
-  bring to 1.
-* Per-kernel times of one k-NN call (torch.profiler, where CUPTI works), its total time and
-  achieved TFLOP/s.
+* GPU-vs-CPU identity per candidate path (``LAYERKNN_CUDA_KERNEL=fp32``: SIMT lists; ``tc``:
+  tensor-core GEMM tiles, when built) and metric, on Gaussian data and on activation-like data (3
+  "massive" feature dimensions scaled by 100, as in LLM residual streams): the fraction of index
+  entries, of whole rows and of score bits that are identical, the share of neighbour sets that
+  agree, and the largest score difference. Both paths re-rank by the CPU engine's exact score
+  (csrc/common/exact_score.h), so every rate must be 1.
+* Candidates per row inside each precision's window (fp32 SIMT, fp16 and bf16 GEMM operands) for
+  cosine: the window of csrc/common/score_windows.h mirrored in NumPy/torch, counted on the card.
+* Per-kernel (per-phase) times of one k-NN call per path (torch.profiler, where CUPTI works:
+  row norms, packing, GEMM, select, fused, window, re-rank), its total time and achieved TFLOP/s.
 * torch ``bmm`` ceilings of the card for the same shape in fp32 (TF32 off), TF32, bf16 and fp16.
 
 ``--dry-run`` runs every part on the CPU with tiny sizes (the "GPU" side is the CPU engine again),
@@ -20,7 +23,10 @@ recorded in the JSON under "errors" and the exit status is 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import re
 import statistics
 import sys
@@ -72,7 +78,28 @@ def host(a) -> np.ndarray:
     return a.cpu().numpy() if hasattr(a, "cpu") else np.asarray(a)
 
 
-def run_identity(torch, layerknn, dev, shape, k, seed) -> list[dict]:
+@contextlib.contextmanager
+def candidate_path(kernel: str | None):
+    """LAYERKNN_CUDA_KERNEL=kernel for the calls inside (read by the engine at each call)."""
+    old = os.environ.get("LAYERKNN_CUDA_KERNEL")
+    if kernel is not None:
+        os.environ["LAYERKNN_CUDA_KERNEL"] = kernel
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LAYERKNN_CUDA_KERNEL", None)
+        else:
+            os.environ["LAYERKNN_CUDA_KERNEL"] = old
+
+
+def kernels_to_check(layerknn, dry: bool) -> list[str]:
+    if dry:
+        return ["fp32"]
+    return ["fp32"] + (["tc"] if layerknn._core.cuda_tensor_core_built() else [])
+
+
+def run_identity(torch, layerknn, dev, shape, k, seed, kernels) -> list[dict]:
     L, n, d = shape
     rng = np.random.default_rng(seed)
     rows = []
@@ -80,16 +107,56 @@ def run_identity(torch, layerknn, dev, shape, k, seed) -> list[dict]:
         x = make(rng, L, n, d)
         xd = to_device(torch, x, dev)
         for metric in METRICS:
-            g = layerknn.knn(xd, k, metric=metric)
             c = layerknn.knn(x, k, metric=metric)
-            r = {"data": name, "metric": metric, "L": L, "n": n, "d": d, "k": k,
-                 **identity(host(g.indices), host(g.scores), c.indices, c.scores)}
-            rows.append(r)
-            print(f"  {name:28s} {metric:6s} index {r['index_identical']:.6f}  score bits "
-                  f"{r['score_bits_identical']:.6f}  rows {r['rows_identical']:.6f}  sets "
-                  f"{r['sets_identical']:.6f}  max |diff| {r['max_abs_score_diff']:.3g} "
-                  f"(rel {r['max_rel_score_diff']:.3g})")
+            for kernel in kernels:
+                with candidate_path(kernel):
+                    g = layerknn.knn(xd, k, metric=metric)
+                r = {"data": name, "metric": metric, "kernel": kernel, "L": L, "n": n, "d": d, "k": k,
+                     **identity(host(g.indices), host(g.scores), c.indices, c.scores)}
+                rows.append(r)
+                print(f"  {name:28s} {metric:6s} {kernel:4s} index {r['index_identical']:.6f}  score bits "
+                      f"{r['score_bits_identical']:.6f}  rows {r['rows_identical']:.6f}  sets "
+                      f"{r['sets_identical']:.6f}  max |diff| {r['max_abs_score_diff']:.3g}")
     return rows
+
+
+def _gamma(n: float, unit: float) -> float:
+    return n * unit / (1 - n * unit)
+
+
+def run_windows(torch, dev, shape, k, seed) -> list[dict]:
+    """Cosine candidates per row inside each precision's window (mirror of score_windows.h)."""
+    n, d = shape
+    rng = np.random.default_rng(seed)
+    u = 2.0**-24
+    exact_err = _gamma(math.ceil(d / 16) + 4, u) * (1 + 1e-6) ** 2
+    out = []
+    for name, make in (("gaussian", gaussian), ("activation-like 3 dims x100", activation_like)):
+        x = to_device(torch, make(rng, 1, n, d)[0], dev).double()
+        a = (x / x.norm(dim=1, keepdim=True)).float()  # the fp32 operands (unit rows)
+        for label, dtype in (("fp32 SIMT", None), ("fp16 GEMM", torch.float16), ("bf16 GEMM", torch.bfloat16)):
+            if dtype is None:
+                s = a @ a.T
+                err = torch.full((n,), _gamma(d + 2, u) * (1 + 1e-6) ** 2 + exact_err, device=dev,
+                                 dtype=torch.float64)
+            else:
+                p = a.to(dtype)
+                s = (p.float() @ p.float().T)
+                pn = p.double().norm(dim=1)
+                en = (p.double() - a.double()).norm(dim=1)
+                an = a.double().norm(dim=1) * (1 + 1e-6)
+                err = en * pn.max() + an * en.max() + _gamma(d + 2, 4 * u) * pn * pn.max() + exact_err
+            s.fill_diagonal_(-math.inf)
+            kth = s.topk(k, dim=1).values[:, -1].double()
+            window = 2 * err * (1 + 1e-6)
+            counts = (s.double() >= (kth - window)[:, None]).sum(dim=1).double()
+            r = {"data": name, "precision": label, "n": n, "d": d, "k": k,
+                 "candidates_mean": float(counts.mean()), "candidates_max": float(counts.max()),
+                 "window_mean": float(window.mean())}
+            out.append(r)
+            print(f"  {name:28s} {label:10s} candidates/row mean {r['candidates_mean']:.1f} max "
+                  f"{r['candidates_max']:.0f}  (window {r['window_mean']:.2e}, k={k})")
+    return out
 
 
 class Timer:
@@ -155,22 +222,25 @@ def kernel_times(torch, fn) -> dict[str, float] | None:
     return out or None
 
 
-def run_phases(torch, layerknn, dev, shape, k, timer) -> dict:
+def run_phases(torch, layerknn, dev, shape, k, timer, kernels) -> dict:
     L, n, d = shape
     gen = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn((L, n, d), device=dev, dtype=torch.float32, generator=gen)
     flop = 2.0 * L * n * n * d
     result = {"L": L, "n": n, "d": d, "k": k}
-    for metric in METRICS:
-        ms = timer(lambda m=metric: layerknn.knn(x, k, metric=m), repeats=3)
-        kernels = kernel_times(torch, lambda m=metric: layerknn.knn(x, k, metric=m))
-        result[metric] = {"ms": ms, "tflops": flop / (ms * 1e-3) / 1e12, "kernels_ms": kernels}
-        print(f"  knn {metric:6s} L={L} n={n} d={d} k={k}: {ms:.2f} ms, "
-              f"{result[metric]['tflops']:.2f} TFLOP/s")
-        for name, kms in sorted((kernels or {}).items(), key=lambda kv: -kv[1]):
-            print(f"      {kms:9.3f} ms  {name}")
-        if kernels is None:
-            print("      (per-kernel times not available here)")
+    for kernel in kernels:
+        result[kernel] = {}
+        for metric in METRICS:
+            with candidate_path(kernel):
+                ms = timer(lambda m=metric: layerknn.knn(x, k, metric=m), repeats=3)
+                kernels_ms = kernel_times(torch, lambda m=metric: layerknn.knn(x, k, metric=m))
+            r = {"ms": ms, "tflops": flop / (ms * 1e-3) / 1e12, "kernels_ms": kernels_ms}
+            result[kernel][metric] = r
+            print(f"  knn {kernel:4s} {metric:6s} L={L} n={n} d={d} k={k}: {ms:.2f} ms, {r['tflops']:.2f} TFLOP/s")
+            for name, kms in sorted((kernels_ms or {}).items(), key=lambda kv: -kv[1]):
+                print(f"      {kms:9.3f} ms  {name}")
+            if kernels_ms is None:
+                print("      (per-kernel times not available here)")
     return result
 
 
@@ -224,14 +294,24 @@ def main(argv=None) -> int:
     result = {"card": card, "dry_run": dry, "torch": torch.__version__,
               "torch_cuda": torch.version.cuda, "errors": {}}
     print(f"gpu_check.py on {card}")
+    kernels = kernels_to_check(layerknn, dry)
+    print(f"candidate paths: {kernels}")
     sections = (
-        ("identity", "GPU vs CPU identity (fresh data, seed 1234)",
-         lambda: run_identity(torch, layerknn, dev, ident_shape, k, 1234)),
-        ("knn_timing", "k-NN time, TFLOP/s and per-kernel times",
-         lambda: run_phases(torch, layerknn, dev, phase_shape, k, timer)),
+        ("identity", "GPU vs CPU identity per candidate path (fresh data, seed 1234)",
+         lambda: run_identity(torch, layerknn, dev, ident_shape, k, 1234, kernels)),
+        ("windows", "cosine candidates per row inside each precision's window",
+         lambda: run_windows(torch, dev, ident_shape[1:], k, 99)),
+        ("knn_timing", "k-NN time, TFLOP/s and per-kernel (per-phase) times per candidate path",
+         lambda: run_phases(torch, layerknn, dev, phase_shape, k, timer, kernels)),
         ("bmm_ceilings", "torch bmm ceilings on the same shape",
          lambda: run_ceilings(torch, dev, phase_shape, timer)),
     )
+
+    def save():
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+
     for key, title, fn in sections:
         print(f"\n{title}")
         try:
@@ -241,15 +321,16 @@ def main(argv=None) -> int:
             traceback.print_exc()
         if not dry:
             torch.cuda.empty_cache()
+        save()
     if "knn_timing" in result and "bmm_ceilings" in result:
         fp32 = result["bmm_ceilings"].get("fp32", {}).get("tflops")
-        ours = result["knn_timing"]["cosine"]["tflops"]
-        if fp32:
-            result["cosine_vs_fp32_bmm"] = ours / fp32
-            print(f"\nlayerknn cosine k-NN reaches {100 * ours / fp32:.1f}% of torch's fp32 bmm rate")
+        for kernel in kernels:
+            ours = result["knn_timing"].get(kernel, {}).get("cosine", {}).get("tflops")
+            if fp32 and ours:
+                result[f"cosine_{kernel}_vs_fp32_bmm"] = ours / fp32
+                print(f"\nlayerknn cosine k-NN ({kernel}) reaches {100 * ours / fp32:.1f}% of torch's fp32 bmm rate")
+    save()
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
         print(f"results: {args.json}")
     return 1 if result["errors"] else 0
 

@@ -8,7 +8,9 @@
 # and inside a venv, where `pip install --user` is refused). Then, each step under its own
 # timeout and all within a total budget (GPU_CHECK_BUDGET seconds, default 470, build included):
 # the explicit GPU test files with CUDA_LAUNCH_BLOCKING=1 (never the whole suite), GPU-vs-CPU
-# identity rates, per-kernel times, TFLOP/s and torch's bmm ceilings (bench/gpu_check.py), the
+# identity rates of both candidate paths (LAYERKNN_CUDA_KERNEL=fp32 SIMT lists, tc tensor-core
+# GEMM tiles when cuBLAS was found), cosine candidates per row inside each precision's window,
+# per-phase kernel times, TFLOP/s and torch's bmm ceilings (bench/gpu_check.py), the
 # GPU-vs-CPU check and the G1-G3 + mega-matrix benchmark (bench/bench_knn_gpu.py). A failing step
 # does not stop the next. Everything lands in $OUT (or build/gpu_check): gpu_check.log,
 # build.log, summary.json (one record per step), gpu_check.json, bench_knn_gpu.{md,json}.
@@ -132,14 +134,15 @@ else
     echo "!!!!! BUILD FAILED (full log: $DEST/build.log)"
     finish
   fi
-  grep -E "CUDA engine|nvcc|Successfully installed" "$DEST/build.log" | head -n 5 || true
+  grep -E "CUDA engine|cuBLAS|nvcc|Successfully installed" "$DEST/build.log" | head -n 6 || true
   export PYTHONPATH="$SITE"
 fi
 
 step "import check" 60 "$PY" -c "
 import os, layerknn
 print('layerknn from', os.path.dirname(layerknn.__file__))
-print('built_with_cuda:', layerknn.built_with_cuda(), '| devices:', layerknn._core.cuda_device_count(),
+print('built_with_cuda:', layerknn.built_with_cuda(), '| tensor-core path:', layerknn._core.cuda_tensor_core_built(),
+      '| devices:', layerknn._core.cuda_device_count(),
       '| cuda_available:', layerknn.cuda_available(), '| max k:', layerknn._core.cuda_max_k())
 assert $DRY or layerknn.built_with_cuda(), 'the installed layerknn has no CUDA engine'
 assert $DRY or layerknn.cuda_available(), 'layerknn sees no usable GPU'
@@ -151,7 +154,7 @@ if (( DRY )); then DRYARG=(--dry-run); fi
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 step "GPU tests (tests/test_gpu.py, CUDA_LAUNCH_BLOCKING=1)" 120 \
   env CUDA_LAUNCH_BLOCKING=1 "${PYTEST[@]}" tests/test_gpu.py
-step "measurements (identity, kernel times, TFLOP/s, bmm ceilings)" 150 \
+step "measurements (identity per path, candidates per row, phase times, TFLOP/s, bmm ceilings)" 200 \
   "$PY" bench/gpu_check.py --json "$DEST/gpu_check.json" "${DRYARG[@]}"
 step "engine tests on cuda (tests/test_knn.py -k cuda)" 90 \
   env CUDA_LAUNCH_BLOCKING=1 "${PYTEST[@]}" tests/test_knn.py -k cuda

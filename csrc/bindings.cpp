@@ -257,6 +257,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("cuda_device_count", &cuda_device_count,
         "(count, reason): usable CUDA devices; 0 with the reason when none");
   m.def("cuda_max_k", &cuda_max_k, "largest k the CUDA k-NN kernels support (0 without CUDA)");
+#if defined(LAYERKNN_WITH_CUDA)
+  m.def("cuda_tensor_core_built", [] { return cuda::has_tensor_core_path(); },
+#else
+  m.def("cuda_tensor_core_built", [] { return false; },
+#endif
+        "whether the CUDA engine's tensor-core candidate path (cuBLAS) was built");
   m.def("simd_level", [] { return std::string(cpu::simd_level()); },
         "SIMD kernel family the CPU engine selected for this processor");
   m.def("active_kernel_table", [] { return std::string(cpu::active_kernel_table()); },

@@ -3,8 +3,9 @@
 The shared device-parametrised tests (test_knn.py, test_overlap.py) already run on "cuda" when it
 is available; this module adds what only the GPU needs: every k bucket and its edges, the
 database-split path, unaligned / odd-width inputs (scalar loads), exact agreement with the CPU
-engine on integer-valued data (every fp32 sum exact, so indices, scores and tie order must match
-bit for bit), the overlap engine against the CPU one, error paths and non-default streams, and the
+engine on integer-valued data and, through the shared exact score, on Gaussian and
+activation-like data for both candidate paths (LAYERKNN_CUDA_KERNEL=fp32 and tc), the overlap
+engine against the CPU one, error paths and non-default streams, and the
 launch plumbing: LAYERKNN_CUDA_SYNC=1, the plain-cudaMalloc path (LAYERKNN_CUDA_POOL=0) and a
 faulting kernel reported at the layerknn call (in a subprocess: a fault ends the CUDA context).
 """
@@ -50,6 +51,25 @@ def test_knn_matches_float64_reference(metric, L, n, d, k):
     nb = layerknn.knn(_cuda(x), k, metric=metric)
     assert nb.indices.is_cuda and nb.indices.dtype == torch.int32
     assert_neighbors_exact(nb.indices.cpu().numpy(), nb.scores.cpu().numpy(), x, k, metric)
+
+
+@pytest.mark.parametrize("kernel", ["fp32", "tc"])
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("massive", [False, True])
+def test_non_integer_data_matches_cpu_bit_for_bit(kernel, metric, massive, monkeypatch):
+    if kernel == "tc" and not layerknn._core.cuda_tensor_core_built():
+        pytest.skip("this build has no cuBLAS (tensor-core path)")
+    monkeypatch.setenv("LAYERKNN_CUDA_KERNEL", kernel)
+    rng = np.random.default_rng(7 + massive)
+    x = rng.standard_normal((2, 1000, 257)).astype(np.float32)
+    if massive:
+        x[:, :, [3, 100, 200]] *= 100
+    x[:, 7::9] = x[:, 3:-4:9][:, : x[:, 7::9].shape[1]]  # duplicates
+    for k in (1, 10, 33, 256):
+        gpu = layerknn.knn(_cuda(x), k, metric=metric)
+        cpu = layerknn.knn(x, k, metric=metric)
+        np.testing.assert_array_equal(gpu.indices.cpu().numpy(), cpu.indices)
+        np.testing.assert_array_equal(gpu.scores.cpu().numpy().view(np.int32), cpu.scores.view(np.int32))
 
 
 @pytest.mark.parametrize("k", [1, 31, 32, 33, 64, 65, 128, 129, 256])

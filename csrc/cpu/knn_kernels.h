@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/exact_score.h"
 #include "cpu/topk_candidates.h"
 
 namespace layerknn::cpu {
@@ -64,10 +65,10 @@ template <class SumSquares>
 inline void fp32_row_stats(SumSquares sum_squares, const float* x, int64_t d, bool normalise,
                            RowStats* out) {
   const double sq = sum_squares(x, d, 1.f);
-  const float scale = normalise ? (sq > 0 ? float(1.0 / std::sqrt(sq)) : 0.f) : 1.f;
+  const float scale = exact::row_scale(sq, normalise);  // common/exact_score.h, as the GPU's
   out->scale = scale;
   out->sq_norm = float(sq);
-  out->norm = normalise ? std::sqrt(sq) * double(scale) * (1 + 1e-6) : std::sqrt(sq);
+  out->norm = exact::operand_norm(sq, scale, normalise);
   out->packed[kFp32] = {out->norm, 0.};
 }
 

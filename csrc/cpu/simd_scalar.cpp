@@ -1,9 +1,11 @@
 // Portable kernels of the CPU k-NN engine (see knn_kernels.h): plain C++ that runs on any CPU and
-// doubles as the readable specification of the SIMD tables. The exact score keeps the 16-lane
-// fused-multiply-add layout and halving tree of the vector versions, so every table returns the
-// same bits; the GEMM is a small register-blocked loop that compilers vectorise with SSE2.
+// doubles as the readable specification of the SIMD tables. The exact score is the shared
+// definition of common/exact_score.h (16-lane fused-multiply-add layout and halving tree, as the
+// vector versions), so every table and the CUDA engine return the same bits; the GEMM is a
+// small register-blocked loop that compilers vectorise with SSE2.
 #include <cmath>
 
+#include "common/exact_score.h"
 #include "cpu/knn_kernels.h"
 #include "cpu/pack_fp32.h"
 
@@ -13,18 +15,8 @@ namespace {
 constexpr int kMr = 4;
 constexpr int kNr = 8;
 
-// Sum of squares in float64 of x * scale (rounded to fp32 first): 16 lanes, halving tree.
-double sum_squares(const float* x, int64_t d, float scale) {
-  double lane[16] = {};
-  for (int64_t t = 0; t < d; ++t) {
-    const double v = x[t] * scale;
-    lane[t % 16] += v * v;
-  }
-  double w8[8], w4[4];
-  for (int l = 0; l < 8; ++l) w8[l] = lane[l] + lane[l + 8];
-  for (int l = 0; l < 4; ++l) w4[l] = w8[l] + w8[l + 4];
-  return (w4[0] + w4[2]) + (w4[1] + w4[3]);
-}
+// Sum of squares in float64 of x * scale (rounded to fp32 first): the shared definition.
+double sum_squares(const float* x, int64_t d, float scale) { return exact::sq_norm(x, d, scale); }
 
 void row_stats(const float* x, int64_t d, bool normalise, RowStats* out) {
   fp32_row_stats([](const float* v, int64_t n, float s) { return sum_squares(v, n, s); }, x, d,
@@ -80,35 +72,15 @@ void scan_tile(float* tile, int64_t lds, int rows, int cols, const ScanTarget& t
   }
 }
 
-// Sum of 16 lanes by halving: l += l+8, then +4, +2, +1 (shared with the SIMD tables).
-float reduce_lanes(const float* lane) {
-  float w8[8], w4[4], w2[2];
-  for (int l = 0; l < 8; ++l) w8[l] = lane[l] + lane[l + 8];
-  for (int l = 0; l < 4; ++l) w4[l] = w8[l] + w8[l + 4];
-  for (int l = 0; l < 2; ++l) w2[l] = w4[l] + w4[l + 2];
-  return w2[0] + w2[1];
-}
-
+// The exact score, literally the shared definition (common/exact_score.h) that the SIMD tables
+// vectorise and the CUDA engine's re-rank kernel runs.
 void dot_batch(const float* a, float sa, const float* const* b, const float* sb, int count,
                int64_t d, float* out) {
-  for (int q = 0; q < count; ++q) {
-    float lane[16] = {};
-    for (int64_t t = 0; t < d; ++t) {
-      lane[t % 16] = std::fma(a[t] * sa, b[q][t] * sb[q], lane[t % 16]);
-    }
-    out[q] = reduce_lanes(lane);
-  }
+  for (int q = 0; q < count; ++q) out[q] = exact::dot(a, sa, b[q], sb[q], d);
 }
 
 void sqdist_batch(const float* a, const float* const* b, int count, int64_t d, float* out) {
-  for (int q = 0; q < count; ++q) {
-    float lane[16] = {};
-    for (int64_t t = 0; t < d; ++t) {
-      const float diff = a[t] - b[q][t];
-      lane[t % 16] = std::fma(diff, diff, lane[t % 16]);
-    }
-    out[q] = reduce_lanes(lane);
-  }
+  for (int q = 0; q < count; ++q) out[q] = exact::sqdist(a, b[q], d);
 }
 
 const KernelSet kScalar = {"scalar",          kMr,          kNr,       1,         4,

@@ -9,6 +9,7 @@
 #include "cuda/knn_launch.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/limits.h"
+#include "cuda/rerank_kernel.cuh"
 
 namespace layerknn::cuda::detail {
 
@@ -21,7 +22,7 @@ void launch_fused(const FusedLaunch& p) {
   const dim3 grid((p.n + BM - 1) / BM, p.layers, p.splits);
   launch_kernel(kernel, grid, dim3(kThreads), Shape::kSmemBytes, p.stream, p.x, p.y, p.x_scale,
                 p.y_scale, p.n, p.m, p.d, p.k, p.metric, p.exclude_self, p.vector_loads,
-                p.tiles_per_split, p.out_index, p.out_value, p.splits == 1);
+                p.tiles_per_split, p.out_index, p.out_value, p.as_scores && p.splits == 1);
 }
 
 template <int K, int BM>
@@ -37,8 +38,28 @@ template <int K>
 void launch_merge(const MergeLaunch& p) {
   const int64_t blocks = (p.rows + kWarps - 1) / kWarps;
   launch_kernel(merge_splits_kernel<K>, dim3(limits::grid_extent(blocks, limits::kMaxGridX, "x")),
-                dim3(kThreads), 0, p.stream, p.part_key, p.part_index, p.rows, p.splits, p.k, p.metric, p.out_index,
+                dim3(kThreads), 0, p.stream, p.part_key, p.part_index, p.rows, p.splits, p.k, p.metric,
+                p.as_scores, p.out_index, p.out_score);
+}
+
+template <int K>
+void launch_rerank(const RerankLaunch& p) {
+  const int64_t blocks = (p.rows + kRerankWarps - 1) / kRerankWarps;
+  launch_kernel(rerank_kernel<K>, dim3(limits::grid_extent(blocks, limits::kMaxGridX, "x")),
+                dim3(kRerankThreads), 0, p.stream, p.x, p.y, p.scale_x, p.scale_y, p.cand, p.count,
+                p.rows, p.n, p.m, p.d, p.k, p.capacity, p.metric, p.exclude_self, p.out_index,
                 p.out_score);
+}
+
+template <int K>
+void launch_select(const SelectLaunch& p) {
+  const int64_t blocks = (p.tile_rows + kRerankWarps - 1) / kRerankWarps;
+  launch_kernel(tile_select_kernel<K>,
+                dim3(limits::grid_extent(blocks, limits::kMaxGridX, "x"),
+                     limits::grid_extent(p.layers, limits::kMaxGridYZ, "y")),
+                dim3(kRerankThreads), 0, p.stream, p.tile, p.tile_rows, p.row0, p.n, p.m, p.d, p.k,
+                p.capacity, p.metric, p.exclude_self, p.sq_x, p.sq_y, p.norm_x, p.max_y, p.cand,
+                p.count);
 }
 
 template <int K, int BM>
@@ -65,7 +86,7 @@ int fused_blocks_per_sm(Metric metric) {
 template <int K, int BM>
 const BucketOps& make_bucket() {
   static const BucketOps ops{K, BM, &launch_fused_any<K, BM>, &launch_merge<K>,
-                             &fused_blocks_per_sm<K, BM>};
+                             &fused_blocks_per_sm<K, BM>, &launch_rerank<K>, &launch_select<K>};
   return ops;
 }
 

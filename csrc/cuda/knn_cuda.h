@@ -13,12 +13,16 @@ namespace layerknn::cuda {
 // 0 and, if `why` is given, stores the runtime's reason.
 int device_count(std::string* why);
 
-// Exact k-NN on the GPU; same layout and tie order as layerknn::cpu::knn (indices [L, n, k]
-// int32, scores [L, n, k] float32, best first, ties by lower index), but its fp32 score is summed
-// in another order than the CPU's (knn_kernel.cuh), so near-ties may rank differently. Largest
-// supported k: max_k(); size limits: limits.h (checked before anything is launched).
+// Exact k-NN on the GPU; same layout, tie order and values as layerknn::cpu::knn (indices
+// [L, n, k] int32, scores [L, n, k] float32, best first, ties by lower index): candidates from a
+// SIMT or tensor-core kernel are re-ranked by the shared exact score (common/exact_score.h), so
+// the answer is the CPU engine's bit for bit. LAYERKNN_CUDA_KERNEL=auto|fp32|tc picks the
+// candidate path. Largest supported k: max_k(); size limits: limits.h (checked before anything
+// is launched).
 void knn(const KnnProblem& problem, int32_t* indices, float* scores, int device, void* stream);
 int max_k();
+// Whether the tensor-core candidate path was built (the toolkit had cuBLAS).
+bool has_tensor_core_path();
 
 // Neighbour overlap on the GPU; same contract as layerknn::cpu::overlap (mean [La, Lb] float64,
 // counts [La, Lb, n] uint16 or nullptr).

@@ -1,13 +1,12 @@
-// The fused exact k-NN kernel: fp32 SIMT tiles of X·Yᵀ (or of squared differences) computed in
+// The fused SIMT candidate kernel: fp32 tiles of X·Yᵀ (or of squared differences) computed in
 // registers and fed straight into per-row warp top-k lists, so no n x m matrix ever exists.
-// Every score is one sequential fp32 fused-multiply-add chain over the feature axis in feature
-// order; squared L2 is summed as (x - y)^2 (no |x|²+|y|²-2x·y cancellation) and cosine scales each
-// row by its fp32 inverse norm (norms_kernel.cuh) while staging it. The order of candidates and
-// ties (lower index first) is the CPU engine's, but the score is NOT its formula: the CPU sums in
-// 16 lanes reduced by a halving tree, with a cosine scale derived from a float64 norm, so the two
-// engines agree bit for bit only where every fp32 sum is exact (e.g. small-integer data) and
-// otherwise differ by a few ulps, which can swap near-tied neighbours. No tensor cores, hence no
-// re-rank. Self-join symmetry is not exploited.
+// Every approximate score is one sequential fp32 fused-multiply-add chain over the feature axis
+// on the exact score's own fp32 operands (rows pre-scaled by the shared cosine scale,
+// norms_kernel.cuh); squared L2 is summed as (x - y)^2. It is NOT the exact score (that one sums
+// 16 lanes by a halving tree, common/exact_score.h): the driver asks for a longer list (kl >= k)
+// and re-ranks every entry within the proven window of the k-th (rerank_kernel.cuh), so the
+// answer is the exact score's. The order of candidates and ties (lower index first) is the
+// shared one. Self-join symmetry is not exploited.
 //
 // Block = 256 threads = 16 x 16 thread grid; a block owns BM query rows of one layer
 // (blockIdx.x = row block, blockIdx.y = layer, blockIdx.z = database split). Per database tile of
@@ -262,9 +261,9 @@ template <int K>
 __global__ void __launch_bounds__(kThreads)
 merge_splits_kernel(const float* __restrict__ part_key,      // [splits, rows, k]
                     const int32_t* __restrict__ part_index,  // [splits, rows, k]
-                    int64_t rows, int splits, int k, Metric metric,
+                    int64_t rows, int splits, int k, Metric metric, bool as_scores,
                     int32_t* __restrict__ out_index,  // [rows, k]
-                    float* __restrict__ out_score) {  // [rows, k]
+                    float* __restrict__ out_score) {  // [rows, k] scores, or keys
   __shared__ float list_keys[kWarps][K];
   __shared__ int32_t list_indices[kWarps][K];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -285,7 +284,7 @@ merge_splits_kernel(const float* __restrict__ part_key,      // [splits, rows, k
     }
     list_offer<K>(keys, indices, k, key, index, index != kNoIndex, lane);
   }
-  list_store(keys, indices, k, metric, true, out_index + row * k, out_score + row * k, lane);
+  list_store(keys, indices, k, metric, as_scores, out_index + row * k, out_score + row * k, lane);
 }
 
 }  // namespace layerknn::cuda::detail

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "common/metric.h"
+#include "common/score_windows.h"
 
 namespace layerknn::cuda::detail {
 
@@ -23,6 +24,7 @@ struct FusedLaunch {
   bool vector_loads = false;       // d % 4 == 0 and x, y 16-byte aligned
   int splits = 1;                  // database tiles split over gridDim.z
   int tiles_per_split = 0;         // database tiles (of kTileN rows) per split
+  bool as_scores = true;           // false: write rank keys even without splits
   int32_t* out_index = nullptr;    // [splits, layers, n, k]
   float* out_value = nullptr;      // [splits, layers, n, k]: scores if splits == 1, else rank keys
   cudaStream_t stream = nullptr;
@@ -35,8 +37,44 @@ struct MergeLaunch {
   int64_t rows = 0;                     // layers * n
   int splits = 0, k = 0;
   Metric metric = Metric::Cosine;
+  bool as_scores = true;                // false: write rank keys (candidate lists to re-rank)
   int32_t* out_index = nullptr;         // [rows, k]
-  float* out_score = nullptr;           // [rows, k]
+  float* out_score = nullptr;           // [rows, k] scores, or rank keys
+  cudaStream_t stream = nullptr;
+};
+
+// One launch of the exact re-rank over `rows` query rows (rerank_kernel.cuh).
+struct RerankLaunch {
+  const float* x = nullptr;         // [layers, n, d]
+  const float* y = nullptr;         // [layers, m, d]
+  const float* scale_x = nullptr;   // [layers, n] exact-score scales
+  const float* scale_y = nullptr;   // [layers, m]
+  const int32_t* cand = nullptr;    // [rows, capacity] candidate database rows
+  const int32_t* count = nullptr;   // [rows] candidates per row, -1 = every database row
+  int64_t rows = 0;                 // layers * n
+  int n = 0, m = 0, d = 0, k = 0, capacity = 0;
+  Metric metric = Metric::Cosine;
+  bool exclude_self = false;
+  int32_t* out_index = nullptr;     // [rows, k]
+  float* out_score = nullptr;       // [rows, k]
+  cudaStream_t stream = nullptr;
+};
+
+// One launch of the tensor-core path's threshold/select kernel over a tile of query rows
+// [row0, row0 + tile_rows) of `layers` layers (rerank_kernel.cuh).
+struct SelectLaunch {
+  const float* tile = nullptr;             // [layers, tile_rows, m] approximate dot products
+  int layers = 0, tile_rows = 0;
+  int64_t row0 = 0;
+  int n = 0, m = 0, d = 0, k = 0, capacity = 0;
+  Metric metric = Metric::Cosine;
+  bool exclude_self = false;
+  const float* sq_x = nullptr;             // [layers, n] fp32 squared norms (squared L2)
+  const float* sq_y = nullptr;             // [layers, m]
+  const windows::Norms* norm_x = nullptr;  // [layers, n]
+  const windows::Norms* max_y = nullptr;   // [layers]
+  int32_t* cand = nullptr;                 // [layers, n, capacity]
+  int32_t* count = nullptr;                // [layers, n]
   cudaStream_t stream = nullptr;
 };
 
@@ -47,6 +85,8 @@ struct BucketOps {
   void (*fused)(const FusedLaunch&);         // launches the fused kernel
   void (*merge)(const MergeLaunch&);         // launches the split-merge kernel
   int (*blocks_per_sm)(Metric metric);       // occupancy of the fused kernel on the current device
+  void (*rerank)(const RerankLaunch&);       // exact re-rank + top-k (k <= capacity)
+  void (*select)(const SelectLaunch&);       // tile threshold/select (k <= capacity)
 };
 
 const BucketOps& bucket_k32();

@@ -1,9 +1,10 @@
 // CPU emulation test of the CUDA kernels (no GPU needed): compiles the real kernel headers of
 // csrc/cuda against the CUDA stand-in in this folder and checks, bit for bit, the fused k-NN
 // kernel (all metrics, every K bucket, self and cross form, ties, duplicates, odd sizes,
-// database splits + merge), the cosine norm pre-kernel and the overlap kernels against plain
-// sequential references that sum in the same order. Run by tests/test_cuda_emulation.py:
-//   g++ -std=c++20 -O1 -pthread -Icsrc/cuda/emulation -Icsrc -DLAYERKNN_CUDA_EMULATION
+// database splits + merge), the norm pre-kernel and the overlap kernels against plain
+// sequential references that sum in the same order, and the host driver against the shared
+// exact score (common/exact_score.h). Run by tests/test_cuda_emulation.py:
+//   g++ -std=c++20 -O1 -pthread -U_FORTIFY_SOURCE -Icsrc/cuda/emulation -Icsrc -DLAYERKNN_CUDA_EMULATION
 //       csrc/cuda/emulation/emulate_kernels.cpp -o emu && ./emu [quick]
 // Race check: add -DLAYERKNN_EMU_OS_THREADS -fsanitize=thread -g (one OS thread per CUDA thread).
 #include <algorithm>
@@ -21,6 +22,7 @@
 #include "cuda/launch.cuh"
 #include "cuda/norms_kernel.cuh"
 #include "cuda/overlap_kernels.cuh"
+#include "common/exact_score.h"
 #include "common/intersect.h"
 
 using namespace layerknn;
@@ -93,7 +95,7 @@ void run_fused(const Case& c, const std::vector<float>& x, const std::vector<flo
   val.assign(idx.size(), -9.f);
   const int64_t rows = static_cast<int64_t>(c.L) * c.n;
   emu::launch(dim3((rows + kWarps - 1) / kWarps), dim3(kThreads), [&] {
-    merge_splits_kernel<K>(part_val.data(), part_idx.data(), rows, splits, c.k, c.metric,
+    merge_splits_kernel<K>(part_val.data(), part_idx.data(), rows, splits, c.k, c.metric, true,
                            idx.data(), val.data());
   });
 }
@@ -139,12 +141,12 @@ void run_case(const Case& c, std::mt19937& rng, const Driver* driver = nullptr) 
     auto norms = [&](const std::vector<float>& v, int rows, std::vector<float>& out) {
       out.assign(static_cast<size_t>(c.L) * rows, 0.f);
       const int64_t total = static_cast<int64_t>(c.L) * rows;
-      emu::launch(dim3((total * 32 + 255) / 256), dim3(256),
-                  [&] { inverse_norms_kernel(v.data(), total, c.d, out.data()); });
-      for (int64_t r = 0; r < total; ++r) {
-        double s = 0;
-        for (int t = 0; t < c.d; ++t) s += double(v[r * c.d + t]) * v[r * c.d + t];
-        check(std::abs(out[r] * std::sqrt(s) - 1.0) < 1e-5, name + " inverse norm");
+      std::vector<windows::Norms> nv(total);
+      emu::launch(dim3((total + kNormRowsPerBlock - 1) / kNormRowsPerBlock), dim3(kNormThreads),
+                  [&] { row_norms_kernel(v.data(), total, c.d, true, out.data(), nv.data(), nullptr); });
+      for (int64_t r = 0; r < total; ++r) {  // the shared definition, bit for bit
+        const float want = exact::row_scale(exact::sq_norm(v.data() + r * c.d, c.d), true);
+        check(std::memcmp(&out[r], &want, 4) == 0, name + " row scale");
       }
     };
     norms(x, c.n, xs);
@@ -201,7 +203,10 @@ void run_case(const Case& c, std::mt19937& rng, const Driver* driver = nullptr) 
         const float* yj = yv.data() + (static_cast<size_t>(l) * c.m + j) * c.d;
         const float si = xs_ptr ? xs_ptr[l * c.n + i] : 1.f;
         const float sj = ys_ptr ? ys_ptr[l * c.m + j] : 1.f;
-        cand.emplace_back(rank_key(ref_score(xi, yj, c.d, c.metric, si, sj), c.metric), j);
+        // The fused kernel alone sums in its own order; the driver re-ranks by the exact score.
+        const float score = driver ? exact::score(c.metric, xi, si, yj, sj, c.d)
+                                   : ref_score(xi, yj, c.d, c.metric, si, sj);
+        cand.emplace_back(rank_key(score, c.metric), j);
       }
       std::sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) {
         return ranks_before(a.first, a.second, b.first, b.second);
@@ -481,9 +486,9 @@ int main(int argc, char** argv) {
   const Driver roomy{4, SIZE_MAX, false, true};
   run_case({2, 150, 150, 37, 5, COS, false, true, false, 1}, rng, &roomy);     // splits via driver
   run_case({1, 20, 700, 8, 40, L2, true, false, true, 1}, rng, &roomy);        // cross, K=64, splits
-  const Driver tight{4, 2 * 150 * sizeof(float) + 600, true, false};                // ~2 layers of norms
+  const Driver tight{4, 100000, true, false};  // ~2 layers of norms, lists and counts
   run_case({5, 150, 150, 12, 6, COS, false, true, false, 1}, rng, &tight);     // layer chunks
-  const Driver no_split{1, 4 * 150 * sizeof(float) + 600, true, false};             // drop the splits
+  const Driver no_split{1, 100000, true, false};  // 3 layers fit only without splits
   run_case({3, 100, 150, 8, 9, COS, true, false, true, 1}, rng, &no_split);
   run_overlap(5, 7, 60, 6, 5, 5, true, rng, SIZE_MAX);
   run_overlap(5, 7, 60, 6, 5, 5, true, rng, 3 * 60 * 5 * 4 + 3 * 60 * 2 + 4096);  // chunks of A, B

@@ -18,20 +18,22 @@ LAYERKNN_HD int sorted_intersection_size(const int32_t* a, int na, const int32_t
 }
 
 // Sorts a short list ascending in place (insertion sort; k is small) and removes duplicates.
-// Returns the number of distinct values kept at the front.
-LAYERKNN_HD int sort_unique_small(int32_t* v, int len) {
+// Element c lives at v[c * stride] (stride > 1: a row interleaved with other threads' rows in
+// GPU shared memory, so neighbouring threads touch neighbouring banks). Returns the number of
+// distinct values kept at the front.
+LAYERKNN_HD int sort_unique_small(int32_t* v, int len, int stride = 1) {
   for (int i = 1; i < len; ++i) {
-    const int32_t x = v[i];
+    const int32_t x = v[i * stride];
     int j = i - 1;
-    while (j >= 0 && v[j] > x) {
-      v[j + 1] = v[j];
+    while (j >= 0 && v[j * stride] > x) {
+      v[(j + 1) * stride] = v[j * stride];
       --j;
     }
-    v[j + 1] = x;
+    v[(j + 1) * stride] = x;
   }
   int out = 0;
   for (int i = 0; i < len; ++i) {
-    if (out == 0 || v[i] != v[out - 1]) v[out++] = v[i];
+    if (out == 0 || v[i * stride] != v[(out - 1) * stride]) v[(out++) * stride] = v[i * stride];
   }
   return out;
 }

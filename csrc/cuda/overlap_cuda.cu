@@ -1,6 +1,6 @@
 // CUDA neighbour-overlap engine (contract in knn_cuda.h), with the CPU engine's exact semantics
 // (csrc/cpu/overlap_cpu.cpp): the first k columns of every neighbour row are sorted and
-// de-duplicated once by a pre-pass into a compact [L, n, k] buffer (common/intersect.h), then one
+// de-duplicated once by a pre-pass (each row staged in shared memory) into a compact [L, n, k] buffer (common/intersect.h), then one
 // launch intersects all La x Lb layer pairs for every prompt (grid: prompt block x layer of A x
 // group of layers of B). Sums are integers (shared-memory then global 64-bit atomics, so the
 // result is deterministic) and each mean is formed once as total * (1 / (k n)), as on the CPU.
@@ -26,10 +26,12 @@ constexpr int64_t kMaxGridY = 65535;
 void launch_sort_rows(const int32_t* src, int64_t rows, int width, int k, int32_t* dst,
                       uint16_t* lengths, cudaStream_t stream) {
   if (rows == 0) return;
-  constexpr int threads = 256;
+  const int staged_threads = sort_rows_threads(k);
+  const int threads = staged_threads > 0 ? staged_threads : 256;
+  const size_t stage_bytes = staged_threads > 0 ? sizeof(int32_t) * static_cast<size_t>(k) * threads : 0;
   launch_kernel(sort_rows_kernel,
                 dim3(limits::grid_extent((rows + threads - 1) / threads, limits::kMaxGridX, "x")),
-                dim3(threads), 0, stream, src, rows, width, k, dst, lengths);
+                dim3(threads), stage_bytes, stream, src, rows, width, k, dst, lengths, staged_threads > 0);
 }
 
 // Byte layout of the temporaries for a (la_count x lb_count) piece of the output.

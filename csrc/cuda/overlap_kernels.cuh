@@ -1,5 +1,5 @@
 // Kernels of the CUDA neighbour-overlap engine (driven by overlap_cuda.cu): a per-row sort +
-// de-duplicate pre-pass, the all-pairs intersection-count kernel (one thread per prompt, a group
+// de-duplicate pre-pass (rows staged in shared memory), the all-pairs intersection-count kernel (one thread per prompt, a group
 // of B layers per block, integer sums via shared then global atomics) and the final division.
 // Kept in a header so the CPU emulation test (csrc/cuda/emulation) runs the very same code.
 #pragma once
@@ -15,17 +15,47 @@ namespace {  // internal linkage: each including translation unit gets its own k
 constexpr int kPromptsPerBlock = 256;  // one thread per prompt
 constexpr int kPairsPerBlock = 32;     // layers of B handled by one block
 
+// Shared memory one block of sort_rows_kernel may stage rows in (48 KiB: no opt-in needed).
+constexpr int kSortStageBytes = 48 * 1024;
+
+// Threads per block of sort_rows_kernel for rows of k values: as many as fit their rows in
+// kSortStageBytes (a multiple of 32, at most 256), or 0 when not even one warp's rows fit (k >
+// 384): the kernel then sorts in place in global memory, 256 threads a block.
+inline int sort_rows_threads(int k) {
+  const int fit = kSortStageBytes / (static_cast<int>(sizeof(int32_t)) * (k > 0 ? k : 1));
+  return fit < 32 ? 0 : (fit >= 256 ? 256 : fit / 32 * 32);
+}
+
 // dst row r = sorted distinct values of src row r's first k columns; lengths[r] = their count.
+// With `staged`, each thread copies its row into dynamic shared memory (blockDim.x * k int32,
+// interleaved: value c of thread t at stage[c * blockDim.x + t], so a warp's accesses fall in
+// distinct banks), sorts it there and writes only the distinct values back; otherwise it sorts
+// in dst directly.
 __global__ void sort_rows_kernel(const int32_t* __restrict__ src,  // [rows, width]
                                  int64_t rows, int width, int k,
                                  int32_t* __restrict__ dst,         // [rows, k]
-                                 uint16_t* __restrict__ lengths) {  // [rows]
+                                 uint16_t* __restrict__ lengths,    // [rows]
+                                 bool staged) {
+#if defined(LAYERKNN_CUDA_EMULATION)
+  int32_t* stage = reinterpret_cast<int32_t*>(emulated_dynamic_smem());  // CPU emulation test hook
+#else
+  extern __shared__ int32_t stage[];  // [k, blockDim.x] when staged
+#endif
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   int32_t* out = dst + r * k;
   const int32_t* in = src + r * width;
-  for (int c = 0; c < k; ++c) out[c] = in[c];
-  lengths[r] = static_cast<uint16_t>(sort_unique_small(out, k));
+  if (!staged) {
+    for (int c = 0; c < k; ++c) out[c] = in[c];
+    lengths[r] = static_cast<uint16_t>(sort_unique_small(out, k));
+    return;
+  }
+  const int stride = static_cast<int>(blockDim.x);
+  int32_t* row = stage + threadIdx.x;
+  for (int c = 0; c < k; ++c) row[c * stride] = in[c];
+  const int len = sort_unique_small(row, k, stride);
+  for (int c = 0; c < len; ++c) out[c] = row[c * stride];
+  lengths[r] = static_cast<uint16_t>(len);
 }
 
 // totals[la, lb] += sum over this block's prompts of |A[la, i] ∩ B[lb, i]|; counts per prompt.

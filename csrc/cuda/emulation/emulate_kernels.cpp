@@ -263,10 +263,12 @@ void run_overlap(int La, int Lb, int n, int ka, int kb, int k, bool with_counts,
   std::vector<int32_t> sa(static_cast<size_t>(La) * n * k), sb(static_cast<size_t>(Lb) * n * k);
   std::vector<uint16_t> na(static_cast<size_t>(La) * n), nb(static_cast<size_t>(Lb) * n);
   const int64_t ra = static_cast<int64_t>(La) * n, rb = static_cast<int64_t>(Lb) * n;
-  emu::launch(dim3((ra + 255) / 256), dim3(256),
-              [&] { sort_rows_kernel(a.data(), ra, ka, k, sa.data(), na.data()); });
-  emu::launch(dim3((rb + 255) / 256), dim3(256),
-              [&] { sort_rows_kernel(b.data(), rb, kb, k, sb.data(), nb.data()); });
+  // Rows staged in shared memory when they fit (as the driver launches it), else sorted in place.
+  const int st = sort_rows_threads(k), tpb = st > 0 ? st : 256;
+  emu::launch(dim3((ra + tpb - 1) / tpb), dim3(tpb),
+              [&] { sort_rows_kernel(a.data(), ra, ka, k, sa.data(), na.data(), st > 0); });
+  emu::launch(dim3((rb + tpb - 1) / tpb), dim3(tpb),
+              [&] { sort_rows_kernel(b.data(), rb, kb, k, sb.data(), nb.data(), st > 0); });
   std::vector<unsigned long long> totals(static_cast<size_t>(La) * Lb, 0ull);
   emu::launch(dim3((n + kPromptsPerBlock - 1) / kPromptsPerBlock, La,
                    (Lb + kPairsPerBlock - 1) / kPairsPerBlock),
@@ -480,6 +482,8 @@ int main(int argc, char** argv) {
   run_overlap(quick ? 1 : 3, 2, 300, 10, 12, 10, true, rng);
   run_overlap(quick ? 1 : 2, 35, 40, 5, 5, 5, false, rng);  // two B groups per block
   run_overlap(1, 1, 7, 3, 4, 1, true, rng);
+  run_overlap(1, 2, 150, 120, 110, 100, true, rng);  // staged rows, 96 threads a block
+  run_overlap(1, 1, 400, 390, 395, 390, true, rng);  // k > 384: sorted in place, unstaged
 
   // The host drivers: database splits chosen for a 4-SM device, layer chunking forced by a
   // small memory budget, temporaries freed, and the argument errors.

@@ -30,7 +30,7 @@ from . import store
 __all__ = ["Cache", "default_cache_dir", "CacheCorruptionWarning", "CacheUnavailableWarning"]
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_SUBFOLDERS = ("activations", "neighbours", "links", "partial", "models")
+_SUBFOLDERS = ("activations", "neighbours", "links", "partial", "models", "texts")
 
 
 class CacheCorruptionWarning(UserWarning):
@@ -211,6 +211,27 @@ class Cache:
     def drop_partial(self, fingerprint: str) -> None:
         """Remove an extraction's finished-batch folder once its activations are stored."""
         shutil.rmtree(self.folder("partial") / _check_key(fingerprint), ignore_errors=True)
+
+    # ------------------------------------------------------------------ texts
+    def get_texts(self, key: str) -> list[str] | None:
+        """A list of texts stored by :meth:`put_texts` under ``key``, or None."""
+        found = self._read(self.folder("texts") / f"{_check_key(key)}.npz", "texts")
+        if found is None:
+            return None
+        arrays, _ = found
+        data, lengths = arrays.get("utf8"), arrays.get("lengths")
+        if data is None or lengths is None or int(lengths.sum()) != data.size:
+            return None
+        blob = data.tobytes()
+        ends = np.cumsum(lengths).tolist()
+        return [blob[a:b].decode("utf-8", "surrogatepass") for a, b in zip([0] + ends[:-1], ends)]
+
+    def put_texts(self, key: str, texts: "list[str] | tuple[str, ...]") -> None:
+        """Keep a list of texts (e.g. a builtin dataset that is slow to build) under ``key``."""
+        encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+        self._write(self.folder("texts") / f"{_check_key(key)}.npz",
+                    {"utf8": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+                     "lengths": np.array([len(e) for e in encoded], dtype=np.int64)}, {"count": len(encoded)}, "texts")
 
     # ------------------------------------------------------------------ name links
     def get_link(self, name_key: str) -> str | None:

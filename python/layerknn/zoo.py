@@ -29,6 +29,7 @@ from .options import DEFAULTS, ExtractOptions, LoadOptions, check_count
 from .overlap import overlap
 from .report import jsonable
 from .sources import as_cache, prompt_count, resolve_texts
+from .timings import timed
 
 __all__ = ["Zoo", "zoo", "zoos", "depth_binned_similarity"]
 
@@ -322,13 +323,14 @@ def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequenc
         raise ValueError(f"measure must be one of {', '.join(map(repr, MEASURES))}, got {measure!r}")
     labels = list(names) if names is not None else (["A", "B"] if len(models) == 2 else
                                                       [f"model {i}" for i in range(len(models))])
-    text_list, dataset = resolve_texts(texts)
+    store_ = as_cache(cache)
+    with timed(None, "", "texts"):
+        text_list, dataset = resolve_texts(texts, store_)
     n = _common_n(models, labels, text_list)
     if n < 2 or max(ks) > n - 1:
         raise ValueError(f"k must be in [1, n-1] = [1, {n - 1}] for n={n} prompts, got k={max(ks)}")
     runner = get_executor(executor)
     on_done, progress = (progress, False) if callable(progress) else ((lambda record: None), bool(progress))
-    store_ = as_cache(cache)
     k_max = min(max(ks) + 1, n - 1)
     units = [Unit(i, label, model, k_max, load, extract, store_)
              for i, (label, model) in enumerate(zip(labels, models))]
@@ -345,12 +347,11 @@ def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequenc
     out = {}
     for k in ks:
         seconds = {"prepare": prepared}
-        t0 = time.perf_counter()
-        neighbors = [np.ascontiguousarray(s.indices[..., :k]) for s in sides]
-        stacked = np.concatenate(neighbors, axis=0)
-        matrix = np.asarray(overlap(stacked, stacked, k, measure=measure))
-        del stacked
-        seconds["overlap"] = round(time.perf_counter() - t0, 3)
+        with timed(seconds, "overlap"):
+            neighbors = [np.ascontiguousarray(s.indices[..., :k]) for s in sides]
+            stacked = np.concatenate(neighbors, axis=0)
+            matrix = np.asarray(overlap(stacked, stacked, k, measure=measure))
+            del stacked
         result = Zoo(display, [s.num_layers for s in sides], matrix, neighbors=neighbors,
                      tie_rates=[s.tie_rates(k) for s in sides], n=n, k=k, dataset=dataset, pooling=extract.pooling,
                      meta={"models": [jsonable(s.info) for s in sides],
@@ -358,13 +359,12 @@ def zoos(models: Sequence[Any], texts: Any, *, ks: Sequence[int], names: Sequenc
                                                 "permutations": permutations, "seed": seed,
                                                 **vars(load.resolved()), **vars(extract), "executor": runner.name}),
                            "units": [record for _, record in done], "seconds": seconds}, measure=measure)
-        t0 = time.perf_counter()
-        if bootstrap or permutations:
-            keys = [(i, j) for i in range(len(sides)) for j in range(i + 1, len(sides))]
-            blocks = {(i, j): matrix[result._block(i), result._block(j)] for i, j in keys}
-            job = PairJob(n, k, tuple(result.num_layers), bootstrap, permutations, seed, measure)
-            result.pair_stats.update(runner.map_pairs(job, keys, blocks, neighbors, progress=progress))
-        seconds["statistics"] = round(time.perf_counter() - t0, 3)
+        with timed(seconds, "statistics"):
+            if bootstrap or permutations:
+                keys = [(i, j) for i in range(len(sides)) for j in range(i + 1, len(sides))]
+                blocks = {(i, j): matrix[result._block(i), result._block(j)] for i, j in keys}
+                job = PairJob(n, k, tuple(result.num_layers), bootstrap, permutations, seed, measure)
+                result.pair_stats.update(runner.map_pairs(job, keys, blocks, neighbors, progress=progress))
         seconds["total"] = round(time.perf_counter() - start, 3)
         out[k] = result
     return out
@@ -387,7 +387,9 @@ class PairJob:
         c = Comparison(block, n=self.n, k=self.k, num_layers=(self.num_layers[i], self.num_layers[j]),
                        neighbors=(neighbors_i, neighbors_j), measure=self.measure)
         if self.bootstrap:
-            c.bootstrap(self.bootstrap, seed=self.seed, progress=progress)
+            with timed(None, "", "statistics: bootstrap"):
+                c.bootstrap(self.bootstrap, seed=self.seed, progress=progress)
         if self.permutations:
-            c.calibrate(self.permutations, seed=self.seed, progress=progress)
+            with timed(None, "", "statistics: permutations"):
+                c.calibrate(self.permutations, seed=self.seed, progress=progress)
         return {"ci": c.ci, "calibration": c.calibration}

@@ -81,6 +81,7 @@ def tiny_llama(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_timings_cover_the_run_and_a_cached_rerun_loads_no_model(tmp_path, tiny_llama):
     args = ["compare", tiny_llama, tiny_llama, "--data", "builtin:random-strings?n=40", "--k", "4",
             "--max-length", "16", "--bootstrap", "30", "--permutations", "8", "--no-progress", "--timings",
@@ -104,6 +105,7 @@ def test_timings_cover_the_run_and_a_cached_rerun_loads_no_model(tmp_path, tiny_
     assert second["matrix"] == first["matrix"] and second["meta"]["model_a"]["cache"] == "neighbors"
 
 
+@pytest.mark.slow
 def test_compare_of_activation_files_never_imports_transformers(tmp_path):
     rng = np.random.default_rng(0)
     paths = []

@@ -16,8 +16,8 @@ Examples
 >>> with Profile() as prof:
 ...     with timed(seconds, "work"):
 ...         time.sleep(0.01)
->>> seconds["work"] >= 0.01, [row[0] for row in prof.rows()][-1]
-(True, 'work')
+>>> seconds["work"] >= 0.01, [row[0] for row in prof.rows()]
+(True, ['work', 'other (unphased)'])
 """
 
 from __future__ import annotations

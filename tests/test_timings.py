@@ -125,6 +125,7 @@ def test_texts_roundtrip_through_the_cache(tmp_path):
     assert cache.get_texts("k1") == texts
     cache.put_texts("empty", [])
     assert cache.get_texts("empty") == []
+    assert cache.clear() == 2 and cache.get_texts("k1") is None
 
 
 def test_stdlib_docs_served_from_the_cache_without_parsing(tmp_path, monkeypatch):

@@ -255,9 +255,9 @@ class Cache:
                     {"fingerprint": _check_key(fingerprint)}, "link")
 
     def clear(self) -> int:
-        """Delete every activation, neighbour, link and partial entry; return how many were removed."""
+        """Delete every activation, neighbour, link, partial and texts entry; return how many were removed."""
         removed = 0
-        for kind in ("activations", "neighbours", "links", "partial"):
+        for kind in ("activations", "neighbours", "links", "partial", "texts"):
             folder = self.folder(kind)
             if not folder.is_dir():
                 continue

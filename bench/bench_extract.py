@@ -8,6 +8,11 @@ same 512 prompts (builtin:stdlib-docs, varied lengths) on the offline aliases; r
 checked to agree before timing. Reports prompts/s, the speed-up, and peak resident memory
 added during each run (Linux VmHWM, reset between runs). Usage:
 python bench/bench_extract.py [--threads 2] [--n 512] [--models smollm2-135m gemma3-270m]
+
+``--roofline`` measures instead extract's achieved GFLOP/s (block FLOPs of the real tokens, see
+_roofline.py) against this machine's torch.matmul peak of the same shapes and dtype, measured in
+the same run at the same threads, with the padding waste, passes, attention implementation and
+thread count: python bench/bench_extract.py --roofline --n 256 --max-length 64 --dtypes float32 bfloat16
 """
 
 from __future__ import annotations
@@ -73,6 +78,52 @@ def measured(fn):
     return result, seconds, max(0, peak - before) / 1024
 
 
+def roofline(args, texts) -> None:
+    """One row per (model, dtype): extract's GFLOP/s vs the GEMM peak of its shapes (same run, same threads)."""
+    from _roofline import TokenCounter, block_flops, gemm_peak, gemm_shapes
+
+    from layerknn._blocks import find_model_parts
+
+    rows = []
+    for alias in args.models:
+        for dtype in args.dtypes:
+            model, tokenizer = layerknn.load_model(alias, dtype=dtype)
+            attn = getattr(model.config, "_attn_implementation", None)
+            layerknn.extract(model, texts[:8], tokenizer=tokenizer, max_length=args.max_length, progress=False)
+            counter = TokenCounter(find_model_parts(model).blocks[0])
+            start, start_cpu = time.perf_counter(), time.process_time()
+            acts = layerknn.extract(model, texts, tokenizer=tokenizer, max_length=args.max_length, progress=False)
+            wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            counter.remove()
+            real = int(acts.token_counts.sum())
+            flops = block_flops(model.config, acts.token_counts.tolist())
+            peak, peak_cpu = gemm_peak(gemm_shapes(model.config, 1024), getattr(torch, dtype))
+            achieved, achieved_cpu = flops / wall / 1e9, flops / cpu / 1e9
+            rows.append(f"| {alias} | {dtype} | {attn} | {torch.get_num_threads()} | {args.n} | {real} | "
+                        f"{counter.rows / real - 1:.1%} | {counter.passes} | {flops / 1e12:.3f} | {wall:.1f} | "
+                        f"{cpu:.1f} | {achieved:.1f} | {peak:.1f} | {achieved / peak:.0%} | {achieved_cpu:.1f} | "
+                        f"{peak_cpu:.1f} | {achieved_cpu / peak_cpu:.0%} |")
+            print(rows[-1], flush=True)
+            model = tokenizer = acts = None
+    table = "\n".join([
+        "| model | dtype | attention | threads | prompts | real tokens | padding waste | passes | block TFLOP | "
+        "wall s | CPU s | extract GFLOP/s | GEMM peak GFLOP/s | ratio (wall) | extract GFLOP/CPU-s | "
+        "GEMM GFLOP/CPU-s | ratio (CPU) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ])
+    table += (f"\n\nSIMD level: torch {torch.backends.cpu.get_cpu_capability()}, layerknn "
+              f"{layerknn._core.simd_level()}. Prompts from builtin:stdlib-docs, "
+              f"max_length={args.max_length}, last-token pooling. Block FLOPs: QKV/O projections, MLP (gated: 3 "
+              "matrices), causal attention t(t+1)/2 pairs, real tokens only. GEMM peak: torch.matmul of the "
+              "blocks' shapes with 1024 rows, same dtype and threads, best of 5, measured right after the extract.")
+    if args.dry_run:
+        print(table)
+        return
+    append_results("extract at the roofline: achieved GFLOP/s vs this machine's GEMM peak", table,
+                   threads=args.threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -81,9 +132,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
     parser.add_argument("--chunks", type=int, default=8, help="interleaving chunks")
     parser.add_argument("--dry-run", action="store_true", help="print the table, do not append it")
+    parser.add_argument("--roofline", action="store_true", help="GFLOP/s vs the GEMM peak instead of the loops")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     texts = prompts(args.n)
+    if args.roofline:
+        roofline(args, texts)
+        return
 
     rows = []
     for alias in args.models:

@@ -24,6 +24,9 @@ Examples
 [1.0, 1.0, 1.0]
 """
 
+import sys
+import types
+
 from . import _core
 from ._backend import built_with_cuda, cuda_available
 from .activations import Activations
@@ -32,7 +35,6 @@ from .cka import cka
 from .compare import compare
 from .comparison import Comparison
 from .datasets import load_texts
-from .extract import extract
 from .knn import Neighbors, chance, knn
 from .models import list_aliases, load_model
 from .options import DEFAULTS
@@ -43,6 +45,30 @@ from .zoo import Zoo, zoo
 from .zoos import zoos
 
 __version__ = getattr(_core, "__version__", "0.0.0+dev")  # set by the wheel build
+
+
+def extract(model, texts, **kwargs):  # replaced by layerknn.extract.extract on first use (see _Package)
+    """Pooled per-layer activations of ``model`` over ``texts``: see :func:`layerknn.extract.extract`."""
+    from .extract import extract as function
+
+    return function(model, texts, **kwargs)
+
+
+class _Package(types.ModuleType):
+    """``layerknn.extract`` stays the function when its submodule (which imports torch) is first imported.
+
+    The submodule is imported on first use, not with the package, so that ``import layerknn``
+    and a rerun served from the cache never load torch; Python would otherwise rebind the
+    package attribute ``extract`` to the submodule at that moment.
+    """
+
+    def __setattr__(self, name, value):
+        if name == "extract" and isinstance(value, types.ModuleType):
+            value = value.extract
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "Activations",

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import sys
 from typing import Any
 
 import numpy as np
 
-try:  # torch is a hard dependency of the package, but keep the array layer importable without it
+
+def _torch():
+    """torch, imported on first use: NumPy callers never pay for it (it is a dependency, but a heavy one)."""
     import torch
-except ImportError:  # pragma: no cover - exercised only in minimal environments
-    torch = None  # type: ignore[assignment]
+
+    return torch
 
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
@@ -41,6 +44,7 @@ class Origin:
 
 
 def _is_torch(x: Any) -> bool:
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
     return torch is not None and isinstance(x, torch.Tensor)
 
 
@@ -66,8 +70,10 @@ def to_backend_array(x: Any, name: str) -> tuple[Any, Origin]:
     if _is_torch(x):
         return x.detach(), Origin("torch", str(x.device))
     if hasattr(x, "__cuda_array_interface__") or hasattr(x, "__dlpack__"):
-        if torch is None:
-            raise TypeError(f"{name}: converting a {type(x).__name__} needs torch installed")
+        try:
+            torch = _torch()
+        except ImportError:  # pragma: no cover - exercised only in minimal environments
+            raise TypeError(f"{name}: converting a {type(x).__name__} needs torch installed") from None
         if hasattr(x, "__dlpack__"):
             tensor = torch.from_dlpack(x)
         else:  # __cuda_array_interface__ only (e.g. Numba device arrays)
@@ -98,7 +104,7 @@ def as_float32(x: Any, name: str) -> Any:
             )
     if isinstance(x, np.ndarray):
         return np.ascontiguousarray(x, dtype=np.float32)
-    return x.to(torch.float32).contiguous()
+    return x.to(_torch().float32).contiguous()
 
 
 def as_int32(x: Any, name: str) -> Any:
@@ -107,8 +113,8 @@ def as_int32(x: Any, name: str) -> Any:
     if not dtype.startswith(("int", "uint")):
         raise TypeError(f"{name} must have an integer dtype, got {dtype}")
     if x.size == 0 if isinstance(x, np.ndarray) else x.numel() == 0:
-        return np.ascontiguousarray(x, dtype=np.int32) if isinstance(x, np.ndarray) else x.to(torch.int32)
-    wide = x if isinstance(x, np.ndarray) else x.to(torch.int64)  # torch lacks min/max for uint16/32
+        return np.ascontiguousarray(x, dtype=np.int32) if isinstance(x, np.ndarray) else x.to(_torch().int32)
+    wide = x if isinstance(x, np.ndarray) else x.to(_torch().int64)  # torch lacks min/max for uint16/32
     low, high = (int(wide.min()), int(wide.max()))
     if low < 0:
         raise ValueError(f"{name} holds neighbour indices, which must be >= 0, got {low}")
@@ -116,7 +122,7 @@ def as_int32(x: Any, name: str) -> Any:
         raise ValueError(f"{name} holds an index too large for int32: {high}")
     if isinstance(x, np.ndarray):
         return np.ascontiguousarray(x, dtype=np.int32)
-    return x.to(torch.int32).contiguous()
+    return x.to(_torch().int32).contiguous()
 
 
 def to_host_numpy(x: Any) -> np.ndarray:
@@ -132,7 +138,7 @@ def restore(result: Any, origin: Origin) -> Any:
         return None
     if origin.kind == "numpy":
         return to_host_numpy(result)
-    tensor = result if _is_torch(result) else torch.as_tensor(np.asarray(result))  # keeps 0-d
+    tensor = result if _is_torch(result) else _torch().as_tensor(np.asarray(result))  # keeps 0-d
     if str(tensor.device) != origin.device:
         tensor = tensor.to(origin.device)
     if origin.kind == "dlpack" and origin.module:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import store
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported where tensors are made, not with the package
+    import torch
 
 __all__ = ["Activations"]
 
@@ -118,6 +121,8 @@ class Activations:
         >>> acts.num_layers, acts.hidden_size, acts.num_texts
         (2, 4, 5)
         """
+        import torch
+
         if isinstance(values, np.ma.MaskedArray):
             raise TypeError(f"activations of {model_name!r} must be a plain array, got a NumPy masked array "
                             "(its mask would be ignored); pass arr.filled(...) or drop masked prompts")
@@ -168,6 +173,8 @@ class Activations:
         >>> torch.equal(back.values, acts.values), back.fingerprint
         (True, 'ab')
         """
+        import torch
+
         arrays = {
             "values": _to_numpy(self.values.detach().to("cpu").contiguous()),
             "token_counts": self.token_counts.detach().to("cpu", torch.int64).numpy(),
@@ -186,6 +193,8 @@ class Activations:
         ValueError
             If the file is truncated, corrupt, or not a layerknn activations file (names the file).
         """
+        import torch
+
         arrays, meta = store.read(path, kind=_KIND)
         try:
             values = _from_numpy(arrays["values"], meta["dtype"])
@@ -208,12 +217,16 @@ class Activations:
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    import torch
+
     if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: store the raw bits
         return tensor.view(torch.int16).numpy()
     return tensor.numpy()
 
 
 def _from_numpy(array: np.ndarray, dtype_name: str | None) -> torch.Tensor:
+    import torch
+
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     if dtype_name == "bfloat16":
         tensor = tensor.view(torch.bfloat16)

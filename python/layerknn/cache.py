@@ -35,7 +35,7 @@ from . import store
 __all__ = ["Cache", "default_cache_dir", "local_cache_dir", "CacheCorruptionWarning", "CacheUnavailableWarning"]
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_SUBFOLDERS = ("activations", "neighbours", "links", "partial", "models")
+_SUBFOLDERS = ("activations", "neighbours", "links", "partial", "models", "texts")
 
 
 class CacheCorruptionWarning(UserWarning):
@@ -272,6 +272,27 @@ class Cache:
         if self._local is not None:
             shutil.rmtree(self._local / "partial" / _check_key(fingerprint), ignore_errors=True)
 
+    # ------------------------------------------------------------------ texts
+    def get_texts(self, key: str) -> list[str] | None:
+        """A list of texts stored by :meth:`put_texts` under ``key``, or None."""
+        found = self._read(self.folder("texts") / f"{_check_key(key)}.npz", "texts")
+        if found is None:
+            return None
+        arrays, _ = found
+        data, lengths = arrays.get("utf8"), arrays.get("lengths")
+        if data is None or lengths is None or int(lengths.sum()) != data.size:
+            return None
+        blob = data.tobytes()
+        ends = np.cumsum(lengths).tolist()
+        return [blob[a:b].decode("utf-8", "surrogatepass") for a, b in zip([0] + ends[:-1], ends)]
+
+    def put_texts(self, key: str, texts: "list[str] | tuple[str, ...]") -> None:
+        """Keep a list of texts (e.g. a builtin dataset that is slow to build) under ``key``."""
+        encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+        self._write(self.folder("texts") / f"{_check_key(key)}.npz",
+                    {"utf8": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+                     "lengths": np.array([len(e) for e in encoded], dtype=np.int64)}, {"count": len(encoded)}, "texts")
+
     # ------------------------------------------------------------------ name links
     def get_link(self, name_key: str) -> str | None:
         """The fingerprint last stored for a model-name key (see :meth:`put_link`), or None."""
@@ -294,9 +315,9 @@ class Cache:
                     {"fingerprint": _check_key(fingerprint)}, "link")
 
     def clear(self) -> int:
-        """Delete every activation, neighbour, link and partial entry; return how many were removed."""
+        """Delete every activation, neighbour, link, partial and texts entry; return how many were removed."""
         removed = 0
-        for kind in ("activations", "neighbours", "links", "partial"):
+        for kind in ("activations", "neighbours", "links", "partial", "texts"):
             folder = self.folder(kind)
             try:
                 names = self._names(folder)

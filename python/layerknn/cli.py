@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .options import DEFAULTS, MAIN_JOB
+from .timings import Profile, timed
 
 DEFAULT_OUT = "layerknn-out"
 
@@ -76,6 +77,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="allow model folders to run their own Python code (off by default; never asked on stdin)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars (layerknn's and transformers')")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("--timings", action="store_true",
+                   help="print where the time went, by phase (start-up and imports, model load, extraction, kNN, "
+                        "overlap, statistics, figures, writing), wall and CPU seconds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,15 +222,18 @@ def _no_progress_bars(silence: bool) -> Iterator[None]:
     from tqdm import std
 
     original = std.tqdm.__init__
-    std.tqdm.__init__ = functools.partialmethod(original, disable=True)
+
+    def quiet(self, *args, **kwargs):
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    std.tqdm.__init__ = functools.wraps(original)(quiet)
     hf_enabled = None
-    try:
+    if "transformers" in sys.modules:  # never imported for it: the tqdm switch covers its bars too
         from transformers.utils import logging as hf_logging
 
         hf_enabled = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
     try:
         yield
     finally:
@@ -250,18 +257,19 @@ def _cpu_seconds() -> float:
 def _write_comparison(comp, folder: Path, start: float) -> str:
     """heatmap.png, depth.png, comparison.npz, report.json, summary.txt of one comparison; returns the summary."""
     seconds = comp.meta.setdefault("seconds", {})
-    t0 = time.perf_counter()
-    summary = comp.summary()
-    comp.plot(folder / "heatmap.png")
-    comp.plot_depth(folder / "depth.png")
-    seconds["figures"] = round(time.perf_counter() - t0, 3)
-    comp.save(folder / "comparison.npz")
-    seconds["total"] = round(time.perf_counter() - start, 3)
-    seconds["process_cpu"] = round(_cpu_seconds(), 3)
-    report = comp.to_dict()
-    report["summary"] = summary
-    (folder / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
-    (folder / "summary.txt").write_text(summary + "\n")
+    with timed(None, "", "summary + verdict"):
+        summary = comp.summary()
+    with timed(seconds, "figures"):
+        comp.plot(folder / "heatmap.png")
+        comp.plot_depth(folder / "depth.png")
+    with timed(None, "", "writing"):
+        comp.save(folder / "comparison.npz")
+        seconds["total"] = round(time.perf_counter() - start, 3)
+        seconds["process_cpu"] = round(_cpu_seconds(), 3)
+        report = comp.to_dict()
+        report["summary"] = summary
+        (folder / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
+        (folder / "summary.txt").write_text(summary + "\n")
     return summary
 
 
@@ -395,11 +403,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     original_format = warnings.formatwarning
     if not debug:  # warnings as one line each, without the source line they came from
         warnings.formatwarning = lambda message, category, *rest, **kw: f"layerknn: warning: {message}\n"
+    profile = Profile() if getattr(args, "timings", False) else contextlib.nullcontext()
     try:
-        with _no_progress_bars(getattr(args, "no_progress", False)):
-            return _dispatch(args, debug)
+        with profile, _no_progress_bars(getattr(args, "no_progress", False)):
+            code = _dispatch(args, debug)
     finally:
         warnings.formatwarning = original_format
+    if isinstance(profile, Profile):
+        print(f"timings (this process, {os.cpu_count()} CPUs):\n{profile.table()}")
+    return code
 
 
 def _dispatch(args, debug: bool) -> int:

@@ -36,14 +36,17 @@ from __future__ import annotations
 import ast
 import csv
 import functools
+import hashlib
 import inspect
 import io
 import json
 import os
 import re
+import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -182,7 +185,8 @@ def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
     return DatasetSpec(source, options)
 
 
-def load_texts(spec: str | DatasetSpec, *, n: int | None = None, seed: int | None = None) -> list[str]:
+def load_texts(spec: str | DatasetSpec, *, n: int | None = None, seed: int | None = None,
+               cache: Any = None) -> list[str]:
     """Build the list of prompts a spec describes.
 
     Parameters
@@ -191,6 +195,9 @@ def load_texts(spec: str | DatasetSpec, *, n: int | None = None, seed: int | Non
         See the module docstring for the syntax.
     n, seed : int, optional
         Override the spec's ``n`` / ``seed`` options.
+    cache : layerknn.Cache, optional
+        Where to keep ``builtin:stdlib-docs`` once built (parsing the standard library takes
+        seconds; the entry is keyed by the Python version, the library's files and this module).
 
     Returns
     -------
@@ -217,7 +224,7 @@ def load_texts(spec: str | DatasetSpec, *, n: int | None = None, seed: int | Non
         return random_strings(opts.get("n", _DEFAULT_RANDOM_N), seed=opts.get("seed", 0),
                               length=opts.get("length", 100))
     if kind == "stdlib-docs":
-        items = list(stdlib_paragraphs())
+        items = _stdlib_texts(cache)
     elif kind == "hf":
         from ._hf_datasets import DEFAULT_FIELD, DEFAULT_SPLIT, hf_texts
 
@@ -345,6 +352,32 @@ def stdlib_paragraphs() -> tuple[str, ...]:
                     seen.add(para)
                     out.append(para)
     return tuple(out)
+
+
+def _stdlib_texts(cache: Any) -> list[str]:
+    """:func:`stdlib_paragraphs`, read from ``cache`` when it holds them for this exact standard library."""
+    if cache is None or stdlib_paragraphs.cache_info().currsize:
+        return list(stdlib_paragraphs())
+    key = _stdlib_key()
+    texts = cache.get_texts(key)
+    if texts is None:
+        texts = list(stdlib_paragraphs())
+        cache.put_texts(key, texts)
+    return texts
+
+
+def _stdlib_key() -> str:
+    """Cache key of the paragraphs: Python version, every standard-library file's size and time, these rules."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    digest = hashlib.sha256(f"{sys.version}|{root}|".encode())
+    digest.update(Path(__file__).read_bytes())  # the paragraph rules
+    for path in _stdlib_files(root):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        digest.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return "stdlib-docs-" + digest.hexdigest()[:32]
 
 
 def _stdlib_files(root: Path) -> list[Path]:

@@ -18,7 +18,6 @@ import importlib
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +30,7 @@ from .activations import Activations
 from .cache import Cache
 from .knn import Neighbors, knn
 from .options import ExtractOptions, LoadOptions
+from .timings import timed
 
 __all__ = ["ModelNeighbors", "model_neighbors", "resolve_texts", "prompt_count", "as_cache"]
 
@@ -81,15 +81,15 @@ def as_cache(cache: Any) -> Cache | None:
                     f"got {type(cache).__name__}")
 
 
-def resolve_texts(texts: Any) -> tuple[list[str] | None, str | None]:
-    """(list of prompts, dataset label) for a list of strings, a dataset spec or None."""
+def resolve_texts(texts: Any, cache: Cache | None = None) -> tuple[list[str] | None, str | None]:
+    """(list of prompts, dataset label) for a list of strings, a dataset spec or None (builtins kept in ``cache``)."""
     if texts is None:
         return None, None
     from .datasets import DatasetSpec, load_texts, parse_spec
 
     if isinstance(texts, (str, DatasetSpec)):
         spec = parse_spec(texts)
-        return load_texts(spec), str(spec)
+        return load_texts(spec, cache=cache), str(spec)
     texts = list(texts)
     if not all(isinstance(t, str) for t in texts):
         bad = next(type(t).__name__ for t in texts if not isinstance(t, str))
@@ -154,13 +154,14 @@ def model_neighbors(model: Any, texts: Sequence[str] | None, *, k_max: int, labe
         if len(source.layers) != source.num_layers + 1:
             raise ValueError(f"{label} activations hold layers {list(source.layers)} of 0..{source.num_layers}; "
                              "a comparison needs all of them (extract with layers=None)")
-        start = time.perf_counter()
-        idx, sc = search(source.values, k_max, label, progress)
+        seconds: dict[str, float] = {}
+        with timed(seconds, "knn"):
+            idx, sc = search(source.values, k_max, label, progress)
         name = label if source.model_name in ("array", "") else source.model_name
         return ModelNeighbors(name, idx.shape[0] - 1, idx, sc,
                               {"source": "activations", "fingerprint": source.fingerprint,
                                "pooling": source.pooling, "hidden_size": source.hidden_size,
-                               "seconds": {"knn": round(time.perf_counter() - start, 3)}})
+                               "seconds": seconds})
     if texts is None:
         raise ValueError(f"texts is required to extract activations from {label} ({display_name(model)!r}); "
                          "pass a list of strings or a dataset spec such as 'builtin:stdlib-docs'")
@@ -223,55 +224,44 @@ def _from_cache(hit: dict, label: str, how: str) -> ModelNeighbors:
 
 def _extracted(model: Any, texts: list[str], *, k_max: int, label: str, load: LoadOptions,
                extract: ExtractOptions, cache: Cache | None, progress: bool) -> ModelNeighbors:
-    # the module, looked up at call time (the package re-exports a function of the same name)
-    extraction = importlib.import_module(f"{__package__}.extract")
-
     n = len(texts)
     name = display_name(model)
     seconds: dict[str, float] = {}
     name_key = _name_key(model, texts, load, extract) if cache is not None else None
     if name_key is not None:  # rerun shortcut: no model loading at all
-        linked = cache.get_link(name_key)
-        hit = cache.get_neighbors(linked, k_max, n=n) if linked else None
+        with timed(None, "", "cache reads"):
+            linked = cache.get_link(name_key)
+            hit = cache.get_neighbors(linked, k_max, n=n) if linked else None
         if hit is not None:
             return _from_cache(hit, name, "neighbors")
-    start = time.perf_counter()
-    if isinstance(model, tuple):
-        model_obj, tokenizer = model
-    elif isinstance(model, (str, os.PathLike)):
-        from .models import load_model
-
-        if progress:
-            print(f"loading {name} ...", file=sys.stderr, flush=True)
-        model_obj, tokenizer = load_model(os.fspath(model), device=load.device, dtype=load.dtype,
-                                          trust_remote_code=load.trust_remote_code)
-    else:
-        model_obj, tokenizer = model, None
-    seconds["load"] = round(time.perf_counter() - start, 3)
+    # the module, looked up at call time (the package re-exports a function of the same name); it imports
+    # torch, which a rerun served by the link above never needs
+    extraction = importlib.import_module(f"{__package__}.extract")
+    with timed(seconds, "load", "model load"):
+        model_obj, tokenizer = _load(model, name, load, progress)
     fingerprint = None
     if cache is not None:
-        fingerprint = extraction.fingerprint_for(model_obj, texts, pooling=extract.pooling,
-                                                 max_length=extract.max_length, chat_template=extract.chat_template,
-                                                 **({"tokenizer": tokenizer} if tokenizer is not None else {}))
-        if name_key is not None:
-            cache.put_link(name_key, fingerprint)
-        hit = cache.get_neighbors(fingerprint, k_max, n=n)
+        with timed(None, "", "fingerprint + cache reads"):
+            fingerprint = extraction.fingerprint_for(
+                model_obj, texts, pooling=extract.pooling, max_length=extract.max_length,
+                chat_template=extract.chat_template, **({"tokenizer": tokenizer} if tokenizer is not None else {}))
+            if name_key is not None:
+                cache.put_link(name_key, fingerprint)
+            hit = cache.get_neighbors(fingerprint, k_max, n=n)
+            acts_hit = cache.get_activations(fingerprint, n=n) if hit is None else None
         if hit is not None:
             return _from_cache(hit, name, "neighbors")
-        acts_hit = cache.get_activations(fingerprint, n=n)
         if acts_hit is not None:
             meta = acts_hit["meta"]
-            start = time.perf_counter()
-            idx, sc = search(acts_hit["values"], k_max, name, progress)
+            with timed(seconds, "knn"):
+                idx, sc = search(acts_hit["values"], k_max, name, progress)
             cache.put_neighbors(fingerprint, idx, sc, meta)
             return ModelNeighbors(str(meta.get("model_name", name)), int(meta["num_layers"]), idx, sc,
-                                  dict(meta, cache="activations",
-                                       seconds={"knn": round(time.perf_counter() - start, 3)}))
-    start = time.perf_counter()
+                                  dict(meta, cache="activations", seconds={"knn": seconds["knn"]}))
     resume_dir = cache.partial_folder(fingerprint) if cache is not None else None
-    acts = extraction.extract(model_obj, texts, tokenizer=tokenizer, device=load.device, progress=progress,
-                              resume_dir=resume_dir, **extract.as_kwargs())
-    seconds["extract"] = round(time.perf_counter() - start, 3)
+    with timed(seconds, "extract", "extraction"):
+        acts = extraction.extract(model_obj, texts, tokenizer=tokenizer, device=load.device, progress=progress,
+                                  resume_dir=resume_dir, **extract.as_kwargs())
     values = _to_numpy(acts.values).astype(np.float32, copy=False)
     token_counts = _to_numpy(acts.token_counts).astype(np.int64)
     truncated = _to_numpy(acts.truncated).astype(bool)
@@ -284,15 +274,30 @@ def _extracted(model: Any, texts: list[str], *, k_max: int, label: str, load: Lo
         "truncated": int(truncated.sum()),
     }
     if cache is not None:
-        cache.put_activations(fingerprint, values, meta, {"token_counts": token_counts, "truncated": truncated})
-        cache.drop_partial(fingerprint)
-    start = time.perf_counter()
-    idx, sc = search(values, k_max, name, progress)
-    seconds["knn"] = round(time.perf_counter() - start, 3)
+        with timed(None, "", "cache writes"):
+            cache.put_activations(fingerprint, values, meta, {"token_counts": token_counts, "truncated": truncated})
+            cache.drop_partial(fingerprint)
+    with timed(seconds, "knn"):
+        idx, sc = search(values, k_max, name, progress)
     if cache is not None:
-        cache.put_neighbors(fingerprint, idx, sc, meta)
+        with timed(None, "", "cache writes"):
+            cache.put_neighbors(fingerprint, idx, sc, meta)
     return ModelNeighbors(name, meta["num_layers"], idx, sc,
                           dict(meta, cache="miss" if cache is not None else None, seconds=seconds))
+
+
+def _load(model: Any, name: str, load: LoadOptions, progress: bool) -> tuple[Any, Any]:
+    """(model, tokenizer or None) of a model argument: loaded when named by a string."""
+    if isinstance(model, tuple):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        from .models import load_model
+
+        if progress:
+            print(f"loading {name} ...", file=sys.stderr, flush=True)
+        return load_model(os.fspath(model), device=load.device, dtype=load.dtype,
+                          trust_remote_code=load.trust_remote_code)
+    return model, None
 
 
 def activations_file(path: "str | os.PathLike") -> Activations:

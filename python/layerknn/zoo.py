@@ -29,6 +29,7 @@ from .options import DEFAULTS, ExtractOptions, LoadOptions, check_count
 from .overlap import overlap
 from .report import jsonable
 from .sources import as_cache, prompt_count, resolve_texts
+from .timings import timed
 
 __all__ = ["Zoo", "zoo", "zoo_grid", "depth_binned_similarity"]
 
@@ -332,7 +333,9 @@ def zoo_grid(models: Sequence[Any], datasets: Sequence[Any], *, ks: Sequence[int
         raise ValueError("datasets must hold at least one dataset")
     labels = list(names) if names is not None else (["A", "B"] if len(models) == 2 else
                                                       [f"model {i}" for i in range(len(models))])
-    resolved = [resolve_texts(texts) for texts in datasets]
+    store_ = as_cache(cache)
+    with timed(None, "", "texts"):
+        resolved = [resolve_texts(texts, store_) for texts in datasets]
     sizes = []
     for d, (text_list, _) in enumerate(resolved):
         where = f" of dataset {dataset_names[d]!r}" if dataset_names else ""
@@ -342,7 +345,6 @@ def zoo_grid(models: Sequence[Any], datasets: Sequence[Any], *, ks: Sequence[int
         sizes.append(n)
     runner = get_executor(executor)
     on_done, progress = (progress, False) if callable(progress) else ((lambda record: None), bool(progress))
-    store_ = as_cache(cache)
     units = [Unit(i, label, model, min(max(ks) + 1, n - 1), load, extract, store_, d,
                   dataset_names[d] if dataset_names else None)
              for d, n in enumerate(sizes) for i, (label, model) in enumerate(zip(labels, models))]
@@ -369,24 +371,22 @@ def _zoos_of(done: list, n: int, ks: list[int], names: Sequence[str] | None, dat
     out = {}
     for k in ks:
         seconds = {"prepare": prepared}
-        t0 = time.perf_counter()
-        neighbors = [np.ascontiguousarray(s.indices[..., :k]) for s in sides]
-        stacked = np.concatenate(neighbors, axis=0)
-        matrix = np.asarray(overlap(stacked, stacked, k, measure=measure))
-        del stacked
-        seconds["overlap"] = round(time.perf_counter() - t0, 3)
+        with timed(seconds, "overlap"):
+            neighbors = [np.ascontiguousarray(s.indices[..., :k]) for s in sides]
+            stacked = np.concatenate(neighbors, axis=0)
+            matrix = np.asarray(overlap(stacked, stacked, k, measure=measure))
+            del stacked
         result = Zoo(display, [s.num_layers for s in sides], matrix, neighbors=neighbors,
                      tie_rates=[s.tie_rates(k) for s in sides], n=n, k=k, dataset=dataset,
                      pooling=options["pooling"],
                      meta={"models": [jsonable(s.info) for s in sides], "options": jsonable({"k": k, **options}),
                            "units": [record for _, record in done], "seconds": seconds}, measure=measure)
-        t0 = time.perf_counter()
-        if bootstrap or permutations:
-            keys = [(i, j) for i in range(len(sides)) for j in range(i + 1, len(sides))]
-            blocks = {(i, j): matrix[result._block(i), result._block(j)] for i, j in keys}
-            job = PairJob(n, k, tuple(result.num_layers), bootstrap, permutations, options["seed"], measure)
-            result.pair_stats.update(runner.map_pairs(job, keys, blocks, neighbors, progress=progress))
-        seconds["statistics"] = round(time.perf_counter() - t0, 3)
+        with timed(seconds, "statistics"):
+            if bootstrap or permutations:
+                keys = [(i, j) for i in range(len(sides)) for j in range(i + 1, len(sides))]
+                blocks = {(i, j): matrix[result._block(i), result._block(j)] for i, j in keys}
+                job = PairJob(n, k, tuple(result.num_layers), bootstrap, permutations, options["seed"], measure)
+                result.pair_stats.update(runner.map_pairs(job, keys, blocks, neighbors, progress=progress))
         seconds["total"] = round(time.perf_counter() - start, 3)
         out[k] = result
     return out
@@ -409,7 +409,9 @@ class PairJob:
         c = Comparison(block, n=self.n, k=self.k, num_layers=(self.num_layers[i], self.num_layers[j]),
                        neighbors=(neighbors_i, neighbors_j), measure=self.measure)
         if self.bootstrap:
-            c.bootstrap(self.bootstrap, seed=self.seed, progress=progress)
+            with timed(None, "", "statistics: bootstrap"):
+                c.bootstrap(self.bootstrap, seed=self.seed, progress=progress)
         if self.permutations:
-            c.calibrate(self.permutations, seed=self.seed, progress=progress)
+            with timed(None, "", "statistics: permutations"):
+                c.calibrate(self.permutations, seed=self.seed, progress=progress)
         return {"ci": c.ci, "calibration": c.calibration}

@@ -234,8 +234,11 @@ def test_missing_pot_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"layerknn\[align\]"):
         ot_coupling(np.eye(3))
     c = Comparison.from_matrix(np.eye(3) + 0.1, n=20, k=2)
-    assert "OT coupling n/a (needs POT: pip install 'layerknn[align]')" in c.summary()
-    assert "error" in c.to_dict()["alignment"]["ot"] and c.alignment("monotone").score > 0
+    with pytest.raises(ImportError, match=r"layerknn\[align\]"):
+        c.alignment("ot")
+    # the summary and report need no POT: they show OT only once it was asked for and computed
+    assert "OT coupling" not in c.summary() and "monotone path" in c.summary()
+    assert set(c.to_dict()["alignment"]) == {"argmax", "monotone"} and c.alignment("monotone").score > 0
 
 
 def test_heatmap_draws_the_alignment(tmp_path, rng):

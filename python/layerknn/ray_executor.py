@@ -20,6 +20,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+# torch is imported here, when a Ray worker loads this module's task function, so that it is first
+# imported on the worker's main thread: left to the unpickling of a task's arguments (which may
+# hold tensors), it can be imported from two of Ray's threads at once and torch's extension then
+# fails to initialise ("cannot initialize type ... already defined").
+import torch  # noqa: F401
+
 from .executors import Unit, raise_failures, run_unit
 from .sources import ModelNeighbors
 

@@ -166,7 +166,7 @@ def test_candidate_windows_survive_adversarial_rows():
     assert run.returncode == 0 and "ALL OK" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
 
 
-def test_unknown_kernel_knob_is_refused(tmp_path):
+def test_unknown_kernel_and_bad_tile_knobs_are_refused(tmp_path):
     x = _data("gaussian", 1, 20, 5, 0)
     src = tmp_path / "cases.bin"
     src.write_bytes(np.array([1, 20, 20, 5, 3, 1, 0, 1], np.int64).tobytes() + x.tobytes())
@@ -174,3 +174,7 @@ def test_unknown_kernel_knob_is_refused(tmp_path):
     done = subprocess.run([str(program("emulate_engine")), str(src), str(tmp_path / "o.bin")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "LAYERKNN_CUDA_KERNEL must be auto, fp32 or tc, got 'fast'" in done.stdout
+    env = dict(os.environ, LAYERKNN_CUDA_KERNEL="tc", LAYERKNN_CUDA_TC_TILE_ROWS="0")
+    done = subprocess.run([str(program("emulate_engine")), str(src), str(tmp_path / "o.bin")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "LAYERKNN_CUDA_TC_TILE_ROWS must be a positive integer, got '0'" in done.stdout

@@ -152,6 +152,7 @@ def test_tensor_core_path_holds_for_every_accumulation_order(order, tmp_path):
     _check_identical(ORDER_CASES, results, "tc", order)
 
 
+@pytest.mark.slow
 def test_tensor_core_path_cross_joins_and_self_kept(tmp_path):
     # A cross join (every block computed) and self-joins keeping the row itself, over several tiles.
     cases = [("cosine", "ties", 10, 2, 53, 29), ("l2", "massive", 1, 1, 61, 21), ("ip", "ties", 33, 1, 50, 17)]

@@ -12,7 +12,10 @@ measured):
 * Candidates per row inside each precision's window (fp32 SIMT, fp16 and bf16 GEMM operands) for
   cosine: the window of csrc/common/score_windows.h mirrored in NumPy/torch, counted on the card.
 * Per-kernel (per-phase) times of one k-NN call per path (torch.profiler, where CUPTI works:
-  row norms, packing, GEMM, select, fused, window, re-rank), its total time and achieved TFLOP/s.
+  row norms, packing, GEMM, select, fused, window, re-rank), its total time and achieved TFLOP/s
+  (``tflops``: the full 2 L n^2 d product per second, comparable with ``bmm``; for ``tc`` also
+  ``gemm_tflops``, the GEMM work it really does: the self-join computes only the blocks on and
+  right of the diagonal of its tiles, about half).
 * torch ``bmm`` ceilings of the card for the same shape in fp32 (TF32 off), TF32, bf16 and fp16.
 
 ``--dry-run`` runs every part on the CPU with tiny sizes (the "GPU" side is the CPU engine again),
@@ -222,6 +225,12 @@ def kernel_times(torch, fn) -> dict[str, float] | None:
     return out or None
 
 
+def tc_self_join_flop(L: int, n: int, d: int) -> float:
+    """GEMM flops of the tensor-core self-join: per tile of rows, the columns from its first row on."""
+    tile = int(os.environ.get("LAYERKNN_CUDA_TC_TILE_ROWS", "4096"))  # the default unless memory is short
+    return 2.0 * L * d * sum(min(tile, n - r) * (n - r) for r in range(0, n, tile))
+
+
 def run_phases(torch, layerknn, dev, shape, k, timer, kernels) -> dict:
     L, n, d = shape
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -235,8 +244,13 @@ def run_phases(torch, layerknn, dev, shape, k, timer, kernels) -> dict:
                 ms = timer(lambda m=metric: layerknn.knn(x, k, metric=m), repeats=3)
                 kernels_ms = kernel_times(torch, lambda m=metric: layerknn.knn(x, k, metric=m))
             r = {"ms": ms, "tflops": flop / (ms * 1e-3) / 1e12, "kernels_ms": kernels_ms}
+            done = ""
+            if kernel == "tc":
+                r["gemm_tflops"] = tc_self_join_flop(L, n, d) / (ms * 1e-3) / 1e12
+                done = f" ({r['gemm_tflops']:.2f} TFLOP/s of GEMM work done, symmetric half)"
             result[kernel][metric] = r
-            print(f"  knn {kernel:4s} {metric:6s} L={L} n={n} d={d} k={k}: {ms:.2f} ms, {r['tflops']:.2f} TFLOP/s")
+            print(f"  knn {kernel:4s} {metric:6s} L={L} n={n} d={d} k={k}: {ms:.2f} ms, "
+                  f"{r['tflops']:.2f} TFLOP/s{done}")
             for name, kms in sorted((kernels_ms or {}).items(), key=lambda kv: -kv[1]):
                 print(f"      {kms:9.3f} ms  {name}")
             if kernels_ms is None:

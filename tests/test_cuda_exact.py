@@ -10,6 +10,12 @@ GEMM operands) under every emulated fp32 accumulation order of the GEMM (sequent
 pairwise, blocked, random permutation, truncation towards zero): the candidate windows of
 common/score_windows.h must hold whatever order a GPU sums in. check_windows tries to break those
 windows directly, on adversarial rows.
+
+The tensor-core path runs with small GEMM tiles (LAYERKNN_CUDA_TC_TILE_ROWS) so that each problem
+spans several: the self-join then computes only the blocks on and right of the diagonal and feeds
+each to the rows below it transposed (the emulated cuBLAS counts the entries it computed), and a
+row's candidates are selected over several segments. Cross joins and self-joins that keep the
+row itself run through the same path.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from emulation import program
 
 METRICS = {"ip": 0, "cosine": 1, "l2": 2}
 ORDERS = ["sequential", "reversed", "pairwise", "blocked", "random", "truncated"]
+TC_TILE_ROWS = 24  # n = 71: 3 row tiles; n = 300: 13
 
 
 def _data(kind: str, L: int, n: int, d: int, seed: int) -> np.ndarray:
@@ -61,16 +68,27 @@ def _seed(case) -> int:
     return zlib.crc32(repr(case).encode())
 
 
-def _run_engine(cases, kernel: str, order: str, tmp_path):
-    """(indices, scores, stats) of the emulated CUDA engine for each case."""
+def _inputs(case, join: tuple[int, bool]) -> tuple[np.ndarray, np.ndarray | None]:
+    """x and, for a cross join (join = (m, exclude_self) with m > 0), y of a case."""
+    metric, kind, k, L, n, d = case
+    x = _data(kind, L, n, d, _seed(case))
+    return x, (_data(kind, L, join[0], d, _seed(case) + 1) if join[0] else None)
+
+
+def _run_engine(cases, kernel: str, order: str, tmp_path, joins=None):
+    """(indices, scores, stats) of the emulated CUDA engine for each case (self-joins by default)."""
+    joins = joins or [(0, True)] * len(cases)
     blobs = []
-    for case in cases:
+    for case, join in zip(cases, joins):
         metric, kind, k, L, n, d = case
-        x = _data(kind, L, n, d, _seed(case))
-        blobs.append(np.array([L, n, n, d, k, METRICS[metric], 0, 1], np.int64).tobytes() + x.tobytes())
+        x, y = _inputs(case, join)
+        m = n if y is None else y.shape[1]
+        head = np.array([L, n, m, d, k, METRICS[metric], y is not None, join[1]], np.int64)
+        blobs.append(head.tobytes() + x.tobytes() + (b"" if y is None else y.tobytes()))
     src, dst = tmp_path / "cases.bin", tmp_path / "out.bin"
     src.write_bytes(b"".join(blobs))
-    env = dict(os.environ, LAYERKNN_CUDA_KERNEL=kernel, LAYERKNN_EMU_GEMM_ORDER=order)
+    env = dict(os.environ, LAYERKNN_CUDA_KERNEL=kernel, LAYERKNN_EMU_GEMM_ORDER=order,
+               LAYERKNN_CUDA_TC_TILE_ROWS=str(TC_TILE_ROWS))
     done = subprocess.run([str(program("emulate_engine")), str(src), str(dst)], env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -89,16 +107,29 @@ def _run_engine(cases, kernel: str, order: str, tmp_path):
     return out
 
 
-def _check_identical(cases, results, kernel: str, order: str) -> int:
+def _tc_gemm_entries(L: int, n: int, m: int, self_join: bool) -> int:
+    """GEMM outputs of the tensor-core path: the self-join's blocks on and right of the diagonal."""
+    tiles = range(0, n, TC_TILE_ROWS)
+    return L * sum(min(TC_TILE_ROWS, n - r) * (m - r if self_join else m) for r in tiles)
+
+
+def _check_identical(cases, results, kernel: str, order: str, joins=None) -> int:
     """Asserts bit identity with the CPU engine; returns how many scores a plain fp32 chain misses."""
+    joins = joins or [(0, True)] * len(cases)
     chain_differs = 0
-    for case, (idx, scores, stats) in zip(cases, results):
+    for case, join, (idx, scores, stats) in zip(cases, joins, results):
         metric, kind, k, L, n, d = case
-        ref = layerknn.knn(_data(kind, L, n, d, _seed(case)), k, metric=metric)
-        name = f"{kernel}/{order} {metric} {kind} k={k}"
+        x, y = _inputs(case, join)
+        ref = layerknn.knn(x, k, metric=metric, y=y, exclude_self=join[1])
+        name = f"{kernel}/{order} {metric} {kind} k={k} join={join}"
         np.testing.assert_array_equal(idx, np.asarray(ref.indices), err_msg=name)
         np.testing.assert_array_equal(scores.view(np.int32), np.asarray(ref.scores).view(np.int32), err_msg=name)
         assert (stats["gemm_calls"] > 0) == (kernel == "tc"), name
+        if kernel == "tc":
+            m = n if y is None else y.shape[1]
+            assert stats["gemm_entries"] == _tc_gemm_entries(L, n, m, y is None), name
+            # The windows prune: rows keep the k best and under half of the rest on average.
+            assert stats["candidates"] + stats["scanned"] * m < L * n * (k + (m - k) // 2), name
         chain_differs += stats["differs_from_chain"]
     return chain_differs
 
@@ -121,13 +152,22 @@ def test_tensor_core_path_holds_for_every_accumulation_order(order, tmp_path):
     _check_identical(ORDER_CASES, results, "tc", order)
 
 
+@pytest.mark.slow
+def test_tensor_core_path_cross_joins_and_self_kept(tmp_path):
+    # A cross join (every block computed) and self-joins keeping the row itself, over several tiles.
+    cases = [("cosine", "ties", 10, 2, 53, 29), ("l2", "massive", 1, 1, 61, 21), ("ip", "ties", 33, 1, 50, 17)]
+    joins = [(0, False), (40, False), (0, False)]
+    results = _run_engine(cases, "tc", "random", tmp_path, joins)
+    _check_identical(cases, results, "tc", "random", joins)
+
+
 def test_candidate_windows_survive_adversarial_rows():
     run = subprocess.run([str(program("check_windows", with_drivers=False))], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0 and "ALL OK" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
 
 
-def test_unknown_kernel_knob_is_refused(tmp_path):
+def test_unknown_kernel_and_bad_tile_knobs_are_refused(tmp_path):
     x = _data("gaussian", 1, 20, 5, 0)
     src = tmp_path / "cases.bin"
     src.write_bytes(np.array([1, 20, 20, 5, 3, 1, 0, 1], np.int64).tobytes() + x.tobytes())
@@ -135,3 +175,7 @@ def test_unknown_kernel_knob_is_refused(tmp_path):
     done = subprocess.run([str(program("emulate_engine")), str(src), str(tmp_path / "o.bin")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "LAYERKNN_CUDA_KERNEL must be auto, fp32 or tc, got 'fast'" in done.stdout
+    env = dict(os.environ, LAYERKNN_CUDA_KERNEL="tc", LAYERKNN_CUDA_TC_TILE_ROWS="0")
+    done = subprocess.run([str(program("emulate_engine")), str(src), str(tmp_path / "o.bin")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "LAYERKNN_CUDA_TC_TILE_ROWS must be a positive integer, got '0'" in done.stdout

@@ -53,12 +53,14 @@ void launch_rerank(const RerankLaunch& p) {
 
 template <int K>
 void launch_select(const SelectLaunch& p) {
-  const int64_t blocks = (p.tile_rows + kRerankWarps - 1) / kRerankWarps;
+  if (p.rows <= 0) return;
+  const int64_t blocks = (p.rows + kRerankWarps - 1) / kRerankWarps;
   launch_kernel(tile_select_kernel<K>,
                 dim3(limits::grid_extent(blocks, limits::kMaxGridX, "x"),
                      limits::grid_extent(p.layers, limits::kMaxGridYZ, "y")),
-                dim3(kRerankThreads), 0, p.stream, p.tile, p.tile_rows, p.row0, p.n, p.m, p.d, p.k,
-                p.capacity, p.metric, p.exclude_self, p.sq_x, p.sq_y, p.norm_x, p.max_y, p.cand,
+                dim3(kRerankThreads), 0, p.stream, p.tile, p.layer_stride, p.row_offset, p.row_step,
+                p.col_step, p.rows, p.row_begin, p.col0, p.cols, p.n, p.m, p.d, p.k, p.capacity,
+                p.metric, p.exclude_self, p.sq_x, p.sq_y, p.norm_x, p.max_y, p.cand, p.cand_key,
                 p.count);
 }
 

@@ -60,12 +60,15 @@ struct RerankLaunch {
   cudaStream_t stream = nullptr;
 };
 
-// One launch of the tensor-core path's threshold/select kernel over a tile of query rows
-// [row0, row0 + tile_rows) of `layers` layers (rerank_kernel.cuh).
+// One launch of the tensor-core path's threshold/select kernel over a segment of query rows
+// [row_begin, row_begin + rows) x columns [col0, col0 + cols) of `layers` layers (rerank_kernel.cuh):
+// column col0 + c of row row_begin + t at tile[layer * layer_stride + row_offset + t * row_step +
+// c * col_step], so a GEMM block is read as is or transposed.
 struct SelectLaunch {
-  const float* tile = nullptr;             // [layers, tile_rows, m] approximate dot products
-  int layers = 0, tile_rows = 0;
-  int64_t row0 = 0;
+  const float* tile = nullptr;             // [layers, layer_stride] approximate dot products
+  int64_t layer_stride = 0, row_offset = 0, row_step = 0, col_step = 1;
+  int layers = 0, rows = 0, cols = 0;
+  int64_t row_begin = 0, col0 = 0;
   int n = 0, m = 0, d = 0, k = 0, capacity = 0;
   Metric metric = Metric::Cosine;
   bool exclude_self = false;
@@ -73,8 +76,9 @@ struct SelectLaunch {
   const float* sq_y = nullptr;             // [layers, m]
   const windows::Norms* norm_x = nullptr;  // [layers, n]
   const windows::Norms* max_y = nullptr;   // [layers]
-  int32_t* cand = nullptr;                 // [layers, n, capacity]
-  int32_t* count = nullptr;                // [layers, n]
+  int32_t* cand = nullptr;                 // [layers, n, capacity] running candidate lists
+  float* cand_key = nullptr;               // [layers, n, capacity] their approximate keys
+  int32_t* count = nullptr;                // [layers, n] 0 before a row's first segment
   cudaStream_t stream = nullptr;
 };
 

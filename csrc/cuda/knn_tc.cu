@@ -2,11 +2,15 @@
 // problems): per chunk of layers, exact scales and norms (norms_kernel.cuh), rows packed to a
 // 16-bit operand type with their rounding norms (pack_kernel.cuh), then per tile of query rows a
 // cuBLAS GEMM (fp16/bf16 operands, fp32 accumulation, tensor cores) of approximate dot products
-// against every database row, the threshold/select kernel keeping every column within the
-// proven window of the row's k-th (capacity independent of the GEMM tile; an overflowing row is
-// scanned exactly), and the exact re-rank shared with the SIMT path (rerank_kernel.cuh). The
-// answer is the CPU engine's bit for bit, whatever order the GEMM sums in. Not yet done: the
-// self-join's symmetry (each tile is computed in full) and tiles that stay in L2.
+// against the database rows, the threshold/select kernel keeping every column within the proven
+// window of the row's k-th (capacity independent of the GEMM tile; an overflowing row is scanned
+// exactly), and the exact re-rank shared with the SIMT path (rerank_kernel.cuh). The self-join
+// uses its symmetry: tile I computes only the blocks on and right of the diagonal (columns from
+// its first row on, about half the GEMM work in all), and feeds them to the select kernel both
+// as is (its own rows) and transposed (the rows below it), so each row sees every column once,
+// over several segments; the select kernel's running candidate list makes the final candidates
+// the same window as one pass over the whole row. The answer is the CPU engine's bit for bit,
+// whatever order the GEMM sums in. Not yet done: tiles that stay in L2.
 #include <cuda_runtime.h>
 
 #include <stdexcept>
@@ -20,6 +24,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <string>
 
@@ -59,6 +64,20 @@ void launch_pack(const float* v, const float* scale, int64_t rows, int d, void* 
                 dim3(kNormThreads), 0, stream, v, scale, rows, d, static_cast<T*>(out), norms);
 }
 
+// Query rows per GEMM tile: 4096, or LAYERKNN_CUDA_TC_TILE_ROWS (a positive integer; tests
+// force small tiles so that small problems span several).
+int64_t tc_tile_rows() {
+  const char* env = std::getenv("LAYERKNN_CUDA_TC_TILE_ROWS");
+  if (env == nullptr || *env == '\0') return 4096;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  if (*end != '\0' || v <= 0 || v > (int64_t{1} << 30)) {
+    throw std::invalid_argument(std::string("LAYERKNN_CUDA_TC_TILE_ROWS must be a positive integer, got '") +
+                                env + "'");
+  }
+  return v;
+}
+
 }  // namespace
 
 void knn_tensor_core(const KnnProblem& problem, int32_t* indices, float* scores,
@@ -77,9 +96,10 @@ void knn_tensor_core(const KnnProblem& problem, int32_t* indices, float* scores,
   const cudaDataType_t type = cosine ? CUDA_R_16F : CUDA_R_16BF;
 
   int64_t chunk = std::min<int64_t>(L, limits::knn_layers_per_launch(n, m));
-  int64_t tile_rows = std::min<int64_t>(n, 4096);
+  int64_t tile_rows = std::min<int64_t>(n, tc_tile_rows());
   StreamBuffer temp(stream);
-  size_t o_scale_x, o_scale_y, o_norm_x, o_norm_y, o_sq_x, o_sq_y, o_max, o_px, o_py, o_tile, o_cand, o_count;
+  size_t o_scale_x, o_scale_y, o_norm_x, o_norm_y, o_sq_x, o_sq_y, o_max, o_px, o_py, o_tile, o_cand, o_key,
+      o_count;
   for (;;) {
     Carver c;
     o_scale_x = c.add<float>(chunk * n);
@@ -93,6 +113,7 @@ void knn_tensor_core(const KnnProblem& problem, int32_t* indices, float* scores,
     o_py = c.add<uint16_t>(self ? 0 : chunk * m * d);
     o_tile = c.add<float>(chunk * tile_rows * m);
     o_cand = c.add<int32_t>(chunk * n * capacity);
+    o_key = c.add<float>(chunk * n * capacity);
     o_count = c.add<int32_t>(chunk * n);
     if (temp.try_allocate(c.bytes())) break;
     if (tile_rows > 256) {
@@ -114,6 +135,7 @@ void knn_tensor_core(const KnnProblem& problem, int32_t* indices, float* scores,
   void* packed_y = self ? packed_x : temp.as<void>(o_py);
   float* tile = temp.as<float>(o_tile);
   int32_t* cand = temp.as<int32_t>(o_cand);
+  float* cand_key = temp.as<float>(o_key);
   int32_t* count = temp.as<int32_t>(o_count);
   const BucketOps& bucket = bucket_for(k);
   cublasHandle_t handle = cublas_handle();
@@ -137,35 +159,63 @@ void knn_tensor_core(const KnnProblem& problem, int32_t* indices, float* scores,
     prepare(xc, layers * n, scale_x, norm_x, sq_x, packed_x);
     if (!self) prepare(yc, layers * m, scale_y, norm_y, sq_y, packed_y);
     launch_layer_max(norm_y, layers, m, max_y, stream);
+    LAYERKNN_CUDA_CHECK(cudaMemsetAsync(count, 0, sizeof(int32_t) * layers * n, stream));
+    SelectLaunch select;
+    select.tile = tile;
+    select.layers = static_cast<int>(layers);
+    select.n = static_cast<int>(n);
+    select.m = static_cast<int>(m);
+    select.d = di;
+    select.k = k;
+    select.capacity = capacity;
+    select.metric = metric;
+    select.exclude_self = exclude;
+    select.sq_x = sq_x;
+    select.sq_y = sq_y;
+    select.norm_x = norm_x;
+    select.max_y = max_y;
+    select.cand = cand;
+    select.cand_key = cand_key;
+    select.count = count;
+    select.stream = stream;
     for (int64_t row0 = 0; row0 < n; row0 += tile_rows) {
       const int64_t rows = std::min(tile_rows, n - row0);
-      // Column-major view: tile^T [m, rows] = Y [m, d] . X^T [d, rows], per layer.
+      // The self-join's S = X X^T is symmetric: only the blocks on and right of the diagonal,
+      // columns [row0, n), are computed; rows below the tile take their columns [row0, row0 +
+      // rows) from this block transposed (below). Other joins: every column.
+      const int64_t col0 = self ? row0 : 0, cols = m - col0;
+      // Column-major view: tile^T [cols, rows] = Y[col0:] [cols, d] . X[row0:]^T [d, rows], per layer.
       check_cublas(cublasGemmStridedBatchedEx(
-                       handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m), static_cast<int>(rows), di,
-                       &one, packed_y, type, di, m * d,
+                       handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(rows), di,
+                       &one, static_cast<const uint16_t*>(packed_y) + col0 * d, type, di, m * d,
                        static_cast<const uint16_t*>(packed_x) + row0 * d, type, di, n * d, &zero, tile,
-                       CUDA_R_32F, static_cast<int>(m), rows * m, static_cast<int>(layers),
+                       CUDA_R_32F, static_cast<int>(cols), rows * cols, static_cast<int>(layers),
                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                    "cublasGemmStridedBatchedEx");
-      SelectLaunch select;
-      select.tile = tile;
-      select.layers = static_cast<int>(layers);
-      select.tile_rows = static_cast<int>(rows);
-      select.row0 = row0;
-      select.n = static_cast<int>(n);
-      select.m = static_cast<int>(m);
-      select.d = di;
-      select.k = k;
-      select.capacity = capacity;
-      select.metric = metric;
-      select.exclude_self = exclude;
-      select.sq_x = sq_x;
-      select.sq_y = sq_y;
-      select.norm_x = norm_x;
-      select.max_y = max_y;
-      select.cand = cand;
-      select.count = count;
-      select.stream = stream;
+      select.layer_stride = rows * cols;
+      select.rows = static_cast<int>(rows);  // the tile's rows: columns [col0, m) as computed
+      select.row_begin = row0;
+      select.row_offset = 0;
+      select.row_step = cols;
+      select.col0 = col0;
+      select.cols = static_cast<int>(cols);
+      select.col_step = 1;
+      bucket.select(select);
+      if (!self) continue;
+      // Rows j >= row0 + rows: columns [row0, row0 + rows) are this block transposed, entry
+      // (t, j - row0). Using the GEMM's value for (i, j) as the key of (j, i) keeps the window
+      // argument (common/score_windows.h): the bound on |GEMM dot - <a_i, a_j>| holds for any
+      // summation order and is symmetric in the two rows (<x~_i - a_i, x~_j> + <a_i, x~_j - a_j>
+      // either way round, charged with row j's norms against the database maxima, which dominate
+      // row i's), and the squared-L2 key adds the same two fp32 squared norms; so each key a row
+      // selects on is still within its window of the exact key, whichever GEMM produced it.
+      select.rows = static_cast<int>(n - row0 - rows);
+      select.row_begin = row0 + rows;
+      select.row_offset = rows;
+      select.row_step = 1;
+      select.col0 = row0;
+      select.cols = static_cast<int>(rows);
+      select.col_step = cols;
       bucket.select(select);
     }
     RerankLaunch rerank;

@@ -29,6 +29,7 @@ using cublasHandle_t = cublasContext*;
 
 namespace emu {
 inline int gemm_calls = 0;  // tests check the tensor-core path really ran
+inline long long gemm_entries = 0;  // output entries computed (m n batch summed over calls)
 inline unsigned gemm_seed = 1;
 
 // The accumulation order: env LAYERKNN_EMU_GEMM_ORDER (read at each call), default sequential.
@@ -105,6 +106,7 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(
     return CUBLAS_STATUS_INVALID_VALUE;  // the engine never asks for more
   }
   ++emu::gemm_calls;
+  emu::gemm_entries += static_cast<long long>(m) * n * batch;
   const std::string order = emu::gemm_order();
   std::mt19937 rng(emu::gemm_seed++);
   std::vector<float> terms(k);

@@ -81,6 +81,9 @@ struct ThreadState {
 };
 
 inline dim3 grid_dim, block_dim;
+// Test hooks counted by the re-rank kernel: rows scanned exactly (candidate count -1) and the
+// candidates of the others, so tests see how much a candidate path pruned.
+inline std::atomic<long long> rerank_scanned{0}, rerank_candidates{0};
 alignas(16) inline float4 dynamic_smem[256 * 1024 / 16];
 alignas(16) inline unsigned char static_smem[64 * 1024];
 

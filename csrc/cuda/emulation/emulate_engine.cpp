@@ -4,7 +4,8 @@
 //   emulate_engine CASES OUT   with LAYERKNN_CUDA_KERNEL=fp32|tc, LAYERKNN_EMU_GEMM_ORDER=...
 // CASES: a sequence of problems, each int64 [L, n, m, d, k, metric, cross, exclude_self] then
 // float32 x [L, n, d] and, if cross, y [L, m, d]. OUT: per problem int32 indices [L, n, k] then
-// float32 scores [L, n, k]. Prints one line per problem: the GEMM calls made, and how many of
+// float32 scores [L, n, k]. Prints one line per problem: the GEMM calls made and output entries
+// computed, the rows the re-rank scanned exactly and the candidates of the others, and how many of
 // the returned scores a plain sequential fp32 chain (the first engine's formula) would not
 // reproduce bit for bit, which shows the test data tells the two formulas apart.
 #include <cmath>
@@ -80,6 +81,9 @@ int main(int argc, char** argv) {
     std::vector<int32_t> idx(p.L * p.n * p.k, -1);
     std::vector<float> val(idx.size(), -1.f);
     emu::gemm_calls = 0;
+    emu::gemm_entries = 0;
+    emu::rerank_scanned = 0;
+    emu::rerank_candidates = 0;
     try {
       layerknn::cuda::knn(p, idx.data(), val.data(), 0, nullptr);
     } catch (const std::exception& e) {
@@ -88,7 +92,8 @@ int main(int argc, char** argv) {
     }
     std::fwrite(idx.data(), 4, idx.size(), out);
     std::fwrite(val.data(), 4, val.size(), out);
-    std::printf("case gemm_calls=%d differs_from_chain=%lld\n", emu::gemm_calls,
+    std::printf("case gemm_calls=%d gemm_entries=%lld scanned=%lld candidates=%lld differs_from_chain=%lld\n",
+                emu::gemm_calls, emu::gemm_entries, emu::rerank_scanned.load(), emu::rerank_candidates.load(),
                 static_cast<long long>(differs_from_chain(p, idx.data(), val.data())));
   }
   std::fclose(out);

@@ -28,14 +28,7 @@ STATS = {"bootstrap": 20, "permutations": 10, "seed": 3}
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("url-models")
-    paths = []
-    for family, seed in (("gpt2", 4), ("llama", 5)):
-        model, tokenizer = tiny_models.build(family, seed)
-        model.save_pretrained(root / family)
-        tokenizer.save_pretrained(root / family)
-        paths.append(str(root / family))
-    return paths
+    return tiny_models.save_models(tmp_path_factory.mktemp("url-models"), (("gpt2", 4), ("llama", 5)))
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +44,6 @@ def memory_root():
     fs, key = store.filesystem(root)
     if fs.exists(key):
         fs.rm(key, recursive=True)
-
-
-def same_zoo(a, b) -> None:
-    assert a.names == b.names and a.num_layers == b.num_layers and np.array_equal(a.matrix, b.matrix)
-    for x, y in zip(a.neighbors, b.neighbors):
-        assert np.array_equal(x, y)
-    assert sorted(a.pair_stats) == sorted(b.pair_stats)
-    for key, entry in a.pair_stats.items():
-        other = b.pair_stats[key]
-        assert np.array_equal(entry["ci"]["matrix_low"], other["ci"]["matrix_low"])
-        assert np.array_equal(entry["calibration"].p_values, other["calibration"].p_values)
 
 
 def entry_urls(root: str, kind: str) -> list[str]:
@@ -139,7 +121,7 @@ def test_local_cache_dir_follows_the_root(monkeypatch, tmp_path):
 def test_zoo_through_a_url_store_equals_a_plain_folder(scheme, model_dirs, expected, tmp_path, memory_root):
     root = memory_root if scheme == "memory" else (tmp_path / "url-cache").as_uri()
     first = zoo(model_dirs, TEXTS, k=3, cache=root, **STATS)
-    same_zoo(expected, first)
+    tiny_models.assert_same_zoo(expected, first)
     assert [u["cache"] for u in first.meta["units"]] == ["miss", "miss"]
     assert len(entry_urls(root, "neighbours")) == 2 and len(entry_urls(root, "activations")) == 2
     if scheme == "file":  # the same store seen as a plain folder: the very same entries
@@ -149,7 +131,7 @@ def test_zoo_through_a_url_store_equals_a_plain_folder(scheme, model_dirs, expec
 
     rerun = zoo(model_dirs, TEXTS, k=3, cache=root, **STATS)  # nothing recomputed: every unit from the store
     assert [u["cache"] for u in rerun.meta["units"]] == ["neighbors", "neighbors"]
-    same_zoo(expected, rerun)
+    tiny_models.assert_same_zoo(expected, rerun)
 
     # model 0: its neighbour entry cut short; model 1: neighbours gone and activations corrupted
     fs, _ = store.filesystem(root)
@@ -168,7 +150,7 @@ def test_zoo_through_a_url_store_equals_a_plain_folder(scheme, model_dirs, expec
     messages = " ".join(str(w.message) for w in caught)
     assert key0.rpartition("/")[2] in messages and key1.rpartition("/")[2] in messages
     assert [u["cache"] for u in healed.meta["units"]] == ["activations", "miss"]
-    same_zoo(expected, healed)
+    tiny_models.assert_same_zoo(expected, healed)
     for kind in ("neighbours", "activations"):
         for url in entry_urls(root, kind):
             store.read(url, kind=kind)  # every entry is whole again

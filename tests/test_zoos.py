@@ -33,26 +33,7 @@ STATS = {"bootstrap": 15, "permutations": 8, "seed": 2}
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoos-models")
-    paths = []
-    for family, seed in (("gpt2", 6), ("qwen2", 7)):
-        model, tokenizer = tiny_models.build(family, seed)
-        model.save_pretrained(root / family)
-        tokenizer.save_pretrained(root / family)
-        paths.append(str(root / family))
-    return paths
-
-
-def same_zoo(a, b) -> None:
-    assert a.names == b.names and (a.n, a.k, a.dataset) == (b.n, b.k, b.dataset)
-    assert np.array_equal(a.matrix, b.matrix)
-    for x, y in zip(a.neighbors, b.neighbors):
-        assert np.array_equal(x, y)
-    assert sorted(a.pair_stats) == sorted(b.pair_stats)
-    for key, entry in a.pair_stats.items():
-        other = b.pair_stats[key]
-        assert np.array_equal(entry["ci"]["matrix_low"], other["ci"]["matrix_low"])
-        assert np.array_equal(entry["calibration"].p_values, other["calibration"].p_values)
+    return tiny_models.save_models(tmp_path_factory.mktemp("zoos-models"), (("gpt2", 6), ("qwen2", 7)))
 
 
 def test_each_dataset_equals_its_own_run(model_dirs, tmp_path):
@@ -61,7 +42,8 @@ def test_each_dataset_equals_its_own_run(model_dirs, tmp_path):
     assert list(found) == ["words", "digits"]
     for name, texts in DATASETS.items():
         alone = zoo(model_dirs, texts, k=3, cache=False, **STATS)
-        same_zoo(found[name], alone)
+        tiny_models.assert_same_zoo(found[name], alone)
+        assert found[name].dataset == alone.dataset
         assert found[name].n == len(texts) and [u["dataset"] for u in found[name].meta["units"]] == [name, name]
     assert sorted((r["dataset"], r["index"]) for r in records) == [("digits", 0), ("digits", 1), ("words", 0),
                                                                     ("words", 1)]

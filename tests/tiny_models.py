@@ -175,3 +175,29 @@ def build(family: str, seed: int = 0):
                 parameter.normal_(0.0, 0.2)
     model.eval()
     return model, char_tokenizer(style)
+
+
+def save_models(root, families_and_seeds) -> list[str]:
+    """Build and save each ``(family, seed)`` model with its tokenizer under ``root/<family>``; their paths."""
+    paths = []
+    for family, seed in families_and_seeds:
+        model, tokenizer = build(family, seed)
+        model.save_pretrained(root / family)
+        tokenizer.save_pretrained(root / family)
+        paths.append(str(root / family))
+    return paths
+
+
+def assert_same_zoo(a, b) -> None:
+    """Two zoos agree bit for bit: names, layers, matrix, neighbour lists, intervals and p-values."""
+    import numpy as np
+
+    assert a.names == b.names and a.num_layers == b.num_layers and (a.n, a.k) == (b.n, b.k)
+    assert np.array_equal(a.matrix, b.matrix)
+    for x, y in zip(a.neighbors, b.neighbors):
+        assert np.array_equal(x, y)
+    assert sorted(a.pair_stats) == sorted(b.pair_stats)
+    for key, entry in a.pair_stats.items():
+        other = b.pair_stats[key]
+        assert np.array_equal(entry["ci"]["matrix_low"], other["ci"]["matrix_low"])
+        assert np.array_equal(entry["calibration"].p_values, other["calibration"].p_values)

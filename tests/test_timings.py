@@ -17,9 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import layerknn
 from layerknn import Cache, datasets, timings
 
-PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
+# The folder holding the package this test imported (the source tree in development, site-packages
+# when installed), so the fresh interpreters import the same, built, package.
+PYTHON_DIR = Path(layerknn.__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "matplotlib", "ray")
 
 

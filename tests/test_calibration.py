@@ -197,7 +197,7 @@ def test_main_job_models_are_family_wise_significant():
         if not _installed(_ALIASES[alias]):
             pytest.skip(f"{_ALIASES[alias].package} is not installed")
     pytest.importorskip("gguf")
-    c = layerknn.compare("smollm2-135m", "gemma3-270m", "builtin:stdlib-docs?n=96", k=5, max_length=24,
+    c = layerknn.compare("smollm2-135m", "gemma3-270m", "builtin:stdlib-docs?n=96", k=5, max_length=16,
                          bootstrap=0, permutations=0, cache=False)
     null = c.calibrate(n_perm=199, seed=0)
     assert null.p_family <= 0.01

@@ -2,12 +2,14 @@
 
 Cosine k-NN (k=10, float32) of every row of every layer, at equal thread counts, on the
 workloads of the issue: W1 = (L=31, n=2048, d=576) and W2 = (L=33, n=4096, d=2048) (``--quick``
-shrinks them). Checks that the neighbour lists agree with both rivals, then times each (warm-up
-+ median of repeats), prints seconds, speed-ups and effective GFLOP/s (2 L n^2 d per full
-product), measures layerknn's peak extra memory in a fresh subprocess, and appends the table to
-bench/RESULTS.md.
+shrinks them), each on two kinds of rows (``--rows``): ``lowrank`` (a shared low-rank part plus
+noise, structured like pooled activations) and ``gaussian`` (isotropic, the hardest case for the
+low-precision candidate windows: every score is near every other). Checks that the neighbour
+lists agree with both rivals, then times each (warm-up + median of repeats), prints seconds,
+speed-ups and effective GFLOP/s (2 L n^2 d per full product), measures layerknn's peak extra
+memory in a fresh subprocess, and appends the table to bench/RESULTS.md.
 
-    python bench/bench_knn_cpu.py [--quick] [--threads 2] [--repeats 3]
+    python bench/bench_knn_cpu.py [--quick] [--threads 2] [--repeats 3] [--rows lowrank,gaussian]
 """
 
 from __future__ import annotations
@@ -33,10 +35,16 @@ QUICK = {"W1": (4, 1024, 576), "W2": (3, 2048, 2048)}
 K = 10
 
 
-def make_activations(L: int, n: int, d: int, seed: int = 0) -> np.ndarray:
-    """Seeded float32 rows: a shared low-rank part per layer plus Gaussian noise, so the
-    neighbourhoods have structure (as pooled LM activations do) instead of being uniform."""
+ROWS = ("lowrank", "gaussian")
+
+
+def make_activations(L: int, n: int, d: int, seed: int = 0, rows: str = "lowrank") -> np.ndarray:
+    """Seeded float32 rows. ``lowrank``: a shared low-rank part per layer plus Gaussian noise, so
+    the neighbourhoods have structure (as pooled LM activations do) instead of being uniform.
+    ``gaussian``: isotropic standard normal rows."""
     rng = np.random.default_rng(seed)
+    if rows == "gaussian":
+        return rng.standard_normal((L, n, d), dtype=np.float32)
     x = np.empty((L, n, d), dtype=np.float32)
     for layer in range(L):
         base = rng.standard_normal((16, d), dtype=np.float32)
@@ -109,10 +117,10 @@ def _vm_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure_memory_child(name: str, quick: bool, threads: int) -> None:
+def measure_memory_child(name: str, quick: bool, threads: int, rows: str) -> None:
     """(In a fresh subprocess) peak RSS growth of one layerknn.knn call, minus its outputs."""
     L, n, d = (QUICK if quick else WORKLOADS)[name]
-    x = make_activations(L, n, d)
+    x = make_activations(L, n, d, rows=rows)
     run = layerknn_runner(threads)
     run(x[:1, :64])  # load everything once
     try:
@@ -126,8 +134,8 @@ def measure_memory_child(name: str, quick: bool, threads: int) -> None:
     print(json.dumps({"extra_bytes": max(extra, 0), "input_bytes": x.nbytes, "reset": reset}))
 
 
-def measure_memory(name: str, quick: bool, threads: int) -> str:
-    cmd = [sys.executable, __file__, "--memory-child", name, "--threads", str(threads)]
+def measure_memory(name: str, quick: bool, threads: int, rows: str) -> str:
+    cmd = [sys.executable, __file__, "--memory-child", name, "--threads", str(threads), "--rows", rows]
     if quick:
         cmd.append("--quick")
     try:
@@ -145,12 +153,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per engine")
     parser.add_argument("--workloads", default="W1,W2", help="comma-separated subset of W1,W2")
+    parser.add_argument("--rows", default="lowrank,gaussian",
+                        help="comma-separated subset of lowrank,gaussian (the kinds of rows)")
     parser.add_argument("--no-append", action="store_true", help="print only")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        measure_memory_child(args.memory_child, args.quick, args.threads)
+        measure_memory_child(args.memory_child, args.quick, args.threads, args.rows)
         return
+    kinds = args.rows.split(",")
+    if any(kind not in ROWS for kind in kinds):
+        parser.error(f"--rows must name kinds among {', '.join(ROWS)}, got {args.rows!r}")
 
     import faiss
     import torch
@@ -163,23 +176,23 @@ def main() -> None:
     sizes = QUICK if args.quick else WORKLOADS
     kernel = os.environ.get("LAYERKNN_CPU_KERNEL", "auto")
     rows = [
-        "| workload | L, n, d | layerknn s | FAISS s | torch s | vs FAISS | vs torch "
+        "| workload | rows | L, n, d | layerknn s | FAISS s | torch s | vs FAISS | vs torch "
         "| GFLOP/s layerknn / FAISS / torch | same sets as FAISS / torch | extra memory |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in args.workloads.split(","):
+    for name, kind in [(name, kind) for name in args.workloads.split(",") for kind in kinds]:
         L, n, d = sizes[name]
-        x = make_activations(L, n, d)
-        print(f"{name}: L={L} n={n} d={d} ...", flush=True)
+        x = make_activations(L, n, d, rows=kind)
+        print(f"{name} ({kind} rows): L={L} n={n} d={d} ...", flush=True)
         times, results = timed_rounds(
             {"layerknn": run_layerknn, "faiss": lambda x: faiss_knn(x, K), "torch": torch_knn}, x, args.repeats
         )
         t_ours, t_faiss, t_torch = times["layerknn"], times["faiss"], times["torch"]
         ours, theirs_faiss, theirs_torch = results["layerknn"], results["faiss"], results["torch"]
         flops = 2.0 * L * n * n * d
-        memory = measure_memory(name, args.quick, args.threads)
+        memory = measure_memory(name, args.quick, args.threads, kind)
         rows.append(
-            f"| {name} | {L}, {n}, {d} | {t_ours:.3f} | {t_faiss:.3f} | {t_torch:.3f} "
+            f"| {name} | {kind} | {L}, {n}, {d} | {t_ours:.3f} | {t_faiss:.3f} | {t_torch:.3f} "
             f"| {t_faiss / t_ours:.2f}x | {t_torch / t_ours:.2f}x "
             f"| {flops / t_ours / 1e9:.0f} / {flops / t_faiss / 1e9:.0f} / {flops / t_torch / 1e9:.0f} "
             f"| {100 * agreement(ours, theirs_faiss):.2f}% / {100 * agreement(ours, theirs_torch):.2f}% "

@@ -16,6 +16,7 @@
 #include "cpu/cost_model.h"
 #include "cpu/engine_options.h"
 #include "cpu/knn_kernels.h"
+#include "cpu/tile_rate.h"
 #include "cpu/tile_split.h"
 #include "cpu/tile_windows.h"
 
@@ -122,6 +123,24 @@ inline void bind_testing_hooks(pybind11::module_ m) {
     return out;
   }, py::arg("a"), py::arg("b"), py::arg("metric"), py::arg("sa"), py::arg("sb"),
         "the engine's exact fp32 score of a [d] against each row of b [count, d] (active table)");
+  m.def("tile_gemm_rate", [](const std::string& precision, int64_t d, double seconds) {
+    const cpu::KernelChoice choice = cpu::choose_kernels(Metric::Cosine, d);
+    const cpu::KernelSet* table = precision == "fp32" ? choice.fp32
+                                  : precision == "bf16" ? choice.bf16
+                                  : precision == "int8" ? choice.int8
+                                                        : nullptr;
+    if (!table)
+      throw std::invalid_argument("tile_gemm_rate: precision '" + precision +
+                                  "' is not among this CPU's tiles (see tile_precisions())");
+    std::pair<double, int64_t> rate;
+    {
+      py::gil_scoped_release release;
+      rate = cpu::tile_gemm_rate(*table, d, seconds);
+    }
+    const auto [gflops, tiles] = rate;
+    return py::make_tuple(std::string(table->name), gflops, tiles);
+  }, py::arg("precision"), py::arg("d"), py::arg("seconds") = 0.2,
+        "(table, GFLOP/s, tiles) of one 192 x 192 tile GEMM at d features, one thread (benchmarks)");
 }
 
 }  // namespace layerknn

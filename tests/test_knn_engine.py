@@ -5,7 +5,8 @@ Targets the engine's internals through its inputs: sizes straddling the tile (19
 duplicate rows, exact ties, all metrics, the cross form. It also checks that every kernel table
 (LAYERKNN_CPU_SIMD = scalar/avx2/avx512) and tile precision (LAYERKNN_CPU_KERNEL =
 fp32/bf16/int8) and every thread count return bit-identical results, as the engine's exact
-re-scoring promises.
+re-scoring promises. On CPUs with AMX every test runs twice, with the matrix unit's tiles
+(LAYERKNN_CPU_AMX=auto) and with the AVX-512 ones (off).
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from reference import assert_neighbors_exact, reference_knn
 
 METRIC_CODES = {"ip": 0, "cosine": 1, "l2": 2}
 LOW_PRECISIONS = [p for p in _core.tile_precisions() if p != "fp32"]
+HAS_AMX = _core.simd_level() == "avx512-amx"
+
+
+@pytest.fixture(autouse=True, params=["auto", "off"] if HAS_AMX else ["auto"], ids=lambda v: f"amx-{v}")
+def amx_mode(request, monkeypatch):
+    """Every test with and without AMX tiles where the CPU has them (simd_amx.cpp)."""
+    monkeypatch.setenv("LAYERKNN_CPU_AMX", request.param)
+    return request.param
 
 
 def engine(x, k, metric="cosine", exclude_self=True, y=None, threads=2):
@@ -283,10 +292,44 @@ def test_tile_precisions_always_offer_fp32():
 
 
 def test_simd_level_names_a_kernel_family():
-    assert _core.simd_level() in {"avx512-bf16", "avx512", "avx2", "scalar"}
+    assert _core.simd_level() in {"avx512-amx", "avx512-bf16", "avx512", "avx2", "scalar"}
 
 
-@pytest.mark.parametrize("var", ["LAYERKNN_CPU_SIMD", "LAYERKNN_CPU_KERNEL", "LAYERKNN_CPU_SPLIT"])
+@pytest.mark.skipif(not HAS_AMX, reason="this CPU (or its kernel) offers no AMX tiles")
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_amx_tiles_run_where_the_cpu_has_them(rng, monkeypatch, amx_mode, precision):
+    # The matrix unit really computes the tiles unless LAYERKNN_CPU_AMX=off, and a forced lower
+    # SIMD level never reaches it.
+    x = clustered(rng, 2, 300, 70)
+    forced(monkeypatch, precision, x, 5)
+    family = "amx" if amx_mode == "auto" else "avx512"
+    assert [table for table, _ in _core.last_knn_report()] == [f"{family}-{precision}"] * 2
+    monkeypatch.setenv("LAYERKNN_CPU_SIMD", "avx2")
+    forced(monkeypatch, "fp32", x, 5)
+    assert {table for table, _ in _core.last_knn_report()} == {"avx2"}
+
+
+@pytest.mark.parametrize("precision", ["fp32", *LOW_PRECISIONS])
+def test_tile_gemm_rate_times_the_table_a_call_would_use(monkeypatch, precision):
+    monkeypatch.setenv("LAYERKNN_CPU_KERNEL", precision)
+    x = np.random.default_rng(3).standard_normal((1, 200, 40)).astype(np.float32)
+    engine(x, 3)
+    table, gflops, tiles = _core._testing.tile_gemm_rate(precision, 40, 1e-3)
+    assert table == _core.last_knn_report()[0][0]
+    assert gflops > 0 and tiles >= 3
+
+
+def test_tile_gemm_rate_rejects_a_precision_the_cpu_lacks(monkeypatch):
+    monkeypatch.setenv("LAYERKNN_CPU_SIMD", "scalar")
+    with pytest.raises(ValueError, match="'int8' is not among"):
+        _core._testing.tile_gemm_rate("int8", 40)
+    with pytest.raises(ValueError, match="seconds > 0"):
+        _core._testing.tile_gemm_rate("fp32", 40, 0.0)
+
+
+@pytest.mark.parametrize(
+    "var", ["LAYERKNN_CPU_SIMD", "LAYERKNN_CPU_KERNEL", "LAYERKNN_CPU_SPLIT", "LAYERKNN_CPU_AMX"]
+)
 def test_bad_kernel_override_is_a_clear_error(monkeypatch, var):
     monkeypatch.setenv(var, "sse9")
     with pytest.raises(ValueError, match=var):

@@ -65,6 +65,15 @@ Level allowed_level() {
   return level;
 }
 
+// AMX tiles in place of the AVX-512 bf16/int8 ones: usable (amx_usable) and not refused by
+// LAYERKNN_CPU_AMX=off.
+bool amx_allowed(Level level) {
+  const std::string amx = env_value("LAYERKNN_CPU_AMX");
+  if (amx != "auto" && amx != "off")
+    throw std::invalid_argument("LAYERKNN_CPU_AMX must be auto or off, got '" + amx + "'");
+  return level == Level::Avx512 && amx == "auto" && amx_usable();
+}
+
 const KernelSet* fp32_table(Level level) {
   if (level == Level::Avx512 && avx512_kernels()) return avx512_kernels();
   if (level >= Level::Avx2 && avx2_kernels()) return avx2_kernels();
@@ -83,14 +92,15 @@ KernelChoice choose_kernels(Metric metric, int64_t d) {
   KernelChoice choice;
   choice.fp32 = fp32_table(level);
   const bool automatic = kernel == "auto" && metric == Metric::Cosine;
+  const bool amx = amx_allowed(level);
   if (level == Level::Avx512 && (automatic || kernel == "bf16") && cpu_has_bf16() &&
       avx512_bf16_kernels()) {
-    choice.bf16 = avx512_bf16_kernels();
+    choice.bf16 = amx ? amx_bf16_kernels() : avx512_bf16_kernels();
     if (kernel == "bf16") choice.forced = choice.bf16;
   }
   if (level == Level::Avx512 && (automatic || kernel == "int8") && cpu_has_vnni() &&
       avx512_int8_kernels() && (d + 3) / 4 * 4 <= kMaxInt8Features) {
-    choice.int8 = avx512_int8_kernels();
+    choice.int8 = amx ? amx_int8_kernels() : avx512_int8_kernels();
     if (kernel == "int8") choice.forced = choice.int8;
   }
   // Without AVX-512, int8 tiles by VPMADDUBSW (simd_avx2_int8.cpp) beat the AVX2 fp32 tiles.
@@ -109,7 +119,7 @@ KernelChoice choose_kernels(Metric metric, int64_t d) {
 const char* simd_level() {
   switch (cpu_level()) {
     case Level::Avx512:
-      return cpu_has_bf16() ? "avx512-bf16" : "avx512";
+      return amx_usable() ? "avx512-amx" : cpu_has_bf16() ? "avx512-bf16" : "avx512";
     case Level::Avx2:
       return "avx2";
     default:

@@ -26,14 +26,16 @@ struct KernelChoice {
 // (AVX512-BF16) and int8 tiles (AVX512-VNNI, or VPMADDUBSW on AVX2-only CPUs) for cosine and
 // lets a per-layer sample pick the cheapest (cost_model.h); bf16 or int8 forces that precision
 // for every metric where the CPU has it; fp32 never uses low precision. Results are identical either way (exact re-scoring).
+// LAYERKNN_CPU_AMX=auto|off: on CPUs with AMX (and the kernel's permission to use it), the bf16
+// and int8 tiles run on the matrix unit (simd_amx.cpp) unless off; same windows, same results.
 // LAYERKNN_CPU_SPLIT=auto|off: int8 tiles of ip and cosine keys quantise each layer's rows
 // centred on their mean with their most outlying features scored in fp32 (tile_split.h), unless
 // off (for comparison).
 // Throws std::invalid_argument naming the variable for any other value. d: feature count.
 KernelChoice choose_kernels(Metric metric, int64_t d);
 
-// Name of the SIMD kernel family chosen at run time on this CPU ("avx512-bf16", "avx512",
-// "avx2", "scalar"), for diagnostics and benchmarks. Ignores LAYERKNN_CPU_SIMD.
+// Name of the SIMD kernel family chosen at run time on this CPU ("avx512-amx", "avx512-bf16",
+// "avx512", "avx2", "scalar"), for diagnostics and benchmarks. Ignores LAYERKNN_CPU_SIMD.
 const char* simd_level();
 
 // The fp32 kernel table a call would use now ("avx512", "avx2" or "scalar"): simd_level()

@@ -28,6 +28,7 @@
 #include "cpu/parallel.h"
 #include "cpu/row_merge.h"
 #include "cpu/safe_range.h"
+#include "cpu/tile_rate.h"
 #include "cpu/tile_windows.h"
 #include "cpu/topk_candidates.h"
 
@@ -98,7 +99,8 @@ class Engine {
       if (!self_) slot.y.allocate(m_, choice_.int8 != nullptr);
     }
     workers_state_.resize(workers_);
-    const int64_t panel_bytes = round_up(d_, 2) * 4;  // per packed row, either precision
+    // per packed row, any precision: fp32 rows, or bf16/int8 rows padded to a 64-byte AMX tile row
+    const int64_t panel_bytes = std::max(round_up(d_, 2) * 4, round_up(d_, 64) * 2);
     for (int wid = 0; wid < tile_workers_ && !direct_; ++wid) {
       Worker& w = workers_state_[wid];
       for (auto& panel : w.vector_panel) panel = aligned_buffer(kBlock * panel_bytes);
@@ -250,7 +252,7 @@ class Engine {
     } else {
       slot.ks = trusted ? trusted : cheapest_tiles(slot);
     }
-    slot.dpad = round_up(d_, slot.ks->group);
+    slot.dpad = padded_features(d_, *slot.ks);
     slot.windows = key_windows(slot, *slot.ks);
   }
 
@@ -299,9 +301,10 @@ class Engine {
     std::vector<SampledPrecision> sampled;
     for (size_t i = 0; i < low.size(); ++i) {
       const bool split = low[i]->precision == kInt8 && slot.split.active;
-      const double speedup = split ? split_speedup(low[i]->speedup, double(round_up(d_, low[i]->group)),
-                                                 slot.split.m())
-                                   : low[i]->speedup;
+      const double measured = tile_speedup(*low[i], *choice_.fp32);  // tile_rate.h
+      const double speedup =
+          split ? split_speedup(measured, double(padded_features(d_, *low[i])), slot.split.m())
+                : measured;
       sampled.push_back({low[i]->precision, candidates[i], speedup, split ? kSplitRowCost : 0.});
     }
     const double pass_rows = self_ ? 0.5 * double(m_) : double(m_);
@@ -323,7 +326,7 @@ class Engine {
       y.p = std::max(y.p, r.packed[precision].norm);
       y.e = std::max(y.e, r.packed[precision].error);
     }
-    const int64_t dpad = round_up(d_, ks.group);
+    const int64_t dpad = padded_features(d_, ks);
     std::vector<float> windows(n_);
     for (int64_t i = 0; i < n_; ++i) {
       const RowStats& row = slot.x.stats[i];

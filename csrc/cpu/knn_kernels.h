@@ -129,7 +129,17 @@ struct KernelSet {
   // GEMM multiply-adds per cycle of these tiles over the fp32 tiles of the same instruction
   // set (1 for fp32 tables); the cost model's estimate of how much cheaper a tile is.
   double speedup;
+  // Features that dpad is a multiple of, where the GEMM needs more than `group` (AMX: one
+  // 64-byte tile row); 0 means `group`. See padded_features.
+  int dpad_align = 0;
 };
+
+// dpad of a table: d padded to whole packed elements (and to the table's dpad_align). The
+// packers fill the padding with zero codes, so it adds nothing to a score.
+inline int64_t padded_features(int64_t d, const KernelSet& ks) {
+  const int64_t align = ks.dpad_align > 0 ? ks.dpad_align : ks.group;
+  return (d + align - 1) / align * align;
+}
 
 // Every table compiled into this build for this architecture (nullptr where unavailable);
 // callers must also check the CPU supports it (see choose_kernels in engine_options.cpp).
@@ -139,5 +149,10 @@ const KernelSet* avx512_kernels();
 const KernelSet* avx512_bf16_kernels();
 const KernelSet* avx512_int8_kernels();
 const KernelSet* avx2_int8_kernels();  // int8 tiles by VPMADDUBSW (AVX2 CPUs without VNNI)
+// The AVX-512 bf16 and int8 tables with AMX tile GEMMs (simd_amx.cpp); usable only where
+// amx_usable() (CPU features and the kernel's permission, asked once per process).
+const KernelSet* amx_bf16_kernels();
+const KernelSet* amx_int8_kernels();
+bool amx_usable();
 
 }  // namespace layerknn::cpu

@@ -1,0 +1,65 @@
+// Times one kernel table's tile GEMM on random rows (see tile_rate.h).
+#include "cpu/tile_rate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "cpu/engine_state.h"
+
+namespace layerknn::cpu {
+
+std::pair<double, int64_t> tile_gemm_rate(const KernelSet& table, int64_t d, double seconds) {
+  if (d < 1 || !(seconds > 0))
+    throw std::invalid_argument("tile_gemm_rate needs d >= 1 and seconds > 0");
+  const int64_t rows = kBlock, dpad = padded_features(d, table);
+  std::vector<float> x(rows * d);
+  std::mt19937 gen(7);
+  std::normal_distribution<float> normal;
+  for (float& v : x) v = normal(gen);
+  // fp32/bf16 packing multiplies by the row scale; int8 packing by the quant scale (codes up to
+  // about 127 for these rows); the tile's dequantisation scales are 1.
+  const std::vector<float> scale(rows, table.precision == kInt8 ? 30.f : 1.f);
+  const std::vector<float> ones(rows + kBlock, 1.f);
+  const std::vector<int32_t> offsets(rows + kBlock, 0);
+  const TileScales scales{ones.data(), ones.data(), offsets.data()};
+  const int64_t bytes = (rows + 64) * dpad * 4;
+  AlignedBuffer broadcast = aligned_buffer(bytes), vector = aligned_buffer(bytes);
+  table.pack_broadcast_side(x.data(), rows, d, scale.data(), dpad, broadcast.get());
+  table.pack_vector_side(x.data(), rows, d, scale.data(), dpad, vector.get());
+  std::vector<float> tile(rows * kBlock);
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  double best = 1e300, elapsed = 0.;
+  int64_t tiles = 0;
+  while (tiles < 3 || elapsed < seconds) {
+    const auto before = Clock::now();
+    table.gemm(broadcast.get(), rows, vector.get(), rows, dpad, tile.data(), kBlock, &scales);
+    const auto after = Clock::now();
+    best = std::min(best, std::chrono::duration<double>(after - before).count());
+    elapsed = std::chrono::duration<double>(after - start).count();
+    ++tiles;
+  }
+  return {best > 0 ? 2.0 * rows * rows * double(d) / best / 1e9 : 0., tiles};
+}
+
+double tile_speedup(const KernelSet& table, const KernelSet& fp32) {
+  static std::mutex mutex;
+  static std::map<std::pair<const KernelSet*, const KernelSet*>, double> measured;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_pair(&table, &fp32);
+  const auto found = measured.find(key);
+  if (found != measured.end()) return found->second;
+  constexpr int64_t kFeatures = 512;
+  const double low = tile_gemm_rate(table, kFeatures, 1e-3).first;
+  const double base = tile_gemm_rate(fp32, kFeatures, 1e-3).first;
+  const double speedup = low > 0 && base > 0 ? low / base : table.speedup;
+  measured.emplace(key, speedup);
+  return speedup;
+}
+
+}  // namespace layerknn::cpu

@@ -10,6 +10,10 @@ speed-ups and effective GFLOP/s (2 L n^2 d per full product), measures layerknn'
 memory in a fresh subprocess, and appends the table to bench/RESULTS.md.
 
     python bench/bench_knn_cpu.py [--quick] [--threads 2] [--repeats 3] [--rows lowrank,gaussian]
+
+``--tile-rates`` first prints each tile kernel table's GEMM speed alone (one thread, 192 x 192
+tiles, ``layerknn._core._testing.tile_gemm_rate``; the cost model weighs precisions by these
+ratios) against numpy and torch sgemm of the same shape, and appends that table too.
 """
 
 from __future__ import annotations
@@ -147,6 +151,45 @@ def measure_memory(name: str, quick: bool, threads: int, rows: str) -> str:
     return f"{pct:.1f}%" + ("" if info["reset"] else " (HWM delta)")
 
 
+def tile_rates(d: int = 576) -> str:
+    """GFLOP/s of each tile table on offer (AMX on and off where the CPU has it) and of a plain
+    single-threaded sgemm of the same 192 x 192 x d shape, as a Markdown table."""
+    import torch
+
+    from layerknn import _core
+
+    rows = ["| table | precision | GFLOP/s (one thread, best tile) | over the fp32 tiles |", "|---|---|---|---|"]
+    settings = [("auto", p) for p in _core.tile_precisions()]
+    if _core.simd_level() == "avx512-amx":
+        settings += [("off", p) for p in _core.tile_precisions() if p != "fp32"]
+    base = None
+    for amx, precision in settings:
+        os.environ["LAYERKNN_CPU_AMX"] = amx
+        table, gflops, _ = _core._testing.tile_gemm_rate(precision, d, 0.3)
+        base = base or gflops
+        rows.append(f"| {table} | {precision} | {gflops:.0f} | {gflops / base:.2f}x |")
+    os.environ.pop("LAYERKNN_CPU_AMX", None)
+    a = np.random.default_rng(0).standard_normal((192, d), dtype=np.float32)
+    flops = 2.0 * 192 * 192 * d
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ta = torch.from_numpy(a)
+    from threadpoolctl import threadpool_limits  # numpy's BLAS on one thread too
+
+    with threadpool_limits(1):
+        for name, fn in (("numpy sgemm (its BLAS)", lambda: a @ a.T), ("torch sgemm", lambda: ta @ ta.T)):
+            best = min(_time_once(fn) for _ in range(200))
+            rows.append(f"| {name} | fp32 | {flops / best / 1e9:.0f} | {flops / best / 1e9 / base:.2f}x |")
+    torch.set_num_threads(previous)
+    return "\n".join(rows)
+
+
+def _time_once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller workloads (a minute)")
@@ -155,6 +198,8 @@ def main() -> None:
     parser.add_argument("--workloads", default="W1,W2", help="comma-separated subset of W1,W2")
     parser.add_argument("--rows", default="lowrank,gaussian",
                         help="comma-separated subset of lowrank,gaussian (the kinds of rows)")
+    parser.add_argument("--tile-rates", action="store_true",
+                        help="also time each tile table's GEMM alone against sgemm (one thread)")
     parser.add_argument("--no-append", action="store_true", help="print only")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -170,6 +215,12 @@ def main() -> None:
 
     from layerknn import _core
 
+    if args.tile_rates:
+        title = f"Tile GEMM speed alone, 192 x 192 x 576 [{_core.simd_level()}] against sgemm of the same shape"
+        table = tile_rates()
+        print(title + "\n\n" + table, flush=True)
+        if not args.no_append:
+            append_results(title, table, threads=1)
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     run_layerknn = layerknn_runner(args.threads)

@@ -66,27 +66,46 @@ inline void bind_testing_hooks(pybind11::module_ m) {
   }, py::arg("metric"), py::arg("precision"), py::arg("d"), py::arg("dpad"), py::arg("x"),
         py::arg("y"), "the float window 2 B (1 + 1e-6) + 1e-30, rounded up");
   m.def("cheapest_precision",
-        [](double pass_rows, int k, double list_budget, std::vector<std::pair<int, double>> low) {
+        [](double pass_rows, int k, double list_budget, std::vector<std::pair<int, double>> low,
+           double rescore_cost) {
           std::vector<cpu::SampledPrecision> sampled;
           for (const auto& [precision, count] : low)
             sampled.push_back({testing_precision(precision), count});
-          return static_cast<int>(cpu::cheapest_precision(pass_rows, k, list_budget, sampled));
+          return static_cast<int>(
+              cpu::cheapest_precision(pass_rows, k, list_budget, sampled, rescore_cost));
         },
         py::arg("pass_rows"), py::arg("k"), py::arg("list_budget"), py::arg("low"),
+        py::arg("rescore_cost") = cpu::kRescoreCost,
         "the cost model's choice among fp32 and low = [(precision, mean candidates), ...]");
-  m.def("split_tile_error", [](double d, int m, double c, Norms x, Norms y, double sx, double sy) {
-    return cpu::split_tile_error(d, m, c, testing_norms(x), testing_norms(y), sx, sy);
+  m.def("rescore_cost", [] {
+    py::gil_scoped_release release;
+    return cpu::rescore_cost(testing_table());
+  }, "the measured cost of one gathered exact score in fp32 GEMM rows (tile_rate.h)");
+  // Split windows of int8 tiles by default; precision=1 (bf16) with dpad its packed features.
+  auto split_precision = [](int precision) {
+    const cpu::Precision p = testing_precision(precision);
+    if (p == cpu::kFp32) throw std::invalid_argument("split tiles are int8 (2) or bf16 (1), not fp32");
+    return p;
+  };
+  m.def("split_tile_error", [split_precision](double d, int m, double c, Norms x, Norms y, double sx,
+                                              double sy, int precision, double dpad) {
+    return cpu::split_tile_error(split_precision(precision), dpad > 0 ? dpad : d, d, m, c,
+                                 testing_norms(x), testing_norms(y), sx, sy);
   }, py::arg("d"), py::arg("m"), py::arg("c"), py::arg("x"), py::arg("y"), py::arg("sx"),
-        py::arg("sy"), "bound on |split tile - (<z_x, z_y> + c^2)| (tile_windows.h)");
+        py::arg("sy"), py::arg("precision") = 2, py::arg("dpad") = 0.,
+        "bound on |split tile - (<z_x, z_y> + c^2)| (tile_windows.h)");
   m.def("split_key_window",
-        [](int metric, int64_t d, int m, double c, Norms x, Norms y, double sx, double sy) {
+        [split_precision](int metric, int64_t d, int m, double c, Norms x, Norms y, double sx,
+                          double sy, int precision, int64_t dpad) {
           const Metric mt = testing_metric(metric);
           if (mt == Metric::SquaredL2)
             throw std::invalid_argument("split_key_window: metric must be 0 (ip) or 1 (cosine)");
-          return cpu::split_key_window(mt, d, m, c, testing_norms(x), testing_norms(y), sx, sy);
+          return cpu::split_key_window(mt, split_precision(precision), dpad > 0 ? dpad : d, d, m, c,
+                                       testing_norms(x), testing_norms(y), sx, sy);
         },
         py::arg("metric"), py::arg("d"), py::arg("m"), py::arg("c"), py::arg("x"), py::arg("y"),
-        py::arg("sx"), py::arg("sy"), "the float window of centred, split int8 tiles");
+        py::arg("sx"), py::arg("sy"), py::arg("precision") = 2, py::arg("dpad") = 0,
+        "the float window of centred, split int8 (or bf16) tiles");
   m.def("choose_split", [](FloatArray x, FloatArray scale, int m) {
     if (x.ndim() != 2 || scale.ndim() != 1 || scale.shape(0) != x.shape(0) || m < 0)
       throw std::invalid_argument("choose_split needs x [rows, d], scale [rows], m >= 0");

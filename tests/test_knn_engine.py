@@ -238,39 +238,42 @@ def split_mode(monkeypatch, split, precision, *args, **kwargs):
     return forced(monkeypatch, precision, *args, **kwargs)
 
 
-@pytest.mark.skipif("int8" not in LOW_PRECISIONS, reason="CPU lacks int8 tiles")
+@pytest.mark.skipif(not LOW_PRECISIONS, reason="CPU offers no low-precision tiles")
 @pytest.mark.parametrize("metric", ["cosine", "ip"])
 @pytest.mark.parametrize("L,n,d,k", [(2, 257, 200, 10), (1, 200, 64, 1), (1, 60, 33, 59), (1, 385, 17, 5)])
-def test_split_int8_tiles_are_bit_identical_on_activation_like_layers(rng, monkeypatch, metric, L, n, d, k):
-    # Centred, outlier-split int8 tiles (tile_split.h) against fp32 tiles, plain int8 tiles and
-    # the automatic choice: identical bits, and exact against float64 (ties by lower index).
+def test_split_tiles_are_bit_identical_on_activation_like_layers(rng, monkeypatch, metric, L, n, d, k):
+    # Centred, outlier-split int8 and bf16 tiles (tile_split.h) against fp32 tiles, plain
+    # low-precision tiles and the automatic choice: identical bits, and exact against float64
+    # (ties by lower index).
     x = activation_like(rng, L, n, d)
     fp32 = split_mode(monkeypatch, "auto", "fp32", x, k, metric)
     assert_neighbors_exact(fp32[0], fp32[1], x, k, metric)
-    for split, precision in (("auto", "int8"), ("off", "int8"), ("auto", "auto")):
+    for split, precision in [("auto", "auto")] + [(s, p) for p in LOW_PRECISIONS for s in ("auto", "off")]:
         got = split_mode(monkeypatch, split, precision, x, k, metric)
         assert (got[0] == fp32[0]).all() and (got[1] == fp32[1]).all(), (split, precision)
 
 
-@pytest.mark.skipif("int8" not in LOW_PRECISIONS, reason="CPU lacks int8 tiles")
+@pytest.mark.skipif(not LOW_PRECISIONS, reason="CPU offers no low-precision tiles")
+@pytest.mark.parametrize("precision", LOW_PRECISIONS)
 @pytest.mark.parametrize("metric", ["cosine", "ip"])
-def test_split_int8_tiles_in_the_cross_form(rng, monkeypatch, metric):
+def test_split_tiles_in_the_cross_form(rng, monkeypatch, metric, precision):
     x = activation_like(rng, 2, 150, 96)
     y = activation_like(rng, 2, 230, 96)
-    got = split_mode(monkeypatch, "auto", "int8", x, 7, metric, exclude_self=False, y=y)
+    got = split_mode(monkeypatch, "auto", precision, x, 7, metric, exclude_self=False, y=y)
     want = split_mode(monkeypatch, "auto", "fp32", x, 7, metric, exclude_self=False, y=y)
     assert (got[0] == want[0]).all() and (got[1] == want[1]).all()
     assert_neighbors_exact(got[0], got[1], x, 7, metric, exclude_self=False, y=y)
 
 
-@pytest.mark.skipif("int8" not in LOW_PRECISIONS, reason="CPU lacks int8 tiles")
-def test_split_shrinks_the_int8_candidate_windows(rng, monkeypatch):
-    # What the split is for: on activation-like rows the plain int8 window holds most rows,
-    # the centred, split one few.
+@pytest.mark.skipif(not LOW_PRECISIONS, reason="CPU offers no low-precision tiles")
+@pytest.mark.parametrize("precision", LOW_PRECISIONS)
+def test_split_shrinks_the_candidate_windows(rng, monkeypatch, precision):
+    # What the split is for: on activation-like rows the plain int8 or bf16 window holds many
+    # rows, the centred, split one few.
     x = activation_like(rng, 2, 400, 128)
-    split_mode(monkeypatch, "off", "int8", x, 10)
+    split_mode(monkeypatch, "off", precision, x, 10)
     plain = [candidates for _, candidates in _core.last_knn_report()]
-    split_mode(monkeypatch, "auto", "int8", x, 10)
+    split_mode(monkeypatch, "auto", precision, x, 10)
     split = [candidates for _, candidates in _core.last_knn_report()]
     assert all(s < p / 4 for s, p in zip(split, plain)), (split, plain)
 

@@ -374,3 +374,17 @@ def test_cost_model_choice():
     assert pick(1000, 10, 40, [(INT8, 41), (BF16, 41)]) == FP32
     assert pick(100, 10, 400, [(INT8, 300), (BF16, 300)]) == FP32  # re-scoring costs too much
     assert pick(1000, 10, 400, [(INT8, 200), (BF16, 20)]) == BF16  # 1050 vs 580
+
+
+def test_cost_model_weighs_candidates_by_the_rescore_cost():
+    # int8 at 30 candidates: 250 + 30 r against fp32's 1000 + 10 r, so it pays below r = 37.5.
+    pick = T.cheapest_precision
+    assert pick(1000, 10, 40, [(INT8, 30)], rescore_cost=4) == INT8
+    assert pick(1000, 10, 40, [(INT8, 30)], rescore_cost=37) == INT8
+    assert pick(1000, 10, 40, [(INT8, 30)], rescore_cost=38) == FP32
+
+
+def test_rescore_cost_is_measured_once_within_its_clamp():
+    first = T.rescore_cost()
+    assert 1.0 <= first <= 64.0
+    assert T.rescore_cost() == first  # measured once per process

@@ -1,8 +1,8 @@
-"""Attacks on the window of the CPU engine's centred, outlier-split int8 tiles (csrc/cpu/tile_split.h,
-split_tile_error in csrc/cpu/tile_windows.h).
+"""Attacks on the window of the CPU engine's centred, outlier-split int8 and bf16 tiles
+(csrc/cpu/tile_split.h, split_tile_error in csrc/cpu/tile_windows.h).
 
 Such a tile approximates <z_x, z_y> + |mu|^2 (z = fl(x * scale), mu the layer's centre) as
-((Q + b_x) + b_y) + sum_s v_x,s v_y,s in float32: Q the int8 tile of the centred rest
+((Q + b_x) + b_y) + sum_s v_x,s v_y,s in float32: Q the int8 or bf16 tile of the centred rest
 w = fl(z - mu) with the split-off features zeroed, b = the engine's exact-kernel shift <z, mu>,
 v the split-off values fl(z - mu). On activation-like layers (a large shared mean, a few massive
 features, near-duplicates) and on the kinds of tests/test_windows.py, with the engine's own centre
@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from layerknn import _core
-from test_windows import METRIC, TINY, int8_codes, norm_above, stats, true_dot, underflow
+from test_windows import (BF16, INT8, METRIC, TINY, int8_codes, norm_above, stats, tile_values, to_bf16, true_dot,
+                          underflow)
 
 T = _core._testing
 F32 = np.float32
@@ -51,13 +52,24 @@ def layer(kind: str, rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return np.asarray(x, dtype=F32)
 
 
-def split_tiles(q_x, q_y, step_x, step_y, b_x, b_y, v_x, v_y) -> np.ndarray:
-    """The emulated split tile in its float32 variants: both scaling orders, products of v rounded
-    or fused into the add, the split terms in natural and reversed order."""
+def int8_tiles(q_x, q_y, step_x, step_y) -> list:
+    """Q of int8 codes in its float32 variants: exact code sums, both scaling orders."""
     codes = F32(int(np.dot(q_x.astype(np.int64), q_y.astype(np.int64))))
+    with np.errstate(over="ignore", under="ignore"):
+        return [F32(F32(codes * F32(step_x)) * F32(step_y)), F32(F32(codes * F32(step_y)) * F32(step_x))]
+
+
+def split_tiles(q_x, q_y, step_x, step_y, b_x, b_y, v_x, v_y) -> np.ndarray:
+    """The emulated split tile of int8 codes in its float32 variants (see split_terms)."""
+    return split_terms(int8_tiles(q_x, q_y, step_x, step_y), b_x, b_y, v_x, v_y)
+
+
+def split_terms(tiles, b_x, b_y, v_x, v_y) -> np.ndarray:
+    """Each variant of Q plus the split terms: products of v rounded or fused into the add, the
+    split terms in natural and reversed order."""
     out = []
     with np.errstate(over="ignore", under="ignore"):
-        for q in (F32(F32(codes * F32(step_x)) * F32(step_y)), F32(F32(codes * F32(step_y)) * F32(step_x))):
+        for q in tiles:
             for order in (slice(None), slice(None, None, -1)):
                 t = F32(F32(q + F32(b_y)) + F32(b_x))
                 fused = t
@@ -68,7 +80,7 @@ def split_tiles(q_x, q_y, step_x, step_y, b_x, b_y, v_x, v_y) -> np.ndarray:
     return np.array(out, dtype=np.float64)
 
 
-def attack(kind: str, d: int, metric: str, rng: np.random.Generator, arbitrary: bool) -> float:
+def attack(kind: str, d: int, metric: str, rng: np.random.Generator, arbitrary: bool, precision: int = INT8) -> float:
     """Checks the bounds on every pair of a small layer; returns the largest error / bound."""
     n = 5
     x = layer(kind, rng, n, d)
@@ -92,29 +104,31 @@ def attack(kind: str, d: int, metric: str, rng: np.random.Generator, arbitrary: 
     c = norm_above(mu)
     assert abs(mu_norm - c) <= 1e-12 * c  # a float64 sum: the window's margin of 1e-6 covers it
     shifts = T.exact_scores(mu, x, METRIC["ip"], F32(1), scales)
-    codes = [int8_codes(row, 1.0) for row in w]
+    codes = [int8_codes(row, 1.0) if precision == INT8 else (to_bf16(row), 1.0) for row in w]
+    dpad = d + d % 2  # bf16 pairs (the AVX-512 table; AMX pads further, which only widens the bound)
     worst = 0.0
     for i in range(n):
         for j in range(n):
             qx, step_x = codes[i]
             qy, step_y = codes[j]
-            px, py = qx * step_x, qy * step_y
+            px, py = qx.astype(np.float64) * step_x, qy.astype(np.float64) * step_y
             nx = (st[i][2], norm_above(px), norm_above(px - w[i]))
             ny = (st[j][2], norm_above(py), norm_above(py - w[j]))
             exact_nx = (norm_above(z[i]), *nx[1:])
             exact_ny = (norm_above(z[j]), *ny[1:])
             sx, sy = norm_above(v[i]), norm_above(v[j])
-            tiles = split_tiles(qx, qy, step_x, step_y, shifts[i], shifts[j], v[i], v[j])
+            q = int8_tiles(qx, qy, step_x, step_y) if precision == INT8 else tile_values(px, py, BF16, None, rng)
+            tiles = split_terms(q, shifts[i], shifts[j], v[i], v[j])
             c2 = math.fsum((mu.astype(np.float64) ** 2).tolist())
             truth = true_dot(z[i], z[j]) + c2
-            bound = T.split_tile_error(d, m, c, exact_nx, exact_ny, sx, sy)
+            bound = T.split_tile_error(d, m, c, exact_nx, exact_ny, sx, sy, precision=precision, dpad=dpad)
             err = float(np.max(np.abs(tiles - truth)))
             where = f"{kind} d={d} {metric} arbitrary={arbitrary} pair=({i}, {j})"
             assert err <= bound + underflow(m + 4), f"split tile bound broken: {where}: {err} > {bound}"
             worst = max(worst, err / bound)
             exact = float(T.exact_scores(x[i], x[j : j + 1], METRIC[metric], scales[i], scales[j : j + 1])[0])
             key_err = float(np.max(np.abs(tiles - c2 - exact)))
-            window = T.split_key_window(METRIC[metric], d, m, mu_norm, nx, ny, sx, sy)
+            window = T.split_key_window(METRIC[metric], d, m, mu_norm, nx, ny, sx, sy, precision=precision, dpad=dpad)
             assert window == F32(window) and key_err <= window / 2, f"window broken: {where}: {key_err} > {window} / 2"
     return worst
 
@@ -125,6 +139,23 @@ def attack(kind: str, d: int, metric: str, rng: np.random.Generator, arbitrary: 
 def test_no_adversarial_layer_breaks_the_split_bounds(rng, kind, metric, arbitrary):
     for d in (1, 17, 64, 255, 1031):
         attack(kind, d, metric, rng, arbitrary)
+
+
+@pytest.mark.parametrize("arbitrary", [False, True], ids=["engine_split", "arbitrary_split"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_adversarial_layer_breaks_the_bf16_split_bounds(rng, kind, arbitrary):
+    # bf16 codes of the centred rest, summed in eight orders with and without flushes.
+    for d in (1, 17, 64, 255):
+        attack(kind, d, "cosine", rng, arbitrary, precision=BF16)
+
+
+def test_a_bf16_split_bound_is_wider_than_int8s_accumulation_alone():
+    # Same norms: the bf16 tile sums dpad rounded products, int8 codes sum exactly.
+    norms = (1.0, 1.0, 0.0)
+    assert T.split_tile_error(300, 0, 0.0, norms, norms, 0.0, 0.0, precision=BF16, dpad=300) > \
+        T.split_tile_error(300, 0, 0.0, norms, norms, 0.0, 0.0)
+    with pytest.raises(ValueError, match="not fp32"):
+        T.split_tile_error(300, 0, 0.0, norms, norms, 0.0, 0.0, precision=0)
 
 
 def test_the_split_bound_is_nearly_reached():

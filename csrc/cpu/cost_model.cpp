@@ -11,11 +11,10 @@
 namespace layerknn::cpu {
 
 Precision cheapest_precision(double pass_rows, int k, double list_budget,
-                             const std::vector<SampledPrecision>& low) {
-  constexpr double kRescoreCost = 4;  // a gathered exact score vs one fp32 GEMM row (estimate)
+                             const std::vector<SampledPrecision>& low, double rescore_cost) {
   auto cost = [&](const SampledPrecision& option) {
     const double speedup = option.speedup > 0 ? option.speedup : double(1 << option.precision);
-    return pass_rows / speedup + kRescoreCost * option.candidates + option.overhead;
+    return pass_rows / speedup + rescore_cost * option.candidates + option.overhead;
   };
   Precision best = kFp32;
   double best_cost = cost({kFp32, double(k), 1.});

@@ -28,13 +28,20 @@ struct SampledPrecision {
 // the int8 tiles save.
 constexpr double kSplitRowCost = 16;
 
+// A gathered exact score over one fp32 GEMM row, when not measured: the exact score reads a
+// random database row (from cache or memory) and runs the 16-lane reference order, the GEMM row
+// streams packed panels at the FMA peak. Measured 12 on a Sapphire Rapids core (tile_rate.h).
+constexpr double kRescoreCost = 4;
+
 // The cheapest precision: per row, GEMM work (pass_rows database rows per pass over the
-// precision's speed-up, 2^precision unless given) + kRescoreCost per exactly re-scored candidate
-// + the option's overhead, all in fp32 multiply-adds per feature. fp32 is costed at k candidates; a low precision qualifies only if
-// its candidates stay within list_budget and it is strictly cheaper; among equals the earlier
-// entry of `low` wins.
+// precision's speed-up, 2^precision unless given) + rescore_cost per exactly re-scored candidate
+// (one gathered exact score over one fp32 GEMM row: kRescoreCost, or measured, tile_rate.h) +
+// the option's overhead, all in fp32 GEMM rows. fp32 is costed at k candidates; a low precision
+// qualifies only if its candidates stay within list_budget and it is strictly cheaper; among
+// equals the earlier entry of `low` wins.
 Precision cheapest_precision(double pass_rows, int k, double list_budget,
-                             const std::vector<SampledPrecision>& low);
+                             const std::vector<SampledPrecision>& low,
+                             double rescore_cost = kRescoreCost);
 
 // One layer's rows, as the sampler reads them.
 struct SampleLayer {

@@ -112,7 +112,7 @@ KernelChoice choose_kernels(Metric metric, int64_t d) {
   const std::string split = env_value("LAYERKNN_CPU_SPLIT");
   if (split != "auto" && split != "off")
     throw std::invalid_argument("LAYERKNN_CPU_SPLIT must be auto or off, got '" + split + "'");
-  choice.split = choice.int8 && metric != Metric::SquaredL2 && split == "auto";
+  choice.split = (choice.int8 || choice.bf16) && metric != Metric::SquaredL2 && split == "auto";
   return choice;
 }
 

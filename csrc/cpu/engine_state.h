@@ -42,12 +42,12 @@ struct RowArrays {
   // padded by a block so a tile's padding rows and columns read defined memory.
   std::vector<float> qstep, qscale;
   std::vector<int32_t> qoffset;
-  // Centred, split int8 tiles (tile_split.h): each row's shift fl <z, mu>, its split-off values
-  // v as [rows, m] and transposed [m, rows], and |v|.
+  // Centred, split low-precision tiles (tile_split.h): each row's shift fl <z, mu>, its split-off
+  // values v as [rows, m] and transposed [m, rows], and |v|.
   std::vector<float> shift, split_v, split_vt;
   std::vector<double> split_norm;
 
-  void allocate(int64_t rows, bool int8) {
+  void allocate(int64_t rows, bool int8, bool split) {
     stats.resize(rows);
     scale.resize(rows);
     sqn.resize(rows);
@@ -55,6 +55,8 @@ struct RowArrays {
       qstep.assign(round_up(rows, kBlock) + kBlock, 0.f);
       qscale.assign(rows, 0.f);
       qoffset.assign(round_up(rows, kBlock) + kBlock, 0);
+    }
+    if (split) {
       shift.assign(rows, 0.f);
       split_v.assign(rows * kMaxSplit, 0.f);
       split_vt.assign(rows * kMaxSplit, 0.f);

@@ -95,8 +95,8 @@ class Engine {
     const int64_t slots = direct_ ? 1 : tile_workers_;
     slots_.resize(slots);
     for (auto& slot : slots_) {
-      slot.x.allocate(n_, choice_.int8 != nullptr);
-      if (!self_) slot.y.allocate(m_, choice_.int8 != nullptr);
+      slot.x.allocate(n_, choice_.int8 != nullptr, choice_.split);
+      if (!self_) slot.y.allocate(m_, choice_.int8 != nullptr, choice_.split);
     }
     workers_state_.resize(workers_);
     // per packed row, any precision: fp32 rows, or bf16/int8 rows padded to a 64-byte AMX tile row
@@ -244,7 +244,7 @@ class Engine {
     }
     slot.split.active = false;
     const KernelSet* known = choice_.forced ? choice_.forced : trusted;
-    if (!direct_ && choice_.split && (!known || known == choice_.int8)) split_layer(slot);
+    if (!direct_ && choice_.split && (!known || known != choice_.fp32)) split_layer(slot, known);
     if (direct_) {
       slot.ks = choice_.fp32;
     } else if (choice_.forced) {
@@ -257,28 +257,32 @@ class Engine {
   }
 
   // Centres the slot's layer on the database rows' mean, splits off its most outlying features
-  // and replaces both sides' int8 statistics by those of the centred rest (tile_split.h) --
-  // when the layer has a mean or outlying features worth it (worth_splitting); otherwise the
-  // plain int8 statistics of row_stats stay.
-  void split_layer(LayerSlot& slot) const {
+  // and replaces both sides' low-precision statistics (of the known tiles, or of all on offer)
+  // by those of the centred rest (tile_split.h) -- when the layer has a mean or outlying
+  // features worth it (worth_splitting); otherwise the plain statistics of row_stats stay.
+  void split_layer(LayerSlot& slot, const KernelSet* known) const {
     choose_split(layer_y(slot), side_y(slot).scale.data(), m_, d_, split_width(d_), &slot.split);
     double peak = 0.;
     for (const RowStats& r : side_y(slot).stats) peak = std::max(peak, r.norm);
     slot.split.active = worth_splitting(slot.split, peak);
     if (!slot.split.active) return;
     std::vector<float> scratch(d_);
-    split_side_stats(layer_x(slot), n_, 0, n_, d_, slot.split, *choice_.int8, *choice_.fp32,
+    const KernelSet* int8 = !known || known == choice_.int8 ? choice_.int8 : nullptr;
+    const KernelSet* bf16 = !known || known == choice_.bf16 ? choice_.bf16 : nullptr;
+    split_side_stats(layer_x(slot), n_, 0, n_, d_, slot.split, int8, bf16, *choice_.fp32,
                      &slot.x, scratch.data());
     if (!self_)
-      split_side_stats(layer_y(slot), m_, 0, m_, d_, slot.split, *choice_.int8, *choice_.fp32,
+      split_side_stats(layer_y(slot), m_, 0, m_, d_, slot.split, int8, bf16, *choice_.fp32,
                        &slot.y, scratch.data());
   }
 
   // The database side: the query rows themselves in the self-join.
   const RowArrays& side_y(const LayerSlot& s) const { return self_ ? s.x : s.y; }
-  // What packing multiplies a side's rows by: the cosine scale, or for int8 the quant_scale.
+  // What packing multiplies a side's rows by: the cosine scale, for int8 the quant_scale, and for
+  // centred bf16 rows (already scaled) nothing (nullptr: 1).
   static const float* pack_scale(const LayerSlot& s, const RowArrays& side) {
-    return s.ks->precision == kInt8 ? side.qscale.data() : side.scale.data();
+    if (s.ks->precision == kInt8) return side.qscale.data();
+    return s.ks->precision == kBf16 && s.split.active ? nullptr : side.scale.data();
   }
   const float* layer_x(const LayerSlot& s) const { return x_ + s.layer * n_ * d_; }
   const float* layer_y(const LayerSlot& s) const { return y_ + s.layer * m_ * d_; }
@@ -300,7 +304,7 @@ class Engine {
     const std::vector<double> candidates = sampled_candidates(layer, *choice_.fp32, windows);
     std::vector<SampledPrecision> sampled;
     for (size_t i = 0; i < low.size(); ++i) {
-      const bool split = low[i]->precision == kInt8 && slot.split.active;
+      const bool split = slot.split.active;
       const double measured = tile_speedup(*low[i], *choice_.fp32);  // tile_rate.h
       const double speedup =
           split ? split_speedup(measured, double(padded_features(d_, *low[i])), slot.split.m())
@@ -308,7 +312,8 @@ class Engine {
       sampled.push_back({low[i]->precision, candidates[i], speedup, split ? kSplitRowCost : 0.});
     }
     const double pass_rows = self_ ? 0.5 * double(m_) : double(m_);
-    const Precision best = cheapest_precision(pass_rows, p_.k, list_budget(), sampled);
+    const Precision best =
+        cheapest_precision(pass_rows, p_.k, list_budget(), sampled, rescore_cost(*choice_.fp32));
     for (const KernelSet* ks : low)
       if (ks->precision == best) return ks;
     return choice_.fp32;
@@ -318,8 +323,9 @@ class Engine {
   // over the database rows for the y side (row i's list only ever holds pairs (i, j)).
   std::vector<float> key_windows(const LayerSlot& slot, const KernelSet& ks) const {
     const Precision precision = ks.precision;
-    if (precision == kInt8 && slot.split.active)
-      return split_key_windows(p_.metric, d_, slot.split, slot.x, side_y(slot));
+    if (precision != kFp32 && slot.split.active)
+      return split_key_windows(p_.metric, precision, padded_features(d_, ks), d_, slot.split,
+                               slot.x, side_y(slot));
     OperandNorms y;
     for (const RowStats& r : side_y(slot).stats) {
       y.a = std::max(y.a, r.norm);
@@ -337,18 +343,19 @@ class Engine {
   }
 
   // Packs rows [r0, r0 + count) of one side for the slot's tiles: centred and split first when
-  // the int8 tiles read split rows.
+  // the low-precision tiles read split rows.
   void pack(const LayerSlot& slot, bool vector_side, int64_t r0, int64_t count, Worker& w,
             void* panel) const {
     const RowArrays& side = vector_side ? slot.x : side_y(slot);
     const float* rows = (vector_side ? layer_x(slot) : layer_y(slot)) + r0 * d_;
-    if (slot.ks->precision == kInt8 && slot.split.active) {
+    if (slot.ks->precision != kFp32 && slot.split.active) {
       float* centred = reinterpret_cast<float*>(w.centred.get());
       centre_rows(rows, side.scale.data() + r0, count, slot.split, d_, centred);
       rows = centred;
     }
     auto packer = vector_side ? slot.ks->pack_vector_side : slot.ks->pack_broadcast_side;
-    packer(rows, count, d_, pack_scale(slot, side) + r0, slot.dpad, panel);
+    const float* scale = pack_scale(slot, side);
+    packer(rows, count, d_, scale ? scale + r0 : nullptr, slot.dpad, panel);
   }
 
   // ---- phase 1: one tile, feeding both of its row blocks ---------------------------------------
@@ -391,7 +398,7 @@ class Engine {
                  kTileStride, &scales);
       }
     }
-    if (int8 && slot.split.active) {
+    if (ks->precision != kFp32 && slot.split.active) {
       const RowArrays& ys = side_y(slot);
       add_split_terms(w.tile.data(), kTileStride, nj, ni, ys.shift.data() + j0,
                       slot.x.shift.data() + i0, ys.split_v.data() + j0 * slot.split.m(),

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "cpu/cost_model.h"
 #include "cpu/engine_state.h"
 
 namespace layerknn::cpu {
@@ -47,6 +48,51 @@ std::pair<double, int64_t> tile_gemm_rate(const KernelSet& table, int64_t d, dou
   return {best > 0 ? 2.0 * rows * rows * double(d) / best / 1e9 : 0., tiles};
 }
 
+namespace {
+
+constexpr int64_t kFeatures = 512;  // the width both calibrations run at
+
+// Seconds per gathered exact score: batches of 16 random rows of a 2048-row layer (4 MiB, as a
+// pooled layer of a small model) scored against one query row by fp32's dot_batch; the best of
+// three passes of 256 batches.
+double gathered_score_seconds(const KernelSet& fp32) {
+  constexpr int64_t kRows = 2048;
+  constexpr int kBatch = 16, kBatches = 256;
+  std::vector<float> layer(kRows * kFeatures), out(kBatch), scales(kBatch, 1.f);
+  std::mt19937 gen(11);
+  std::normal_distribution<float> normal;
+  for (float& v : layer) v = normal(gen);
+  std::uniform_int_distribution<int64_t> pick(0, kRows - 1);
+  std::vector<const float*> rows(kBatch * kBatches);
+  for (const float*& row : rows) row = layer.data() + pick(gen) * kFeatures;
+  using Clock = std::chrono::steady_clock;
+  double best = 1e300;
+  for (int pass = 0; pass < 3; ++pass) {
+    const auto start = Clock::now();
+    for (int b = 0; b < kBatches; ++b)
+      fp32.dot_batch(rows[b * kBatch], 1.f, rows.data() + b * kBatch, scales.data(), kBatch,
+                     kFeatures, out.data());
+    best = std::min(best, std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  return best / (kBatch * kBatches);
+}
+
+}  // namespace
+
+double rescore_cost(const KernelSet& fp32) {
+  static std::mutex mutex;
+  static std::map<const KernelSet*, double> measured;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = measured.find(&fp32);
+  if (found != measured.end()) return found->second;
+  const double gflops = tile_gemm_rate(fp32, kFeatures, 1e-3).first;
+  const double gemm_row = gflops > 0 ? 2.0 * kFeatures / (gflops * 1e9) : 0.;
+  const double score = gathered_score_seconds(fp32);
+  const double cost = gemm_row > 0 && score > 0 ? std::clamp(score / gemm_row, 1., 64.) : kRescoreCost;
+  measured.emplace(&fp32, cost);
+  return cost;
+}
+
 double tile_speedup(const KernelSet& table, const KernelSet& fp32) {
   static std::mutex mutex;
   static std::map<std::pair<const KernelSet*, const KernelSet*>, double> measured;
@@ -54,7 +100,6 @@ double tile_speedup(const KernelSet& table, const KernelSet& fp32) {
   const auto key = std::make_pair(&table, &fp32);
   const auto found = measured.find(key);
   if (found != measured.end()) return found->second;
-  constexpr int64_t kFeatures = 512;
   const double low = tile_gemm_rate(table, kFeatures, 1e-3).first;
   const double base = tile_gemm_rate(fp32, kFeatures, 1e-3).first;
   const double speedup = low > 0 && base > 0 ? low / base : table.speedup;

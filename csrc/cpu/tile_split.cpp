@@ -1,7 +1,7 @@
-// Centring and outlier split of a layer's rows for the int8 tiles (see tile_split.h): the choice
-// of centre and split-off features, the centred rows the int8 packing reads, and the fp32 terms
-// added to each int8 tile. Only int8 tables call these, and they exist only on x86 CPUs with
-// AVX2 and FMA, so the tile pass uses them there (plain code elsewhere).
+// Centring and outlier split of a layer's rows for the low-precision tiles (see tile_split.h): the
+// choice of centre and split-off features, the centred rows the int8 or bf16 packing reads, and
+// the fp32 terms added to each such tile. Only low-precision tables call these, and they exist
+// only on x86 CPUs with AVX2 and FMA, so the tile pass uses them there (plain code elsewhere).
 #include "cpu/tile_split.h"
 
 #include <algorithm>
@@ -105,8 +105,8 @@ double split_values(const float* x, float scale, const LayerSplit& split, float*
 }
 
 void split_side_stats(const float* x, int64_t rows, int64_t r0, int64_t r1, int64_t d,
-                      const LayerSplit& split, const KernelSet& int8, const KernelSet& exact,
-                      RowArrays* side, float* scratch) {
+                      const LayerSplit& split, const KernelSet* int8, const KernelSet* bf16,
+                      const KernelSet& exact, RowArrays* side, float* scratch) {
   const int m = split.m();
   constexpr int kBatch = 64;
   const float* batch[kBatch];
@@ -122,33 +122,40 @@ void split_side_stats(const float* x, int64_t rows, int64_t r0, int64_t r1, int6
     RowStats& stats = side->stats[r];
     centre_row(row, scale, split, d, scratch);
     RowStats centred;  // scale 1: the centred row is already scaled
-    int8.packing_stats(scratch, d, &centred);
-    stats.packed[kInt8] = centred.packed[kInt8];
-    side->qstep[r] = centred.quant_step;
-    side->qscale[r] = centred.quant_scale;
-    side->qoffset[r] = 128 * centred.quant_sum;
+    if (int8) {
+      int8->packing_stats(scratch, d, &centred);
+      stats.packed[kInt8] = centred.packed[kInt8];
+      side->qstep[r] = centred.quant_step;
+      side->qscale[r] = centred.quant_scale;
+      side->qoffset[r] = 128 * centred.quant_sum;
+    }
+    if (bf16) {
+      bf16->packing_stats(scratch, d, &centred);
+      stats.packed[kBf16] = centred.packed[kBf16];
+    }
     float* v = side->split_v.data() + r * m;
     side->split_norm[r] = split_values(row, scale, split, v);
     for (int s = 0; s < m; ++s) side->split_vt[s * rows + r] = v[s];
   }
 }
 
-std::vector<float> split_key_windows(Metric metric, int64_t d, const LayerSplit& split,
-                                     const RowArrays& x, const RowArrays& y) {
+std::vector<float> split_key_windows(Metric metric, Precision precision, int64_t dpad, int64_t d,
+                                     const LayerSplit& split, const RowArrays& x,
+                                     const RowArrays& y) {
   OperandNorms ymax;
   double sy = 0.;
   for (size_t j = 0; j < y.stats.size(); ++j) {
     const RowStats& r = y.stats[j];
     ymax.a = std::max(ymax.a, r.norm);
-    ymax.p = std::max(ymax.p, r.packed[kInt8].norm);
-    ymax.e = std::max(ymax.e, r.packed[kInt8].error);
+    ymax.p = std::max(ymax.p, r.packed[precision].norm);
+    ymax.e = std::max(ymax.e, r.packed[precision].error);
     sy = std::max(sy, y.split_norm[j]);
   }
   std::vector<float> windows(x.stats.size());
   for (size_t i = 0; i < windows.size(); ++i) {
     const RowStats& row = x.stats[i];
-    const OperandNorms xi{row.norm, row.packed[kInt8].norm, row.packed[kInt8].error};
-    windows[i] = split_key_window(metric, d, split.m(), split.mu_norm, xi, ymax,
+    const OperandNorms xi{row.norm, row.packed[precision].norm, row.packed[precision].error};
+    windows[i] = split_key_window(metric, precision, dpad, d, split.m(), split.mu_norm, xi, ymax,
                                   x.split_norm[i], sy);
   }
   return windows;

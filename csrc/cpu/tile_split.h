@@ -1,17 +1,19 @@
-// Centred, outlier-split operands for the CPU k-NN engine's int8 tiles (inner-product keys:
-// cosine and ip). Real LLM activations share a large mean direction and carry a few massive
-// features; both widen a quantised tile's error window (it scales with the row norms and each
-// row's largest feature) until nearly every row is a candidate. Per layer, the engine centres the
-// scaled rows z on their mean mu and takes the m features that deviate most from it out of the
-// codes, so that <z_x, z_y> = <w_x, w_y> + <v_x, v_y> + <z_x, mu> + <mu, z_y> - |mu|^2 with w the
-// centred rest (quantised: int8 tiles), v the split-off features (fp32) and the shifts <z, mu>
-// (the exact-score kernel); the constant |mu|^2 is dropped, since the same constant on every key
-// of a layer changes no comparison. tile_windows.h (split_tile_error) bounds the result.
+// Centred, outlier-split operands for the CPU k-NN engine's low-precision tiles, int8 or bf16
+// (inner-product keys: cosine and ip). Real LLM activations share a large mean direction and
+// carry a few massive features; both widen a low-precision tile's error window (it scales with
+// the row norms, and int8's with each row's largest feature) until nearly every row is a
+// candidate. Per layer, the engine centres the scaled rows z on their mean mu and takes the m
+// features that deviate most from it out of the tiles, so that
+// <z_x, z_y> = <w_x, w_y> + <v_x, v_y> + <z_x, mu> + <mu, z_y> - |mu|^2 with w the centred rest
+// (the tiles' int8 codes or bf16), v the split-off features (fp32) and the shifts <z, mu> (the
+// exact-score kernel); the constant |mu|^2 is dropped, since the same constant on
+// every key of a layer changes no comparison. tile_windows.h (split_tile_error) bounds the result.
 #pragma once
 #include <cstdint>
 #include <vector>
 
 #include "common/metric.h"
+#include "cpu/knn_kernels.h"
 
 namespace layerknn::cpu {
 
@@ -36,14 +38,14 @@ void choose_split(const float* x, const float* scale, int64_t rows, int64_t d, i
 
 // Whether centring and splitting pays for a layer whose largest scaled row norm is `peak`: it
 // has a mean of at least a quarter of that, or features 8 times more outlying than the median
-// one (isotropic rows have neither, and keep the plain int8 tiles).
+// one (isotropic rows have neither, and keep the plain low-precision tiles).
 bool worth_splitting(const LayerSplit& split, double peak);
 
-// The cost model's speed-up of split int8 tiles over fp32 ones: the int8 tile's `speedup` over
+// The cost model's speed-up of split tiles over fp32 ones: the low-precision tile's speed-up over
 // dpad features plus m + 2 fp32 multiply-adds per entry for the split terms.
 double split_speedup(double speedup, double dpad, int m);
 
-// out [d] = fl(fl(x * scale) - mu) on kept features, 0 on split-off ones: the rows the int8
+// out [d] = fl(fl(x * scale) - mu) on kept features, 0 on split-off ones: the rows the int8/bf16
 // packing quantises. x [d].
 void centre_row(const float* x, float scale, const LayerSplit& split, int64_t d, float* out);
 
@@ -54,23 +56,25 @@ void centre_rows(const float* x, const float* scale, int64_t count, const LayerS
 // v [m] = fl(fl(x * scale) - mu) on the split-off features; returns |v| (float64 sum). x [d].
 double split_values(const float* x, float scale, const LayerSplit& split, float* v);
 
-struct KernelSet;
 struct RowArrays;
 
-// Rows [r0, r1) of one side of a layer, x [rows, d] with cosine scales side->scale: their int8
-// packing of the centred rest (stats[r].packed[kInt8], qstep, qscale, qoffset, from int8's
+// Rows [r0, r1) of one side of a layer, x [rows, d] with cosine scales side->scale: the packing
+// statistics of their centred rest for each low-precision table given (int8: stats[r].packed
+// [kInt8], qstep, qscale, qoffset; bf16: stats[r].packed[kBf16]; from the tables'
 // packing_stats), shift fl <z, mu> (exact's dot_batch) and split-off values (split_v, split_vt
-// with row stride `rows`, split_norm). scratch [d].
+// with row stride `rows`, split_norm). int8, bf16: nullptr where not on offer. scratch [d].
 void split_side_stats(const float* x, int64_t rows, int64_t r0, int64_t r1, int64_t d,
-                      const LayerSplit& split, const KernelSet& int8, const KernelSet& exact,
-                      RowArrays* side, float* scratch);
+                      const LayerSplit& split, const KernelSet* int8, const KernelSet* bf16,
+                      const KernelSet& exact, RowArrays* side, float* scratch);
 
-// Each query row's window for centred, split int8 tiles (split_key_window in tile_windows.h):
-// its own norms for the x side, the layer's maxima over the database side y. [x rows]
-std::vector<float> split_key_windows(Metric metric, int64_t d, const LayerSplit& split,
-                                     const RowArrays& x, const RowArrays& y);
+// Each query row's window for centred, split tiles of `precision` (kInt8 or kBf16) over dpad
+// packed features (split_key_window in tile_windows.h): its own norms for the x side, the
+// layer's maxima over the database side y. [x rows]
+std::vector<float> split_key_windows(Metric metric, Precision precision, int64_t dpad, int64_t d,
+                                     const LayerSplit& split, const RowArrays& x,
+                                     const RowArrays& y);
 
-// Adds the fp32 terms to an int8 tile of centred codes: for r < rows, c < cols,
+// Adds the fp32 terms to a tile of centred int8 or bf16 rows: for r < rows, c < cols,
 //   t = tile[r][c];  t = t + row_shift[r];  t = t + col_shift[c];  t += row_v[r][s] * col_vt[s][c]
 // for s = 0..m-1 in order (fused multiply-adds where the CPU has them). tile [rows, lds]; row_shift [rows]; col_shift [cols];
 // row_v [rows, m]; col_vt [m, col_stride] (column c of the tile at col_vt[s * col_stride + c]).

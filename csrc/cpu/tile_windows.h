@@ -88,7 +88,8 @@ inline double key_error(Metric metric, Precision precision, double d, double dpa
   return product + exact_error(metric, d, x.a, y.a);
 }
 
-// Centred, split int8 tiles (tile_split.h; inner-product keys only). Here, per side, a >= |z|
+// Centred, split low-precision tiles (tile_split.h; inner-product keys only: int8 or bf16 codes
+// of the centred rest). Here, per side, a >= |z|
 // (z = fl(x * scale), the fp32 operand of the exact score), p = |w~| and e = |w~ - w| for the
 // quantised centred rest w = fl(z - mu) (zero on the split-off features), s = |v| for the
 // split-off values v = fl(z - mu) there, and c the centre's norm |mu|. In reals,
@@ -96,35 +97,41 @@ inline double key_error(Metric metric, Precision precision, double d, double dpa
 // and z - mu = w + v + delta with disjoint supports for w, v and |delta| <= u |z - mu|
 // <= u (a + c); 3 u (a + c) is used, which also covers a compiler fusing x * scale - mu into
 // one rounding of the unrounded product (u |x scale - mu| + u |x scale|). The tile computes
-// t = ((Q + b_x) + b_y) + sum_s v_x,s v_y,s (fp32, in that order), where Q is the int8 tile of
-// w~ and b = fl <z, mu> the exact-score kernel's shift; it approximates <z_x, z_y> + c^2, and
+// t = ((Q + b_x) + b_y) + sum_s v_x,s v_y,s (fp32, in that order), where Q is the int8 or bf16
+// tile of w~ and b = fl <z, mu> the exact-score kernel's shift; it approximates <z_x, z_y> + c^2, and
 // a constant on every key of the layer changes no comparison of the window argument (every
 // list compares keys of its own row, all shifted alike), so the bound is on
 // |t - (<z_x, z_y> + c^2)|, the sum of
 //  * quantisation: <w~_x, w~_y> - <w_x, w_y> = <w~_x - w_x, w_y> + <w~_x, w~_y - w_y>, at most
 //    e_x (p_y + e_y) + p_x e_y (|w_y| <= p_y + e_y);
-//  * Q: exact int32 sums, one conversion and two scalings: gamma_3 p_x p_y;
+//  * Q: int8, exact int32 sums, one conversion and two scalings: gamma_3 p_x p_y; bf16, exact
+//    products summed in fp32 with at most dpad + 2 roundings each: gamma_{dpad+2} p_x p_y (as
+//    for plain bf16 tiles above);
 //  * shifts: each within gamma_h a c of <z, mu> (exact_error with h = ceil(d/16) + 4);
 //  * the summation of m + 3 terms, each product rounded once: gamma_{m+3} times
 //    (|Q| + |b_x| + |b_y| + s_x s_y), with |Q| <= (1 + gamma_3) p_x p_y, |b| <= (1 + gamma_h) a c;
 //  * delta: <z_x - mu, z_y - mu> - <w_x + v_x, w_y + v_y> = <delta_x, z_y - mu> +
 //    <w_x + v_x, delta_y>, at most 3u (a_x + c)(a_y + c)(2 + 3u) <= 7u (a_x + c)(a_y + c).
 // Products of v that underflow fp32 add at most (m + 3) 2^-150, inside the absolute 1e-30.
-inline double split_tile_error(double d, int m, double c, const OperandNorms& x,
-                               const OperandNorms& y, double sx, double sy) {
+// precision: kInt8 or kBf16 codes of the rest, over dpad packed features.
+inline double split_tile_error(Precision precision, double dpad, double d, int m, double c,
+                               const OperandNorms& x, const OperandNorms& y, double sx, double sy) {
   const double h = std::ceil(d / 16) + 4;
-  const double q = (1 + gamma(3)) * x.p * y.p;
+  const double accumulation = precision == kInt8 ? gamma(3) : gamma(dpad + 2);
+  const double q = (1 + accumulation) * x.p * y.p;
   const double shifts = (1 + gamma(h)) * (x.a + y.a) * c;
-  return x.e * (y.p + y.e) + x.p * y.e + gamma(3) * x.p * y.p + gamma(h) * (x.a + y.a) * c +
+  return x.e * (y.p + y.e) + x.p * y.e + accumulation * x.p * y.p + gamma(h) * (x.a + y.a) * c +
          gamma(m + 3.0) * (q + shifts + sx * sy) + 7 * kUnit * (x.a + c) * (y.a + c) + 1e-30;
 }
 
-// The window of centred, split int8 tiles: 2 B (1 + 1e-6) + 1e-30 rounded up, with
+// The window of centred, split tiles: 2 B (1 + 1e-6) + 1e-30 rounded up, with
 // B = split_tile_error + exact_error (ip and cosine keys are the scores themselves).
-inline float split_key_window(Metric metric, int64_t d, int m, double c, const OperandNorms& x,
-                              const OperandNorms& y, double sx, double sy) {
+inline float split_key_window(Metric metric, Precision precision, int64_t dpad, int64_t d, int m,
+                              double c, const OperandNorms& x, const OperandNorms& y, double sx,
+                              double sy) {
   const double dd = static_cast<double>(d);
-  const double error = split_tile_error(dd, m, c, x, y, sx, sy) + exact_error(metric, dd, x.a, y.a);
+  const double error = split_tile_error(precision, static_cast<double>(dpad), dd, m, c, x, y, sx, sy) +
+                       exact_error(metric, dd, x.a, y.a);
   return round_up_to_float(2 * error * (1 + 1e-6) + 1e-30);
 }
 

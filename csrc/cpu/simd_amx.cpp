@@ -24,6 +24,11 @@
 #endif
 
 #if LAYERKNN_AMX_BUILT
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12's AVX-512 headers trip its own uninitialised-variable warning (GCC PR 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>

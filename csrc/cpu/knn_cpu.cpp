@@ -6,8 +6,9 @@
 // Races are avoided by ownership: a "solo" layer belongs to one worker from start to finish,
 // and in a "shared" layer every worker fills private candidate lists merged after a barrier.
 // Tile scores are approximate (fp32 in GEMM order, bf16 products, or exact sums of int8 codes of
-// per-row quantised rows, centred and outlier-split for ip/cosine layers with a large mean or
-// massive features, tile_split.h; cost_model.h picks per layer): lists keep every candidate within a
+// per-row quantised rows; the low-precision rows centred and outlier-split for ip/cosine layers
+// with a large mean or massive features, tile_split.h; AVX-512 or AMX tiles, simd_amx.cpp;
+// cost_model.h picks per layer by measured speeds, tile_rate.h): lists keep every candidate in a
 // rigorous error window of the k-th best key (tile_windows.h), and the merge (row_merge.h)
 // re-scores them exactly before the final ordered selection, so results never depend on the
 // kernel, the precision or the thread count.

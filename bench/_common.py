@@ -16,11 +16,34 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 _SLOWING_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
+# LAYERKNN_BENCH_ISA=avx2 runs every engine as on an AVX2-only CPU: layerknn's tables and the
+# rivals' libraries (torch's kernels, oneDNN, MKL, OpenBLAS as in numpy and FAISS, FAISS's own
+# code), so an AVX-512 machine can stand in for the AVX2 machines users own.
+_AVX2_EVERYWHERE = {
+    "LAYERKNN_CPU_SIMD": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell", "FAISS_OPT_LEVEL": "avx2",
+}
+
+
 def reexec_without_blas_throttles() -> None:
-    """Restart this script without the variables that slow OpenBLAS here (benchmarks only)."""
+    """Restart this script without the variables that slow OpenBLAS here (benchmarks only), or
+    with every library capped at AVX2 under LAYERKNN_BENCH_ISA=avx2."""
+    if os.environ.get("LAYERKNN_BENCH_ISA") == "avx2":
+        if any(os.environ.get(k) != v for k, v in _AVX2_EVERYWHERE.items()):
+            os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_AVX2_EVERYWHERE})
+        return
     if any(v in os.environ for v in _SLOWING_VARS):
         env = {k: v for k, v in os.environ.items() if k not in _SLOWING_VARS}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def isa_note() -> str:
+    """How the engines' instruction sets were capped for this run (for result titles)."""
+    if os.environ.get("LAYERKNN_BENCH_ISA") == "avx2":
+        return "; every engine capped at AVX2 (LAYERKNN_BENCH_ISA=avx2: layerknn, torch, oneDNN, OpenBLAS, FAISS)"
+    if os.environ.get("LAYERKNN_CPU_SIMD", "auto") != "auto":
+        return f"; layerknn capped at LAYERKNN_CPU_SIMD={os.environ['LAYERKNN_CPU_SIMD']}, rivals not"
+    return ""
 
 
 def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:

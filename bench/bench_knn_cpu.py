@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import append_results, faiss_knn, reexec_without_blas_throttles  # noqa: E402
+from _common import append_results, faiss_knn, isa_note, reexec_without_blas_throttles  # noqa: E402
 
 reexec_without_blas_throttles()
 
@@ -219,7 +219,8 @@ def main() -> None:
     from layerknn import _core
 
     if args.tile_rates:
-        title = f"Tile GEMM speed alone, 192 x 192 x 576 [{_core.simd_level()}] against sgemm of the same shape"
+        title = (f"Tile GEMM speed alone, 192 x 192 x 576 [{_core.simd_level()}{isa_note()}] against sgemm "
+                 "of the same shape")
         table = tile_rates()
         print(title + "\n\n" + table, flush=True)
         if not args.no_append:
@@ -259,7 +260,7 @@ def main() -> None:
         f"CPU k-NN, cosine, k={K}, float32{' (quick sizes)' if args.quick else ''}: layerknn "
         f"[{_core.simd_level()}, tiles {'/'.join(_core.tile_precisions())}, "
         f"LAYERKNN_CPU_KERNEL={kernel}] vs FAISS IndexFlatIP vs torch "
-        f"bmm+topk (1-min load average at the end: {load:.1f})"
+        f"bmm+topk{isa_note()} (1-min load average at the end: {load:.1f})"
     )
     table = "\n".join(rows)
     if args.no_append:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import append_results, faiss_knn, reexec_without_blas_throttles  # noqa: E402
+from _common import append_results, faiss_knn, isa_note, reexec_without_blas_throttles  # noqa: E402
 
 reexec_without_blas_throttles()
 
@@ -60,6 +60,21 @@ def layerknn_knn(x: np.ndarray, k: int, threads: int) -> np.ndarray:
     import layerknn
 
     return np.asarray(layerknn.knn(x, k, metric="cosine", num_threads=threads).indices)
+
+
+def layer_reports(x: np.ndarray, k: int, threads: int) -> list[tuple[str, float]]:
+    """(tile table, candidates per row) of each layer searched alone. A layer of many identical
+    rows is searched by its distinct rows (layerknn._duplicates): its table is marked so, and its
+    candidates are those of that smaller search."""
+    from layerknn import _core, _duplicates
+
+    out = []
+    for layer in range(x.shape[0]):
+        layerknn_knn(x[layer:layer + 1], k, threads)
+        table, count = _core.last_knn_report()[0]
+        groups = _duplicates.repeated_rows(x[layer])
+        out.append((table if groups is None else f"{table} ({len(groups.first)} distinct rows)", count))
+    return out
 
 
 def torch_knn(x: np.ndarray, k: int) -> np.ndarray:
@@ -138,7 +153,7 @@ def main() -> None:
             x = np.ascontiguousarray(x, dtype=np.float32)
             L, n, d = x.shape
             ours = layerknn_knn(x, k, threads)
-            report = _core.last_knn_report()
+            report = layer_reports(x, k, threads)
             same_f, tied_f = agreement(x, ours, faiss_knn(x, k))
             same_t, tied_t = agreement(x, ours, torch_knn(x, k))
             times = interleaved({"layerknn": lambda: layerknn_knn(x, k, threads),
@@ -158,24 +173,18 @@ def main() -> None:
             print(rows[-1], flush=True)
             if not args.no_layers:
                 print("  layer | tiles | candidates/row | layerknn s | FAISS s", flush=True)
-                for layer in range(L):
+                for layer, (table, count) in enumerate(report):
                     xl = x[layer:layer + 1]
-                    layer_report = None
-
-                    def ours_layer():
-                        nonlocal layer_report
-                        layerknn_knn(xl, k, threads)
-                        layer_report = _core.last_knn_report()[0]
-
-                    t = interleaved({"layerknn": ours_layer, "faiss": lambda: faiss_knn(xl, k)}, 1)
-                    print(f"  {layer:5d} | {layer_report[0]} | {layer_report[1]:.1f} "
-                          f"| {t['layerknn']:.4f} | {t['faiss']:.4f}", flush=True)
+                    t = interleaved({"layerknn": lambda: layerknn_knn(xl, k, threads),
+                                     "faiss": lambda: faiss_knn(xl, k)}, 1)
+                    print(f"  {layer:5d} | {table} | {count:.1f} | {t['layerknn']:.4f} | {t['faiss']:.4f}",
+                          flush=True)
     load = os.getloadavg()[0]
     title = (
         f"CPU k-NN on real activations ({DATASET}, n={args.n}, max_length={args.max_length or 'none'}), "
         f"cosine, k={k}: layerknn [{_core.simd_level()}, tiles {'/'.join(_core.tile_precisions())}, "
-        f"LAYERKNN_CPU_KERNEL={kernel}, LAYERKNN_CPU_SPLIT={split}] vs FAISS IndexFlatIP vs torch bmm+topk "
-        f"(1-min load average at the end: {load:.1f})"
+        f"LAYERKNN_CPU_KERNEL={kernel}, LAYERKNN_CPU_SPLIT={split}] vs FAISS IndexFlatIP vs torch bmm+topk"
+        f"{isa_note()} (1-min load average at the end: {load:.1f})"
     )
     table = "\n".join(rows)
     if args.record:

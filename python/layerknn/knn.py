@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _backend, _scaling
+from . import _backend, _duplicates, _scaling
 from ._arrays import as_float32, restore, to_backend_array
 
 METRICS = ("cosine", "ip", "l2")
@@ -203,8 +203,14 @@ def knn(x: Any, k: int = 10, *, metric: str = "cosine", exclude_self: bool = Tru
 
     try:
         with _layer_progress(progress, L) as report:
+            def search(xs, k_, exclude_self_, progress_, ys=None):
+                return _backend.knn(xs, ys, k_, metric, exclude_self_, num_threads, progress_)
+
             def run(xs, ys):
-                return _backend.knn(xs, ys, k, metric, bool(exclude_self), num_threads, report)
+                if ys is None and on_cpu:  # layers of repeated rows: searched by distinct rows
+                    host = xs if isinstance(xs, np.ndarray) else xs.numpy()
+                    return _duplicates.search_self(search, host, k, bool(exclude_self), metric != "l2", report)
+                return search(xs, k, bool(exclude_self), report, ys)
 
             indices, scores = _scaling.safe_knn(run, x32, y32, metric, norms, None if on_cpu else norms())
     except ValueError:

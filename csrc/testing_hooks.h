@@ -81,12 +81,9 @@ inline void bind_testing_hooks(pybind11::module_ m) {
     py::gil_scoped_release release;
     return cpu::rescore_cost(testing_table());
   }, "the measured cost of one gathered exact score in fp32 GEMM rows (tile_rate.h)");
-  // Split windows of int8 tiles by default; precision=1 (bf16) with dpad its packed features.
-  auto split_precision = [](int precision) {
-    const cpu::Precision p = testing_precision(precision);
-    if (p == cpu::kFp32) throw std::invalid_argument("split tiles are int8 (2) or bf16 (1), not fp32");
-    return p;
-  };
+  // Split windows of int8 tiles by default; precision 0 (fp32) or 1 (bf16) with dpad their packed
+  // features.
+  auto split_precision = [](int precision) { return testing_precision(precision); };
   m.def("split_tile_error", [split_precision](double d, int m, double c, Norms x, Norms y, double sx,
                                               double sy, int precision, double dpad) {
     return cpu::split_tile_error(split_precision(precision), dpad > 0 ? dpad : d, d, m, c,

@@ -238,17 +238,16 @@ def split_mode(monkeypatch, split, precision, *args, **kwargs):
     return forced(monkeypatch, precision, *args, **kwargs)
 
 
-@pytest.mark.skipif(not LOW_PRECISIONS, reason="CPU offers no low-precision tiles")
 @pytest.mark.parametrize("metric", ["cosine", "ip"])
 @pytest.mark.parametrize("L,n,d,k", [(2, 257, 200, 10), (1, 200, 64, 1), (1, 60, 33, 59), (1, 385, 17, 5)])
 def test_split_tiles_are_bit_identical_on_activation_like_layers(rng, monkeypatch, metric, L, n, d, k):
-    # Centred, outlier-split int8 and bf16 tiles (tile_split.h) against fp32 tiles, plain
-    # low-precision tiles and the automatic choice: identical bits, and exact against float64
-    # (ties by lower index).
+    # Centred, outlier-split fp32, int8 and bf16 tiles (tile_split.h) against plain ones and the
+    # automatic choice: identical bits, and exact against float64 (ties by lower index).
     x = activation_like(rng, L, n, d)
     fp32 = split_mode(monkeypatch, "auto", "fp32", x, k, metric)
     assert_neighbors_exact(fp32[0], fp32[1], x, k, metric)
-    for split, precision in [("auto", "auto")] + [(s, p) for p in LOW_PRECISIONS for s in ("auto", "off")]:
+    variants = [("auto", "auto"), ("off", "fp32")] + [(s, p) for p in LOW_PRECISIONS for s in ("auto", "off")]
+    for split, precision in variants:
         got = split_mode(monkeypatch, split, precision, x, k, metric)
         assert (got[0] == fp32[0]).all() and (got[1] == fp32[1]).all(), (split, precision)
 

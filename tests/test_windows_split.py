@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from layerknn import _core
-from test_windows import (BF16, INT8, METRIC, TINY, int8_codes, norm_above, stats, tile_values, to_bf16, true_dot,
+from test_windows import (BF16, FP32, INT8, METRIC, TINY, int8_codes, norm_above, stats, tile_values, to_bf16, true_dot,
                           underflow)
 
 T = _core._testing
@@ -104,8 +104,9 @@ def attack(kind: str, d: int, metric: str, rng: np.random.Generator, arbitrary: 
     c = norm_above(mu)
     assert abs(mu_norm - c) <= 1e-12 * c  # a float64 sum: the window's margin of 1e-6 covers it
     shifts = T.exact_scores(mu, x, METRIC["ip"], F32(1), scales)
-    codes = [int8_codes(row, 1.0) if precision == INT8 else (to_bf16(row), 1.0) for row in w]
-    dpad = d + d % 2  # bf16 pairs (the AVX-512 table; AMX pads further, which only widens the bound)
+    codes = [int8_codes(row, 1.0) if precision == INT8 else (to_bf16(row) if precision == BF16 else row, 1.0)
+             for row in w]
+    dpad = d + d % 2 if precision == BF16 else d  # bf16 pairs (AMX pads further: a wider bound)
     worst = 0.0
     for i in range(n):
         for j in range(n):
@@ -117,7 +118,7 @@ def attack(kind: str, d: int, metric: str, rng: np.random.Generator, arbitrary: 
             exact_nx = (norm_above(z[i]), *nx[1:])
             exact_ny = (norm_above(z[j]), *ny[1:])
             sx, sy = norm_above(v[i]), norm_above(v[j])
-            q = int8_tiles(qx, qy, step_x, step_y) if precision == INT8 else tile_values(px, py, BF16, None, rng)
+            q = int8_tiles(qx, qy, step_x, step_y) if precision == INT8 else tile_values(px, py, precision, None, rng)
             tiles = split_terms(q, shifts[i], shifts[j], v[i], v[j])
             c2 = math.fsum((mu.astype(np.float64) ** 2).tolist())
             truth = true_dot(z[i], z[j]) + c2
@@ -142,11 +143,13 @@ def test_no_adversarial_layer_breaks_the_split_bounds(rng, kind, metric, arbitra
 
 
 @pytest.mark.parametrize("arbitrary", [False, True], ids=["engine_split", "arbitrary_split"])
+@pytest.mark.parametrize("precision", [BF16, FP32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_no_adversarial_layer_breaks_the_bf16_split_bounds(rng, kind, arbitrary):
-    # bf16 codes of the centred rest, summed in eight orders with and without flushes.
+def test_no_adversarial_layer_breaks_the_float_split_bounds(rng, kind, precision, arbitrary):
+    # bf16 or fp32 operands of the centred rest, summed in eight orders (fused and not, with and
+    # without bf16's flushes).
     for d in (1, 17, 64, 255):
-        attack(kind, d, "cosine", rng, arbitrary, precision=BF16)
+        attack(kind, d, "cosine", rng, arbitrary, precision=precision)
 
 
 def test_a_bf16_split_bound_is_wider_than_int8s_accumulation_alone():
@@ -154,8 +157,10 @@ def test_a_bf16_split_bound_is_wider_than_int8s_accumulation_alone():
     norms = (1.0, 1.0, 0.0)
     assert T.split_tile_error(300, 0, 0.0, norms, norms, 0.0, 0.0, precision=BF16, dpad=300) > \
         T.split_tile_error(300, 0, 0.0, norms, norms, 0.0, 0.0)
-    with pytest.raises(ValueError, match="not fp32"):
-        T.split_tile_error(300, 0, 0.0, norms, norms, 0.0, 0.0, precision=0)
+    assert T.split_tile_error(300, 0, 0.0, norms, norms, 0.0, 0.0, precision=FP32, dpad=300) == \
+        T.split_tile_error(300, 0, 0.0, norms, norms, 0.0, 0.0, precision=BF16, dpad=300)
+    with pytest.raises(ValueError, match="precision must be"):
+        T.split_tile_error(300, 0, 0.0, norms, norms, 0.0, 0.0, precision=3)
 
 
 def test_the_split_bound_is_nearly_reached():

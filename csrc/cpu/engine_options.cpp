@@ -112,7 +112,8 @@ KernelChoice choose_kernels(Metric metric, int64_t d) {
   const std::string split = env_value("LAYERKNN_CPU_SPLIT");
   if (split != "auto" && split != "off")
     throw std::invalid_argument("LAYERKNN_CPU_SPLIT must be auto or off, got '" + split + "'");
-  choice.split = (choice.int8 || choice.bf16) && metric != Metric::SquaredL2 && split == "auto";
+  // The split's tile terms run AVX2 code on x86 (tile_split.cpp): not for the scalar table.
+  choice.split = metric != Metric::SquaredL2 && split == "auto" && level >= Level::Avx2;
   return choice;
 }
 

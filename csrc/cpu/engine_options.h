@@ -18,7 +18,7 @@ struct KernelChoice {
   const KernelSet* bf16 = nullptr;    // nullptr: not available or not wanted
   const KernelSet* int8 = nullptr;    // likewise
   const KernelSet* forced = nullptr;  // LAYERKNN_CPU_KERNEL=bf16|int8: skip the per-layer choice
-  bool split = false;  // low-precision tiles of centred, split rows (tile_split.h): ip, cosine
+  bool split = false;  // tiles of centred, split rows where worth it (tile_split.h): ip, cosine
 };
 
 // LAYERKNN_CPU_SIMD=auto|avx512|avx2|scalar caps the instruction set (for testing);
@@ -28,7 +28,7 @@ struct KernelChoice {
 // for every metric where the CPU has it; fp32 never uses low precision. Results are identical either way (exact re-scoring).
 // LAYERKNN_CPU_AMX=auto|off: on CPUs with AMX (and the kernel's permission to use it), the bf16
 // and int8 tiles run on the matrix unit (simd_amx.cpp) unless off; same windows, same results.
-// LAYERKNN_CPU_SPLIT=auto|off: int8 and bf16 tiles of ip and cosine keys read each layer's rows
+// LAYERKNN_CPU_SPLIT=auto|off: tiles (any precision) of ip and cosine keys read each layer's rows
 // centred on their mean with their most outlying features scored in fp32 (tile_split.h), unless
 // off (for comparison).
 // Throws std::invalid_argument naming the variable for any other value. d: feature count.

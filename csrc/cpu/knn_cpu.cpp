@@ -6,7 +6,7 @@
 // Races are avoided by ownership: a "solo" layer belongs to one worker from start to finish,
 // and in a "shared" layer every worker fills private candidate lists merged after a barrier.
 // Tile scores are approximate (fp32 in GEMM order, bf16 products, or exact sums of int8 codes of
-// per-row quantised rows; the low-precision rows centred and outlier-split for ip/cosine layers
+// per-row quantised rows; all of them centred and outlier-split for ip/cosine layers
 // with a large mean or massive features, tile_split.h; AVX-512 or AMX tiles, simd_amx.cpp;
 // cost_model.h picks per layer by measured speeds, tile_rate.h): lists keep every candidate in a
 // rigorous error window of the k-th best key (tile_windows.h), and the merge (row_merge.h)
@@ -245,7 +245,7 @@ class Engine {
     }
     slot.split.active = false;
     const KernelSet* known = choice_.forced ? choice_.forced : trusted;
-    if (!direct_ && choice_.split && (!known || known != choice_.fp32)) split_layer(slot, known);
+    if (!direct_ && choice_.split) split_layer(slot, known);
     if (direct_) {
       slot.ks = choice_.fp32;
     } else if (choice_.forced) {
@@ -280,10 +280,10 @@ class Engine {
   // The database side: the query rows themselves in the self-join.
   const RowArrays& side_y(const LayerSlot& s) const { return self_ ? s.x : s.y; }
   // What packing multiplies a side's rows by: the cosine scale, for int8 the quant_scale, and for
-  // centred bf16 rows (already scaled) nothing (nullptr: 1).
+  // centred fp32 or bf16 rows (already scaled) nothing (nullptr: 1).
   static const float* pack_scale(const LayerSlot& s, const RowArrays& side) {
     if (s.ks->precision == kInt8) return side.qscale.data();
-    return s.ks->precision == kBf16 && s.split.active ? nullptr : side.scale.data();
+    return s.split.active ? nullptr : side.scale.data();
   }
   const float* layer_x(const LayerSlot& s) const { return x_ + s.layer * n_ * d_; }
   const float* layer_y(const LayerSlot& s) const { return y_ + s.layer * m_ * d_; }
@@ -324,7 +324,7 @@ class Engine {
   // over the database rows for the y side (row i's list only ever holds pairs (i, j)).
   std::vector<float> key_windows(const LayerSlot& slot, const KernelSet& ks) const {
     const Precision precision = ks.precision;
-    if (precision != kFp32 && slot.split.active)
+    if (slot.split.active)
       return split_key_windows(p_.metric, precision, padded_features(d_, ks), d_, slot.split,
                                slot.x, side_y(slot));
     OperandNorms y;
@@ -344,12 +344,12 @@ class Engine {
   }
 
   // Packs rows [r0, r0 + count) of one side for the slot's tiles: centred and split first when
-  // the low-precision tiles read split rows.
+  // the layer's tiles read split rows.
   void pack(const LayerSlot& slot, bool vector_side, int64_t r0, int64_t count, Worker& w,
             void* panel) const {
     const RowArrays& side = vector_side ? slot.x : side_y(slot);
     const float* rows = (vector_side ? layer_x(slot) : layer_y(slot)) + r0 * d_;
-    if (slot.ks->precision != kFp32 && slot.split.active) {
+    if (slot.split.active) {
       float* centred = reinterpret_cast<float*>(w.centred.get());
       centre_rows(rows, side.scale.data() + r0, count, slot.split, d_, centred);
       rows = centred;
@@ -399,7 +399,7 @@ class Engine {
                  kTileStride, &scales);
       }
     }
-    if (ks->precision != kFp32 && slot.split.active) {
+    if (slot.split.active) {
       const RowArrays& ys = side_y(slot);
       add_split_terms(w.tile.data(), kTileStride, nj, ni, ys.shift.data() + j0,
                       slot.x.shift.data() + i0, ys.split_v.data() + j0 * slot.split.m(),

@@ -1,7 +1,7 @@
-// Centring and outlier split of a layer's rows for the low-precision tiles (see tile_split.h): the
-// choice of centre and split-off features, the centred rows the int8 or bf16 packing reads, and
-// the fp32 terms added to each such tile. Only low-precision tables call these, and they exist
-// only on x86 CPUs with AVX2 and FMA, so the tile pass uses them there (plain code elsewhere).
+// Centring and outlier split of a layer's rows for the tiles (see tile_split.h): the choice of
+// centre and split-off features, the centred rows the packing reads, and the fp32 terms added to
+// each tile. The vectorised term loop needs AVX2 and FMA; elsewhere (the scalar table, other
+// architectures) plain code runs.
 #include "cpu/tile_split.h"
 
 #include <algorithm>
@@ -122,6 +122,8 @@ void split_side_stats(const float* x, int64_t rows, int64_t r0, int64_t r1, int6
     RowStats& stats = side->stats[r];
     centre_row(row, scale, split, d, scratch);
     RowStats centred;  // scale 1: the centred row is already scaled
+    exact.row_stats(scratch, d, false, &centred);
+    stats.packed[kFp32] = centred.packed[kFp32];  // |w|, exact operands
     if (int8) {
       int8->packing_stats(scratch, d, &centred);
       stats.packed[kInt8] = centred.packed[kInt8];

@@ -88,8 +88,8 @@ inline double key_error(Metric metric, Precision precision, double d, double dpa
   return product + exact_error(metric, d, x.a, y.a);
 }
 
-// Centred, split low-precision tiles (tile_split.h; inner-product keys only: int8 or bf16 codes
-// of the centred rest). Here, per side, a >= |z|
+// Centred, split tiles (tile_split.h; inner-product keys only: fp32, bf16 or int8 operands of
+// the centred rest; e = 0 for fp32). Here, per side, a >= |z|
 // (z = fl(x * scale), the fp32 operand of the exact score), p = |w~| and e = |w~ - w| for the
 // quantised centred rest w = fl(z - mu) (zero on the split-off features), s = |v| for the
 // split-off values v = fl(z - mu) there, and c the centre's norm |mu|. In reals,
@@ -104,16 +104,16 @@ inline double key_error(Metric metric, Precision precision, double d, double dpa
 // |t - (<z_x, z_y> + c^2)|, the sum of
 //  * quantisation: <w~_x, w~_y> - <w_x, w_y> = <w~_x - w_x, w_y> + <w~_x, w~_y - w_y>, at most
 //    e_x (p_y + e_y) + p_x e_y (|w_y| <= p_y + e_y);
-//  * Q: int8, exact int32 sums, one conversion and two scalings: gamma_3 p_x p_y; bf16, exact
+//  * Q: int8, exact int32 sums, one conversion and two scalings: gamma_3 p_x p_y; bf16 and fp32,
 //    products summed in fp32 with at most dpad + 2 roundings each: gamma_{dpad+2} p_x p_y (as
-//    for plain bf16 tiles above);
+//    for plain bf16 and fp32 tiles above);
 //  * shifts: each within gamma_h a c of <z, mu> (exact_error with h = ceil(d/16) + 4);
 //  * the summation of m + 3 terms, each product rounded once: gamma_{m+3} times
 //    (|Q| + |b_x| + |b_y| + s_x s_y), with |Q| <= (1 + gamma_3) p_x p_y, |b| <= (1 + gamma_h) a c;
 //  * delta: <z_x - mu, z_y - mu> - <w_x + v_x, w_y + v_y> = <delta_x, z_y - mu> +
 //    <w_x + v_x, delta_y>, at most 3u (a_x + c)(a_y + c)(2 + 3u) <= 7u (a_x + c)(a_y + c).
 // Products of v that underflow fp32 add at most (m + 3) 2^-150, inside the absolute 1e-30.
-// precision: kInt8 or kBf16 codes of the rest, over dpad packed features.
+// precision: the tiles' operands of the rest, over dpad packed features.
 inline double split_tile_error(Precision precision, double dpad, double d, int m, double c,
                                const OperandNorms& x, const OperandNorms& y, double sx, double sy) {
   const double h = std::ceil(d / 16) + 4;

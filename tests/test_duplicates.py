@@ -93,3 +93,13 @@ def test_a_bad_row_in_a_repeated_layer_is_named_in_the_callers_terms(rng):
     x[0, group] = 0.0  # row 5's whole group becomes zero rows
     with pytest.raises(ValueError, match=rf"\(layer 0, row {group[0]}\)"):
         layerknn.knn(x, 3)
+
+
+def test_repeated_layers_between_plain_ones(rng):
+    # Plain layers 0, 2, 3 around a repeated layer 1: gathered, searched, put back in place.
+    x = rng.standard_normal((4, 150, 9)).astype(np.float32)
+    x[1] = repeated_layers(rng, 3, 150, 9, 3)[0]
+    assert [_duplicates.repeated_rows(layer) is not None for layer in x] == [False, True, False, False]
+    got = layerknn.knn(x, 7)
+    want = plain(x, 7, "cosine")
+    assert (np.asarray(got.indices) == want[0]).all() and (np.asarray(got.scores) == want[1]).all()

@@ -111,8 +111,11 @@ def search_self(search: Search, x: np.ndarray, k: int, exclude_self: bool, large
         def plain_progress(done: int, total: int) -> None:
             progress(done, L)
 
-        indices[plain], scores[plain] = search(np.ascontiguousarray(x[plain]), k, exclude_self,
-                                               plain_progress if progress else None)
+        # A run of consecutive layers (the usual case: the embedding layer is the repeated one)
+        # is a view; otherwise the plain layers are gathered.
+        run = slice(plain[0], plain[-1] + 1) if plain[-1] - plain[0] == len(plain) - 1 else plain
+        indices[run], scores[run] = search(np.ascontiguousarray(x[run]), k, exclude_self,
+                                           plain_progress if progress else None)
     for done, (layer, groups) in enumerate(repeated.items(), start=len(plain) + 1):
         distinct = np.ascontiguousarray(x[layer][groups.first][None])
         k_distinct = min(k + 1, len(groups.first))

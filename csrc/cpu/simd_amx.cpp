@@ -150,7 +150,7 @@ void pack_broadcast_side(const float* src, int64_t count, int64_t d, const float
 
 // A table over the AVX-512 one it extends. `speedup` (the cost model's fallback; it measures the
 // tiles itself, tile_rate.h): one Sapphire Rapids core, 192 x 192 tiles of d = 576, ran AMX bf16
-// at 977 GFLOP/s and int8 at 1429 against 146 for the AVX-512 fp32 tiles.
+// at 1306 GFLOP/s and int8 at 2383 against 184 for the AVX-512 fp32 tiles (bench/RESULTS.md).
 KernelSet amx_table(const KernelSet& base, const char* name, decltype(KernelSet::gemm) gemm,
                     decltype(KernelSet::pack_broadcast_side) pack_broadcast, double speedup) {
   KernelSet table = base;
@@ -169,6 +169,9 @@ bool amx_usable() {
   static const bool usable = [] {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512bf16") || !__builtin_cpu_supports("avx512vnni")) return false;
+    // The tile loads read the AVX-512 tables' packing as it is laid out today.
+    for (const KernelSet* base : {avx512_bf16_kernels(), avx512_int8_kernels()})
+      if (!base || base->nr != kPanel || base->group * base->elem_bytes != 4) return false;
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     __asm__("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
     const bool bf16 = edx & (1u << 22), tiles = edx & (1u << 24), int8 = edx & (1u << 25);
@@ -183,14 +186,14 @@ bool amx_usable() {
 const KernelSet* amx_bf16_kernels() {
   static const KernelSet table =
       amx_table(*avx512_bf16_kernels(), "amx-bf16", gemm_bf16,
-                pack_broadcast_side<avx512_bf16_kernels, 0>, 6.5);
+                pack_broadcast_side<avx512_bf16_kernels, 0>, 7.1);
   return &table;
 }
 
 const KernelSet* amx_int8_kernels() {
   static const KernelSet table =
       amx_table(*avx512_int8_kernels(), "amx-int8", gemm_int8,
-                pack_broadcast_side<avx512_int8_kernels, 128>, 9.5);
+                pack_broadcast_side<avx512_int8_kernels, 128>, 12.9);
   return &table;
 }
 

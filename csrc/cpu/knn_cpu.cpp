@@ -258,8 +258,8 @@ class Engine {
   }
 
   // Centres the slot's layer on the database rows' mean, splits off its most outlying features
-  // and replaces both sides' low-precision statistics (of the known tiles, or of all on offer)
-  // by those of the centred rest (tile_split.h) -- when the layer has a mean or outlying
+  // and replaces both sides' packing statistics (fp32, and the known low-precision tiles or all on
+  // offer) by those of the centred rest (tile_split.h) -- when the layer has a mean or outlying
   // features worth it (worth_splitting); otherwise the plain statistics of row_stats stay.
   void split_layer(LayerSlot& slot, const KernelSet* known) const {
     choose_split(layer_y(slot), side_y(slot).scale.data(), m_, d_, split_width(d_), &slot.split);

@@ -77,34 +77,38 @@ double gathered_score_seconds(const KernelSet& fp32) {
   return best / (kBatch * kBatches);
 }
 
+// Measured once per process and key (a table, or a table's gathered score), under one lock.
+template <class Key, class Measure>
+double measured_once(const Key& key, Measure measure) {
+  static std::mutex mutex;
+  static std::map<Key, double> measured;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = measured.find(key);
+  return found != measured.end() ? found->second : measured.emplace(key, measure()).first->second;
+}
+
+// A table's best tile GFLOP/s at kFeatures, measured once.
+double table_rate(const KernelSet& table) {
+  return measured_once(&table, [&] { return tile_gemm_rate(table, kFeatures, 1e-3).first; });
+}
+
+struct GatheredScore {  // the measured_once key of fp32's gathered score time
+  const KernelSet* fp32;
+  bool operator<(const GatheredScore& other) const { return fp32 < other.fp32; }
+};
+
 }  // namespace
 
 double rescore_cost(const KernelSet& fp32) {
-  static std::mutex mutex;
-  static std::map<const KernelSet*, double> measured;
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto found = measured.find(&fp32);
-  if (found != measured.end()) return found->second;
-  const double gflops = tile_gemm_rate(fp32, kFeatures, 1e-3).first;
+  const double gflops = table_rate(fp32);
   const double gemm_row = gflops > 0 ? 2.0 * kFeatures / (gflops * 1e9) : 0.;
-  const double score = gathered_score_seconds(fp32);
-  const double cost = gemm_row > 0 && score > 0 ? std::clamp(score / gemm_row, 1., 64.) : kRescoreCost;
-  measured.emplace(&fp32, cost);
-  return cost;
+  const double score = measured_once(GatheredScore{&fp32}, [&] { return gathered_score_seconds(fp32); });
+  return gemm_row > 0 && score > 0 ? std::clamp(score / gemm_row, 1., 64.) : kRescoreCost;
 }
 
 double tile_speedup(const KernelSet& table, const KernelSet& fp32) {
-  static std::mutex mutex;
-  static std::map<std::pair<const KernelSet*, const KernelSet*>, double> measured;
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_pair(&table, &fp32);
-  const auto found = measured.find(key);
-  if (found != measured.end()) return found->second;
-  const double low = tile_gemm_rate(table, kFeatures, 1e-3).first;
-  const double base = tile_gemm_rate(fp32, kFeatures, 1e-3).first;
-  const double speedup = low > 0 && base > 0 ? low / base : table.speedup;
-  measured.emplace(key, speedup);
-  return speedup;
+  const double low = table_rate(table), base = table_rate(fp32);
+  return low > 0 && base > 0 ? low / base : table.speedup;
 }
 
 }  // namespace layerknn::cpu
